@@ -1,0 +1,33 @@
+//! burrow's core: what the gateway and the agent must agree on.
+//!
+//! - [`identity`]: Ed25519 keys as OpenSSH files, lines and `SHA256:` fingerprints.
+//! - [`join`]: the one-line join string and the enrollment key derived from its secret.
+//! - [`protocol`] and [`handshake`]: the framed, multiplexed, mutually authenticated wire protocol
+//!   spoken through each node's reverse tunnel.
+//! - [`api`]: JSON bodies of the agent-facing API (pairing, heartbeats).
+//! - [`atomic_file`]: crash-safe state files.
+//!
+//! This crate knows neither the gateway nor the agent, and links no JWT, HTTP or SSH code, so the agent
+//! stays small.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod atomic_file;
+mod error;
+pub mod handshake;
+pub mod identity;
+pub mod join;
+pub mod protocol;
+
+pub use error::{Error, Result};
+
+/// The version of this build, shared by both binaries.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// `N` random bytes from the operating system.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    getrandom::getrandom(&mut bytes).expect("the OS random source is available");
+    bytes
+}
