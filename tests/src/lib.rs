@@ -1,1 +1,2 @@
-//! Placeholder library so the test package builds.
+//! Nothing here: the end-to-end tests live in `e2e/`, as one test binary with a `util` module.
+#![forbid(unsafe_code)]

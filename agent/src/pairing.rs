@@ -1,0 +1,154 @@
+//! Joining a gateway: decode the join string, log in to sshd with the enrollment key derived from its
+//! secret (host key checked against the pin first), prove our own key with a signed request, and wait
+//! while an operator has not approved us yet. The result (pins, ports, token) is saved in the data dir.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use burrow_core::api::{PairReply, PairRequest, SignedRequest};
+use burrow_core::handshake::pair_message;
+use burrow_core::identity::{Identity, PublicKey};
+use burrow_core::join::{enrollment_identity, JoinTicket};
+
+use crate::cli::Profile;
+use crate::gateway_api::ApiChannel;
+use crate::state::{AgentState, DataDir, Pins};
+use crate::tunnel::{Tunnel, TunnelConfig, TunnelError};
+
+/// How often a pending node asks whether it has been approved.
+const PENDING_POLL: Duration = Duration::from_secs(2);
+
+/// The SSH side of a tunnel to the pinned gateway, logging in with `key`.
+pub fn tunnel_config(pins: &Pins, key: &Identity, listen_ports: Vec<u16>) -> TunnelConfig {
+    TunnelConfig {
+        addr: pins.ssh.clone(),
+        user: pins.user.clone(),
+        host_key_pin: pins.host_key.clone(),
+        private_key_pem: key.to_openssh_pem(),
+        public_key_line: key.public_line(),
+        listen_ports,
+        connect_timeout: Duration::from_secs(15),
+    }
+}
+
+/// Pairs with the gateway of `join` (or confirms an existing pairing) and returns the saved state.
+pub fn join(dir: &DataDir, join: &str, profile: &Profile) -> anyhow::Result<AgentState> {
+    let identity = dir.identity()?;
+    let ticket = JoinTicket::decode(join)?;
+    let pins = Pins::from_ticket(&ticket);
+    let name = match &profile.name {
+        Some(n) => n.clone(),
+        None => hostname(),
+    };
+    let state = match dir.load()? {
+        Some(s) if s.gateway.gateway_key != pins.gateway_key => bail!(
+            "this data dir is already paired with another gateway (as {:?}); use another --data-dir, \
+             or remove it to start over",
+            s.name
+        ),
+        Some(s) if s.status == "approved" && s.name == name => {
+            log::info!("already paired as {name:?}");
+            return Ok(s);
+        }
+        Some(s) if s.name == name => s,
+        _ => AgentState {
+            name,
+            gateway: pins,
+            capabilities: profile.capabilities.clone(),
+            labels: profile.labels.iter().cloned().collect(),
+            status: "new".into(),
+            ports: None,
+            token: None,
+        },
+    };
+    settle(dir, &identity, state, Some(&ticket.secret))
+}
+
+/// Asks until approved: with the join secret while the gateway does not know our key yet, then with
+/// our own key while pending.
+fn settle(dir: &DataDir, identity: &Identity, mut state: AgentState, secret: Option<&str>) -> anyhow::Result<AgentState> {
+    loop {
+        let secret = secret.filter(|_| state.status == "new");
+        let reply = request(&state, identity, secret)?;
+        match reply.status.as_str() {
+            "approved" => {
+                state.status = "approved".into();
+                state.token = reply.token;
+                state.ports = reply.ports;
+                dir.save(&state)?;
+                log::info!("paired as {:?}; listening ports {:?}", state.name, state.ports);
+                return Ok(state);
+            }
+            "pending" => {
+                if state.status != "pending" {
+                    state.status = "pending".into();
+                    dir.save(&state)?;
+                    log::info!("{}", reply.message);
+                }
+                std::thread::sleep(PENDING_POLL);
+            }
+            other => bail!("unexpected pairing status {other:?}: {}", reply.message),
+        }
+    }
+}
+
+/// Resumes waiting for approval after a restart while pending.
+pub fn join_pending(dir: &DataDir, state: &AgentState) -> anyhow::Result<AgentState> {
+    settle(dir, &dir.identity()?, state.clone(), None)
+}
+
+/// Sends one signed pairing request. With `secret`, logs in with the enrollment key; without, with the
+/// node's own key (known to the gateway once pending or approved).
+pub fn request(state: &AgentState, identity: &Identity, secret: Option<&str>) -> anyhow::Result<PairReply> {
+    let ssh_key = match secret {
+        Some(s) => enrollment_identity(s),
+        None => identity.clone(),
+    };
+    let (tunnel, _incoming) = Tunnel::connect(&tunnel_config(&state.gateway, &ssh_key, Vec::new()))
+        .map_err(|e| match (e, secret) {
+            (TunnelError::AuthRejected(_), Some(_)) => anyhow!(
+                "the gateway's sshd refused the join token's key: the token expired or was revoked"
+            ),
+            (TunnelError::AuthRejected(_), None) => anyhow!(
+                "the gateway's sshd refused this node's key: it was rejected, or its pairing request lapsed"
+            ),
+            (e, _) => anyhow!(e),
+        })?;
+    let gateway_key = PublicKey::from_base64(&state.gateway.gateway_key)?;
+    let mut api = ApiChannel::open(&tunnel, state.gateway.api_port, &gateway_key)?;
+    let request = PairRequest {
+        name: state.name.clone(),
+        public_key: identity.public_line(),
+        join_secret: secret.map(str::to_string),
+        hostname: hostname(),
+        capabilities: state.capabilities.clone(),
+        labels: state.labels.clone(),
+        os: std::env::consts::OS.into(),
+        arch: std::env::consts::ARCH.into(),
+        version: burrow_core::VERSION.into(),
+    };
+    let text = serde_json::to_string(&request).expect("request serializes");
+    let signature = identity.sign(&pair_message(&api.server_nonce, text.as_bytes()));
+    let signed = SignedRequest {
+        request: text,
+        server_nonce: STANDARD.encode(&api.server_nonce),
+        signature: STANDARD.encode(signature),
+    };
+    let reply = api
+        .post("/api/v1/agent/pair", None, &signed)
+        .context("pairing refused")?;
+    tunnel.shutdown();
+    Ok(reply)
+}
+
+
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".into())
+}

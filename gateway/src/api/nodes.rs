@@ -1,0 +1,149 @@
+//! Read and admin routes: status, nodes, approvals, join tokens, API tokens.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{parse_body, Ctx, Reply};
+use crate::refusal::{bad_request, not_found, Refusal};
+use crate::registry::{rfc3339, Approval, NodeRecord};
+use crate::tokens::{Role, Verified};
+
+pub fn status(ctx: &Ctx, _who: &Verified) -> Result<Reply, Refusal> {
+    let (mut online, mut offline, mut pending, mut rejected) = (0, 0, 0, 0);
+    for n in ctx.registry.read().nodes.values() {
+        match (n.approval, ctx.bus.is_linked(&n.id)) {
+            (Approval::Approved, true) => online += 1,
+            (Approval::Approved, false) => offline += 1,
+            (Approval::Pending, _) => pending += 1,
+            (Approval::Rejected, _) => rejected += 1,
+        }
+    }
+    Ok(Reply::Json(
+        200,
+        json!({
+            "version": burrow_core::VERSION,
+            "uptime_s": ctx.started.elapsed().as_secs(),
+            "nodes": {"online": online, "offline": offline, "pending": pending, "rejected": rejected,
+                      "total": online + offline + pending + rejected},
+            "ssh": ctx.contact,
+            "sshd": (ctx.sshd_status)(),
+        }),
+    ))
+}
+
+pub fn list(ctx: &Ctx, _who: &Verified) -> Result<Reply, Refusal> {
+    let nodes: Vec<Value> = ctx
+        .registry
+        .read()
+        .nodes
+        .values()
+        .map(|n| node_json(ctx, n))
+        .collect();
+    Ok(Reply::Json(200, json!({ "nodes": nodes })))
+}
+
+pub fn show(ctx: &Ctx, _who: &Verified, id: &str) -> Result<Reply, Refusal> {
+    let state = ctx.registry.read();
+    let node = state
+        .nodes
+        .get(id)
+        .ok_or_else(|| not_found(format!("no node {id:?}")))?;
+    Ok(Reply::Json(200, node_json(ctx, node)))
+}
+
+pub fn approve(ctx: &Ctx, who: &Verified, id: &str) -> Result<Reply, Refusal> {
+    let node = ctx.pairing.approve(id, &who.subject)?;
+    Ok(Reply::Json(200, node_json(ctx, &node)))
+}
+
+pub fn reject(ctx: &Ctx, who: &Verified, id: &str) -> Result<Reply, Refusal> {
+    let node = ctx.pairing.reject(id, &who.subject)?;
+    Ok(Reply::Json(200, node_json(ctx, &node)))
+}
+
+/// A node as the API shows it.
+fn node_json(ctx: &Ctx, n: &NodeRecord) -> Value {
+    let live = ctx.registry.live(&n.id);
+    let status = match n.approval {
+        Approval::Pending => "pending",
+        Approval::Rejected => "rejected",
+        Approval::Approved if ctx.bus.is_linked(&n.id) => "online",
+        Approval::Approved => "offline",
+    };
+    json!({
+        "id": n.id,
+        "hostname": n.hostname,
+        "status": status,
+        "capabilities": n.capabilities,
+        "labels": n.labels,
+        "last_seen": live.last_seen.map(rfc3339),
+        "online_since": live.online_since.filter(|_| status == "online").map(rfc3339),
+        "fingerprint": n.fingerprint,
+        "os": n.os,
+        "arch": n.arch,
+        "version": live.agent_version.as_ref().unwrap_or(&n.version),
+        "ports": n.ports,
+        "created_at": rfc3339(n.created_at),
+        "approved_at": n.approved_at.map(rfc3339),
+        "metrics": live.metrics,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinBody {
+    /// Duration such as "1h".
+    #[serde(default)]
+    ttl: Option<String>,
+    #[serde(default)]
+    uses: Option<u32>,
+    #[serde(default)]
+    manual: bool,
+}
+
+pub fn create_join(ctx: &Ctx, _who: &Verified, body: &[u8]) -> Result<Reply, Refusal> {
+    let body: JoinBody = parse_body(body)?;
+    let ttl = parse_ttl(body.ttl.as_deref(), "1h")?;
+    let (join, record) = ctx
+        .pairing
+        .create_join(ttl, body.uses.unwrap_or(1), body.manual)?;
+    Ok(Reply::Json(
+        201,
+        json!({"join": join, "id": record.id, "expires_at": rfc3339(record.expires_at),
+               "uses": record.uses, "manual": record.manual}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    role: String,
+    #[serde(default)]
+    ttl: Option<String>,
+    #[serde(default)]
+    subject: Option<String>,
+}
+
+pub fn create_token(ctx: &Ctx, who: &Verified, body: &[u8]) -> Result<Reply, Refusal> {
+    let body: TokenBody = parse_body(body)?;
+    let role = Role::parse(&body.role).map_err(|e| bad_request(e.to_string()))?;
+    if role == Role::Node {
+        return Err(bad_request("node tokens are issued by pairing only"));
+    }
+    let ttl = parse_ttl(body.ttl.as_deref(), "24h")?;
+    let subject = body
+        .subject
+        .unwrap_or_else(|| format!("by-{}", who.subject));
+    let (token, jti) = ctx.pairing.tokens.issue(&subject, role, ttl)?;
+    Ok(Reply::Json(
+        201,
+        json!({"token": token, "jti": jti, "role": role, "subject": subject}),
+    ))
+}
+
+fn parse_ttl(text: Option<&str>, default: &str) -> Result<Duration, Refusal> {
+    humantime::parse_duration(text.unwrap_or(default))
+        .map_err(|e| bad_request(format!("ttl: {e} (examples: 30m, 1h, 7d)")))
+}

@@ -1,0 +1,125 @@
+//! Command-line interface of the `gateway` binary: what each subcommand takes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// burrow gateway: control a fleet of machines behind NAT over SSH from one public VM.
+#[derive(Debug, Parser)]
+#[command(name = "gateway", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Where the gateway keeps its keys, registry, sshd files and audit log.
+    #[arg(
+        long,
+        global = true,
+        env = "BURROW_DATA_DIR",
+        default_value = "/var/lib/burrow/gateway"
+    )]
+    pub data_dir: PathBuf,
+    /// Log verbosity: error, warn, info, debug, trace.
+    #[arg(long, global = true, env = "BURROW_LOG", default_value = "info")]
+    pub log: log::LevelFilter,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway: REST API plus a supervised, locked-down OpenSSH sshd.
+    Serve(ServeArgs),
+    /// Join strings for new nodes.
+    #[command(subcommand)]
+    Join(JoinCommand),
+    /// List and approve or reject nodes.
+    #[command(subcommand)]
+    Nodes(NodesCommand),
+    /// API bearer tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Run a command on a node and print its output; exits with the remote exit code.
+    Exec(ExecArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address of the REST API. Keep it on loopback: it has no TLS.
+    #[arg(long, env = "BURROW_API", default_value = "127.0.0.1:18789")]
+    pub api: SocketAddr,
+    /// Address the managed sshd listens on (the gateway's only public port). Port 0 picks a free one.
+    #[arg(long, env = "BURROW_SSH", default_value = "0.0.0.0:2222")]
+    pub ssh: SocketAddr,
+    /// HOST:PORT that nodes dial to reach sshd, written into join strings (default: this host's
+    /// hostname and the --ssh port).
+    #[arg(long, env = "BURROW_SSH_PUBLIC")]
+    pub ssh_public: Option<String>,
+    /// The sshd binary to supervise.
+    #[arg(long, env = "BURROW_SSHD", default_value = "/usr/sbin/sshd")]
+    pub sshd: PathBuf,
+    /// Allow the API to listen on a non-loopback address without TLS.
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JoinCommand {
+    /// Create a join string (printed on stdout).
+    Create {
+        /// How long the string stays valid.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        ttl: Duration,
+        /// How many nodes may join with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// Nodes joining with it wait as `pending` until `gateway nodes approve NAME`.
+        #[arg(long)]
+        manual: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodesCommand {
+    /// List nodes.
+    Ls {
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a pending node.
+    Approve { name: String },
+    /// Reject a pending node (or revoke an approved one).
+    Reject { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a new API bearer token.
+    Create {
+        /// gateway (admin), operator (exec and read) or viewer (read only).
+        #[arg(long, default_value = "operator")]
+        role: String,
+        /// Lifetime.
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        ttl: Duration,
+        /// Who the token is for (the JWT subject).
+        #[arg(long, default_value = "cli")]
+        subject: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    /// The node's name.
+    pub node: String,
+    /// Kill the command after this many seconds.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true)]
+    pub argv: Vec<String>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 30m, 1h, 7d)"))
+}

@@ -1,0 +1,497 @@
+//! Pairing: join tokens, the agent's proof of key possession, operator approval, node tokens, and the
+//! sshd `authorized_keys` lines that follow from all of it.
+//!
+//! A join token's secret derives an enrollment key ([`burrow_core::join::enrollment_identity`]); while
+//! the token is valid that key may only open a direct-tcpip channel to the API, so a new node can reach
+//! the pairing endpoint and nothing else. A pending node's own key gets the same reach (to poll); an
+//! approved node's key may additionally listen on its own two ports and nothing else.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use burrow_core::api::{HelloReply, PairReply, PairRequest, SignedRequest};
+use burrow_core::handshake::{api_hello_message, pair_message};
+use burrow_core::identity::{Identity, PublicKey};
+use burrow_core::join::{self, JoinTicket};
+
+use crate::audit::Audit;
+use crate::refusal::{bad_request, conflict, forbidden, not_found, Kind, Refusal};
+use crate::registry::{now, Approval, JoinTokenRecord, NodeRecord, Registry};
+use crate::tokens::{Role, Tokens};
+
+/// Node tokens live this long and are refreshed by heartbeats in their second half.
+pub const NODE_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Pending requests lapse after this long without approval.
+const PENDING_TTL: u64 = 24 * 3600;
+/// Server nonces are good for one use within this time.
+const NONCE_TTL: Duration = Duration::from_secs(60);
+
+/// Where nodes reach the gateway; written into join strings.
+pub struct Contact {
+    pub ssh_public: String,
+    pub ssh_user: String,
+    pub host_fingerprint: String,
+    pub api_port: u16,
+}
+
+/// Writes the sshd `authorized_keys` file.
+pub type KeySink = Box<dyn Fn(&[String]) -> anyhow::Result<()> + Send + Sync>;
+
+pub struct Pairing {
+    identity: Identity,
+    pub tokens: Tokens,
+    registry: std::sync::Arc<Registry>,
+    contact: Contact,
+    keys: KeySink,
+    audit: Audit,
+    nonces: Mutex<HashMap<[u8; 32], Instant>>,
+}
+
+impl Pairing {
+    pub fn new(
+        identity: Identity,
+        registry: std::sync::Arc<Registry>,
+        contact: Contact,
+        keys: KeySink,
+        audit: Audit,
+    ) -> anyhow::Result<Pairing> {
+        let pairing = Pairing {
+            tokens: Tokens::new(&identity)?,
+            identity,
+            registry,
+            contact,
+            keys,
+            audit,
+            nonces: Mutex::new(HashMap::new()),
+        };
+        pairing.sync_keys()?;
+        Ok(pairing)
+    }
+
+    /// Creates a join token and returns the join string.
+    pub fn create_join(
+        &self,
+        ttl: Duration,
+        uses: u32,
+        manual: bool,
+    ) -> Result<(String, JoinTokenRecord), Refusal> {
+        if uses == 0 {
+            return Err(bad_request("uses must be at least 1"));
+        }
+        if ttl.as_secs() == 0 {
+            return Err(bad_request("ttl must be at least one second"));
+        }
+        let secret = join::new_secret();
+        let hash = join::secret_hash(&secret);
+        let now = now();
+        let record = JoinTokenRecord {
+            id: hash[..12].to_string(),
+            secret_hash: hash,
+            enrollment_key: join::enrollment_identity(&secret).public().openssh(),
+            created_at: now,
+            expires_at: now + ttl.as_secs(),
+            uses,
+            used: 0,
+            manual,
+            revoked: false,
+        };
+        self.registry.update(|s| {
+            s.join_tokens.retain(|t| t.expires_at + 7 * 86400 > now);
+            s.join_tokens.push(record.clone());
+            Ok::<_, Refusal>(())
+        })?;
+        self.sync_keys()?;
+        self.audit.record(
+            "gateway",
+            "join.create",
+            &record.id,
+            serde_json::json!({"uses": uses, "manual": manual, "expires_at": record.expires_at}),
+        );
+        let ticket = JoinTicket {
+            ssh: self.contact.ssh_public.clone(),
+            user: self.contact.ssh_user.clone(),
+            host_key: self.contact.host_fingerprint.clone(),
+            gateway_key: self.identity.public().to_base64(),
+            api_port: self.contact.api_port,
+            secret,
+        };
+        Ok((ticket.encode(), record))
+    }
+
+    /// Answers an agent's challenge: proves this is the pinned gateway and hands out a server nonce.
+    pub fn hello(&self, client_nonce_b64: &str) -> Result<HelloReply, Refusal> {
+        let client_nonce = STANDARD
+            .decode(client_nonce_b64)
+            .ok()
+            .filter(|n| n.len() == 32)
+            .ok_or_else(|| bad_request("nonce must be base64 of 32 bytes"))?;
+        let server_nonce: [u8; 32] = burrow_core::random_bytes();
+        {
+            let mut nonces = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
+            nonces.retain(|_, at| at.elapsed() < NONCE_TTL);
+            if nonces.len() > 10_000 {
+                return Err(Refusal::new(
+                    Kind::Unavailable,
+                    "too many pairing attempts in flight",
+                ));
+            }
+            nonces.insert(server_nonce, Instant::now());
+        }
+        let signature = self
+            .identity
+            .sign(&api_hello_message(&client_nonce, &server_nonce));
+        Ok(HelloReply {
+            server_nonce: STANDARD.encode(server_nonce),
+            signature: STANDARD.encode(signature),
+        })
+    }
+
+    /// Handles a signed pairing request (first contact, or a known key asking where it stands).
+    pub fn pair(&self, signed: &SignedRequest) -> Result<PairReply, Refusal> {
+        let nonce: [u8; 32] = STANDARD
+            .decode(&signed.server_nonce)
+            .ok()
+            .and_then(|n| n.try_into().ok())
+            .ok_or_else(|| bad_request("server_nonce must be base64 of 32 bytes"))?;
+        let fresh = {
+            let mut nonces = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
+            nonces
+                .remove(&nonce)
+                .is_some_and(|at| at.elapsed() < NONCE_TTL)
+        };
+        if !fresh {
+            return Err(Refusal::new(
+                Kind::Unauthorized,
+                "unknown or expired server nonce: ask /api/v1/agent/hello again",
+            ));
+        }
+        let request: PairRequest = serde_json::from_str(&signed.request)
+            .map_err(|e| bad_request(format!("bad pairing request: {e}")))?;
+        validate_name(&request.name)?;
+        let key = PublicKey::from_openssh(&request.public_key)
+            .map_err(|e| bad_request(format!("public_key: {e}")))?;
+        let signature = STANDARD
+            .decode(&signed.signature)
+            .map_err(|_| bad_request("signature is not base64"))?;
+        key.verify(&pair_message(&nonce, signed.request.as_bytes()), &signature)
+            .map_err(|_| {
+                log::warn!(
+                    "pairing refused for {:?}: bad signature for key {}",
+                    request.name,
+                    key.fingerprint()
+                );
+                Refusal::new(
+                    Kind::Unauthorized,
+                    "signature does not prove possession of the key",
+                )
+            })?;
+        let result = self.registry.update(|s| self.decide(s, &request, &key));
+        match &result {
+            Ok(reply) => {
+                log::info!(
+                    "pairing {:?} ({}): {}",
+                    request.name,
+                    key.fingerprint(),
+                    reply.status
+                );
+                self.sync_keys()?;
+            }
+            Err(r) => log::warn!(
+                "pairing refused for {:?} ({}): {}",
+                request.name,
+                key.fingerprint(),
+                r.message
+            ),
+        }
+        result
+    }
+
+    fn decide(
+        &self,
+        s: &mut crate::registry::State,
+        req: &PairRequest,
+        key: &PublicKey,
+    ) -> Result<PairReply, Refusal> {
+        let now = now();
+        let line = key.openssh();
+        if let Some(other) = s
+            .nodes
+            .values()
+            .find(|n| n.public_key == line && n.id != req.name)
+        {
+            return Err(conflict(format!(
+                "this key is already registered as node {:?}",
+                other.id
+            )));
+        }
+        if let Some(node) = s.nodes.get_mut(&req.name) {
+            if node.public_key != line {
+                return Err(conflict(format!(
+                    "node name {:?} is already held by another key ({}); pick another --name or remove the old node",
+                    req.name, node.fingerprint
+                )));
+            }
+            // A known key asking again: refresh what it reports about itself and say where it stands.
+            node.hostname.clone_from(&req.hostname);
+            node.version.clone_from(&req.version);
+            return self.reply_for(node, now);
+        }
+        let secret = req
+            .join_secret
+            .as_deref()
+            .ok_or_else(|| Refusal::new(Kind::Unauthorized, "unknown key and no join secret"))?;
+        let hash = join::secret_hash(secret);
+        let token = s
+            .join_tokens
+            .iter_mut()
+            .find(|t| t.secret_hash == hash)
+            .ok_or_else(|| forbidden("unknown join token"))?;
+        if token.revoked {
+            return Err(forbidden(format!("join token {} was revoked", token.id)));
+        }
+        if now >= token.expires_at {
+            return Err(forbidden(format!(
+                "join token {} expired at {}",
+                token.id,
+                crate::registry::rfc3339(token.expires_at)
+            )));
+        }
+        if token.used >= token.uses {
+            return Err(forbidden(format!(
+                "join token {} is used up ({} of {} uses)",
+                token.id, token.used, token.uses
+            )));
+        }
+        token.used += 1;
+        let manual = token.manual;
+        let token_id = token.id.clone();
+        let mut node = NodeRecord {
+            id: req.name.clone(),
+            public_key: line,
+            fingerprint: key.fingerprint(),
+            approval: Approval::Pending,
+            hostname: req.hostname.clone(),
+            capabilities: req.capabilities.clone(),
+            labels: req.labels.clone(),
+            os: req.os.clone(),
+            arch: req.arch.clone(),
+            version: req.version.clone(),
+            ports: None,
+            created_at: now,
+            approved_at: None,
+            pending_until: Some(now + PENDING_TTL),
+            join_token: token_id.clone(),
+        };
+        if !manual {
+            approve_record(&mut node, s.nodes.values(), now)?;
+        }
+        let reply = self.reply_for(&node, now)?;
+        self.audit.record(&req.name, "node.join", &req.name, serde_json::json!({"fingerprint": node.fingerprint, "join_token": token_id, "status": reply.status}));
+        s.nodes.insert(req.name.clone(), node);
+        Ok(reply)
+    }
+
+    fn reply_for(&self, node: &NodeRecord, now: u64) -> Result<PairReply, Refusal> {
+        Ok(match node.approval {
+            Approval::Approved => {
+                let (token, _) = self.tokens.issue(&node.id, Role::Node, NODE_TOKEN_TTL)?;
+                PairReply {
+                    status: "approved".into(),
+                    message: format!("node {:?} is approved", node.id),
+                    token: Some(token),
+                    ports: node.ports,
+                }
+            }
+            Approval::Pending if node.pending_until.is_some_and(|t| t <= now) => {
+                return Err(forbidden(format!(
+                    "pairing request of {:?} expired without approval; join again",
+                    node.id
+                )))
+            }
+            Approval::Pending => PairReply {
+                status: "pending".into(),
+                message: format!("waiting for an operator: gateway nodes approve {}", node.id),
+                token: None,
+                ports: None,
+            },
+            Approval::Rejected => {
+                return Err(forbidden(format!(
+                    "node {:?} was rejected by an operator",
+                    node.id
+                )))
+            }
+        })
+    }
+
+    /// Approves a pending (or previously rejected) node.
+    pub fn approve(&self, id: &str, actor: &str) -> Result<NodeRecord, Refusal> {
+        let node = self.registry.update(|s| {
+            let others: Vec<NodeRecord> =
+                s.nodes.values().filter(|n| n.id != id).cloned().collect();
+            let node = s
+                .nodes
+                .get_mut(id)
+                .ok_or_else(|| not_found(format!("no node {id:?}")))?;
+            if node.approval != Approval::Approved {
+                approve_record(node, others.iter(), now())?;
+            }
+            Ok::<_, Refusal>(node.clone())
+        })?;
+        self.sync_keys()?;
+        self.audit.record(
+            actor,
+            "node.approve",
+            id,
+            serde_json::json!({"ports": node.ports}),
+        );
+        Ok(node)
+    }
+
+    /// Rejects a node: its key loses all access at once.
+    pub fn reject(&self, id: &str, actor: &str) -> Result<NodeRecord, Refusal> {
+        let node = self.registry.update(|s| {
+            let node = s
+                .nodes
+                .get_mut(id)
+                .ok_or_else(|| not_found(format!("no node {id:?}")))?;
+            node.approval = Approval::Rejected;
+            node.ports = None;
+            Ok::<_, Refusal>(node.clone())
+        })?;
+        self.sync_keys()?;
+        self.audit
+            .record(actor, "node.reject", id, serde_json::json!({}));
+        Ok(node)
+    }
+
+    /// The audit trail handle.
+    pub fn audit(&self) -> &Audit {
+        &self.audit
+    }
+
+    /// Rewrites sshd's `authorized_keys` from the registry.
+    pub fn sync_keys(&self) -> anyhow::Result<()> {
+        let lines = key_lines(&self.registry.read(), self.contact.api_port, now());
+        (self.keys)(&lines)
+    }
+}
+
+/// The `authorized_keys` lines the registry implies. `command="/bin/false"` because `restrict` alone
+/// still lets a key run commands; `permitlisten` is literal, so agents must ask for `127.0.0.1`. Keys
+/// that may not listen at all get port 1 (privileged, serves nothing): without any `permitlisten`,
+/// `port-forwarding` would allow listening anywhere.
+pub fn key_lines(state: &crate::registry::State, api_port: u16, now: u64) -> Vec<String> {
+    let base = "restrict,port-forwarding,command=\"/bin/false\"";
+    let open = format!("permitopen=\"127.0.0.1:{api_port}\"");
+    let mut lines = Vec::new();
+    for t in state.join_tokens.iter().filter(|t| t.usable(now)) {
+        lines.push(format!(
+            "{base},permitlisten=\"127.0.0.1:1\",{open},expiry-time=\"{}\" {} burrow-enroll:{}",
+            expiry_time(t.expires_at),
+            t.enrollment_key,
+            t.id
+        ));
+    }
+    for n in state.nodes.values() {
+        match (n.approval, n.ports) {
+            (Approval::Approved, Some([a, b])) => lines.push(format!(
+                "{base},permitlisten=\"127.0.0.1:{a}\",permitlisten=\"127.0.0.1:{b}\",{open} {} burrow-node:{}",
+                n.public_key, n.id
+            )),
+            (Approval::Pending, _) if n.pending_until.is_some_and(|t| t > now) => lines.push(format!(
+                "{base},permitlisten=\"127.0.0.1:1\",{open},expiry-time=\"{}\" {} burrow-pending:{}",
+                expiry_time(n.pending_until.unwrap_or(now)),
+                n.public_key,
+                n.id
+            )),
+            _ => {}
+        }
+    }
+    lines
+}
+
+/// sshd's `expiry-time` in UTC (the `Z` suffix), rounded up to the minute.
+fn expiry_time(unix: u64) -> String {
+    let t =
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(unix + 59))
+            .to_string();
+    // 2026-11-26T03:17:54Z → 202611260317Z
+    let digits: String = t.chars().filter(|c| c.is_ascii_digit()).take(12).collect();
+    format!("{digits}Z")
+}
+
+fn approve_record<'a>(
+    node: &mut NodeRecord,
+    others: impl Iterator<Item = &'a NodeRecord>,
+    now: u64,
+) -> Result<(), Refusal> {
+    let taken: Vec<u16> = others.filter_map(|n| n.ports).flatten().collect();
+    node.ports = Some(allocate_ports(&taken)?);
+    node.approval = Approval::Approved;
+    node.approved_at = Some(now);
+    node.pending_until = None;
+    Ok(())
+}
+
+/// Picks a pair of consecutive free loopback ports not held by another node. Random in a wide range,
+/// so gateways sharing a host (tests) rarely collide; each candidate is checked bindable now.
+fn allocate_ports(taken: &[u16]) -> Result<[u16; 2], Refusal> {
+    for _ in 0..200 {
+        let r = u16::from_be_bytes(burrow_core::random_bytes::<2>());
+        let a = 20000 + (r % 20000) * 2;
+        let pair = [a, a + 1];
+        if pair.iter().any(|p| taken.contains(p)) {
+            continue;
+        }
+        if pair
+            .iter()
+            .all(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        {
+            return Ok(pair);
+        }
+    }
+    Err(Refusal::new(
+        Kind::Unavailable,
+        "no free port pair for the node on 127.0.0.1",
+    ))
+}
+
+/// Node names are ids in URLs and key comments: 1–63 of `[A-Za-z0-9._-]`, not starting with `.` or `-`.
+pub fn validate_name(name: &str) -> Result<(), Refusal> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with(['.', '-'])
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(bad_request(format!(
+            "invalid node name {name:?}: use 1-63 letters, digits, '.', '_' or '-'"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_time_is_utc_minutes() {
+        assert_eq!(expiry_time(0), "197001010000Z");
+        assert_eq!(expiry_time(61), "197001010002Z");
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(validate_name("pi-1").is_ok());
+        assert!(validate_name("").is_err());
+        assert!(validate_name("../etc").is_err());
+        assert!(validate_name("a b").is_err());
+    }
+}

@@ -1,0 +1,159 @@
+//! `gateway serve`: brings the gateway up in a safe order (API port first, then keys, registry, sshd,
+//! links), writes `run.json` so the CLI can find the API, and takes it all down on SIGTERM/SIGINT.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use burrow_core::identity::Identity;
+use serde_json::json;
+
+use crate::api::{Api, Ctx};
+use crate::audit::AuditLog;
+use crate::bus::Bus;
+use crate::cli::ServeArgs;
+use crate::pairing::{Contact, Pairing};
+use crate::registry::Registry;
+use crate::sshd::{self, SshdSettings, Supervisor};
+use crate::{health, runinfo};
+
+pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
+    if !args.api.ip().is_loopback() && !args.insecure {
+        bail!(
+            "refusing to serve the API on {} without TLS: keep it on 127.0.0.1 (reach it over SSH), \
+             or pass --insecure if something else protects it",
+            args.api
+        );
+    }
+    burrow_core::atomic_file::private_dir(data_dir)?;
+    let data_dir = data_dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", data_dir.display()))?;
+    let (server, api_addr) = Api::bind(args.api)?;
+    let host = hostname();
+    let (identity, created) = Identity::load_or_generate(
+        &data_dir.join("gateway.key"),
+        &format!("burrow-gateway@{host}"),
+    )?;
+    if created {
+        log::info!("created gateway key {}", identity.public().fingerprint());
+    }
+    let ssh_addr = if args.ssh.port() == 0 {
+        free_port(args.ssh)?
+    } else {
+        args.ssh
+    };
+    let settings = SshdSettings {
+        dir: data_dir.join("sshd"),
+        listen: ssh_addr,
+        binary: args.sshd.clone(),
+        max_sessions_hint: 256,
+    };
+    let host_fingerprint = sshd::ensure_host_key(&settings)?;
+    sshd::write_config(&settings)?;
+    let registry = Arc::new(Registry::open(&data_dir)?);
+    let audit_log = AuditLog::open(&data_dir.join("audit.log"))?;
+    let ssh_public = args
+        .ssh_public
+        .clone()
+        .unwrap_or_else(|| match ssh_addr.ip() {
+            ip if ip.is_unspecified() => format!("{host}:{}", ssh_addr.port()),
+            _ => ssh_addr.to_string(),
+        });
+    let contact = Contact {
+        ssh_public: ssh_public.clone(),
+        ssh_user: current_user(),
+        host_fingerprint: host_fingerprint.clone(),
+        api_port: api_addr.port(),
+    };
+    let key_settings = settings.clone();
+    let pairing = Arc::new(Pairing::new(
+        identity.clone(),
+        registry.clone(),
+        contact,
+        Box::new(move |lines| sshd::write_authorized_keys(&key_settings, lines)),
+        audit_log.handle(),
+    )?);
+    let supervisor = Arc::new(Supervisor::start(settings)?);
+    let bus = Arc::new(Bus::new(identity, registry.clone()));
+    let status_of = supervisor.clone();
+    let contact_json =
+        json!({"listen": ssh_addr, "public": ssh_public, "host_fingerprint": host_fingerprint});
+    let ctx = Arc::new(Ctx {
+        registry: registry.clone(),
+        pairing: pairing.clone(),
+        bus: bus.clone(),
+        started: Instant::now(),
+        sshd_status: Box::new(move || {
+            let s = status_of.status();
+            json!({"running": s.running, "pid": s.pid, "restarts": s.restarts, "listen": s.listen})
+        }),
+        contact: contact_json,
+    });
+    let api = Api::start(server, ctx)?;
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+    let health = health::spawn(registry, bus.clone(), stop_rx)?;
+    runinfo::write(
+        &data_dir,
+        api_addr,
+        ssh_addr,
+        &ssh_public,
+        &host_fingerprint,
+    )?;
+    log::info!("API on http://{api_addr}, sshd on {ssh_addr} (nodes dial {ssh_public}, host key {host_fingerprint})");
+
+    wait_for_signal()?;
+    log::info!("shutting down");
+    runinfo::remove(&data_dir);
+    drop(stop_tx);
+    let _ = health.join();
+    drop(api);
+    bus.shutdown();
+    drop(pairing);
+    drop(audit_log);
+    if let Ok(supervisor) = Arc::try_unwrap(supervisor) {
+        supervisor.stop();
+    }
+    Ok(())
+}
+
+fn wait_for_signal() -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .context("installing signal handlers")?;
+    if let Some(sig) = signals.forever().next() {
+        log::info!("received signal {sig}");
+    }
+    Ok(())
+}
+
+/// A free port on the given address (for `--ssh 127.0.0.1:0`): bind, read, release.
+fn free_port(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+    let l = TcpListener::bind(addr).with_context(|| format!("finding a free port on {addr}"))?;
+    Ok(l.local_addr()?)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// The login name of this process's user: nodes log in to the managed sshd as this user.
+fn current_user() -> String {
+    let uid = rustix::process::getuid().as_raw();
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| {
+            passwd.lines().find_map(|line| {
+                let f: Vec<&str> = line.split(':').collect();
+                (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
+            })
+        })
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "root".into())
+}

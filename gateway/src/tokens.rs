@@ -1,0 +1,195 @@
+//! API bearer tokens: EdDSA JWTs signed with the gateway's Ed25519 key, and the roles they carry.
+//!
+//! Only tokens signed by this gateway's key with alg EdDSA verify (jwt-simple refuses `none`, HS256,
+//! RSA and any other key); `exp` is enforced, and revoked `jti`s are refused by the caller.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail};
+use burrow_core::identity::Identity;
+use jwt_simple::prelude::{
+    Claims, Ed25519KeyPair, Ed25519PublicKey, EdDSAKeyPairLike, EdDSAPublicKeyLike,
+    VerificationOptions,
+};
+use serde::{Deserialize, Serialize};
+
+/// What a token lets its holder do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Administration: pairing, tokens, everything.
+    Gateway,
+    /// Exec and read.
+    Operator,
+    /// Read only.
+    Viewer,
+    /// A node: its own heartbeat only.
+    Node,
+}
+
+impl Role {
+    pub fn parse(text: &str) -> anyhow::Result<Role> {
+        Ok(match text {
+            "gateway" => Role::Gateway,
+            "operator" => Role::Operator,
+            "viewer" => Role::Viewer,
+            "node" => Role::Node,
+            other => bail!("unknown role {other:?}: expected gateway, operator, viewer or node"),
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Gateway => "gateway",
+            Role::Operator => "operator",
+            Role::Viewer => "viewer",
+            Role::Node => "node",
+        }
+    }
+
+    /// Whether this role may read the fleet (nodes, status).
+    pub fn can_read(self) -> bool {
+        matches!(self, Role::Gateway | Role::Operator | Role::Viewer)
+    }
+
+    /// Whether this role may run commands.
+    pub fn can_exec(self) -> bool {
+        matches!(self, Role::Gateway | Role::Operator)
+    }
+
+    /// Whether this role may administer (pairing, approvals).
+    pub fn can_admin(self) -> bool {
+        self == Role::Gateway
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Extra {
+    role: Role,
+}
+
+/// A verified token's claims.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub subject: String,
+    pub role: Role,
+    pub jti: String,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
+/// Signs and verifies tokens with the gateway key.
+pub struct Tokens {
+    key: Ed25519KeyPair,
+    public: Ed25519PublicKey,
+}
+
+impl Tokens {
+    pub fn new(identity: &Identity) -> anyhow::Result<Tokens> {
+        let key = Ed25519KeyPair::from_bytes(&identity.secret_bytes())
+            .map_err(|e| anyhow!("loading the gateway key for JWTs: {e}"))?;
+        let public = key.public_key();
+        Ok(Tokens { key, public })
+    }
+
+    /// Issues a token; returns it with its `jti`.
+    pub fn issue(
+        &self,
+        subject: &str,
+        role: Role,
+        ttl: Duration,
+    ) -> anyhow::Result<(String, String)> {
+        let jti = burrow_core::join::hex(&burrow_core::random_bytes::<12>());
+        let claims = Claims::with_custom_claims(Extra { role }, ttl.into())
+            .with_subject(subject)
+            .with_jwt_id(&jti);
+        let token = self
+            .key
+            .sign(claims)
+            .map_err(|e| anyhow!("signing token: {e}"))?;
+        Ok((token, jti))
+    }
+
+    /// Verifies signature, algorithm and expiry.
+    pub fn verify(&self, token: &str) -> anyhow::Result<Verified> {
+        let options = VerificationOptions {
+            time_tolerance: Some(jwt_simple::prelude::Duration::from_secs(30)),
+            ..VerificationOptions::default()
+        };
+        let claims = self
+            .public
+            .verify_token::<Extra>(token, Some(options))
+            .map_err(|e| anyhow!("{e}"))?;
+        let (Some(subject), Some(jti), Some(exp)) =
+            (claims.subject, claims.jwt_id, claims.expires_at)
+        else {
+            bail!("token lacks sub, jti or exp");
+        };
+        Ok(Verified {
+            subject,
+            role: claims.custom.role,
+            jti,
+            expires_at: exp.as_secs(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+
+    #[test]
+    fn issues_and_verifies() {
+        let t = Tokens::new(&Identity::generate("g")).unwrap();
+        let (tok, jti) = t
+            .issue("alice", Role::Operator, Duration::from_secs(60))
+            .unwrap();
+        let v = t.verify(&tok).unwrap();
+        assert_eq!(
+            (v.subject.as_str(), v.role, v.jti),
+            ("alice", Role::Operator, jti)
+        );
+    }
+
+    #[test]
+    fn refuses_other_keys_alg_none_and_garbage() {
+        let t = Tokens::new(&Identity::generate("g")).unwrap();
+        let other = Tokens::new(&Identity::generate("h")).unwrap();
+        let (tok, _) = other
+            .issue("mallory", Role::Gateway, Duration::from_secs(60))
+            .unwrap();
+        assert!(t.verify(&tok).is_err());
+        // Same claims, `alg: none`, no signature.
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let payload = tok.split('.').nth(1).unwrap();
+        let none = format!(
+            "{}.{payload}.",
+            b64.encode(br#"{"alg":"none","typ":"JWT"}"#)
+        );
+        assert!(t.verify(&none).is_err());
+        let hs = format!(
+            "{}.{payload}.AAAA",
+            b64.encode(br#"{"alg":"HS256","typ":"JWT"}"#)
+        );
+        assert!(t.verify(&hs).is_err());
+        assert!(t.verify("not a token").is_err());
+    }
+
+    #[test]
+    fn refuses_expired() {
+        let t = Tokens::new(&Identity::generate("g")).unwrap();
+        let claims = Claims::with_custom_claims(
+            Extra { role: Role::Viewer },
+            jwt_simple::prelude::Duration::from_secs(1),
+        )
+        .with_subject("v")
+        .with_jwt_id("j");
+        let mut claims = claims;
+        // Expired an hour ago, well past the clock tolerance.
+        let now = jwt_simple::prelude::Clock::now_since_epoch();
+        claims.expires_at = Some(now - jwt_simple::prelude::Duration::from_secs(3600));
+        let tok = t.key.sign(claims).unwrap();
+        assert!(t.verify(&tok).is_err());
+    }
+}

@@ -1,0 +1,113 @@
+//! Joining: auto-approved and manual nodes, CLI and API views, refusals on both sides.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::util::{agent_join, wait_until, Agent, Gateway};
+
+#[test]
+fn two_agents_join_one_auto_one_manual_then_both_run_commands() {
+    let gw = Gateway::start();
+    let auto = Agent::start(&gw.join(&[]), "pi-auto");
+    let manual_join = gw.join(&["--manual"]);
+    let manual = Agent::start(&manual_join, "pi-manual");
+
+    gw.wait_status("pi-auto", "online");
+    gw.wait_status("pi-manual", "pending");
+    let ls = gw.cli(&["nodes", "ls"]);
+    let table = String::from_utf8_lossy(&ls.stdout);
+    assert!(table.contains("pi-manual") && table.contains("pending"), "{table}");
+
+    let approve = gw.cli(&["nodes", "approve", "pi-manual"]);
+    assert!(approve.status.success(), "{}", String::from_utf8_lossy(&approve.stderr));
+    gw.wait_status("pi-manual", "online");
+
+    let (status, list) = gw.api("GET", "/api/v1/nodes", None);
+    assert_eq!(status, 200);
+    let nodes = list["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2);
+    for n in nodes {
+        assert_eq!(n["status"], "online", "{n}");
+        assert_eq!(n["capabilities"], json!(["test"]));
+        assert!(n["fingerprint"].as_str().unwrap().starts_with("SHA256:"));
+    }
+
+    for node in ["pi-auto", "pi-manual"] {
+        let (status, out) = gw.exec(node, json!({"command": format!("echo {node}; echo err >&2; exit 3")}));
+        assert_eq!(status, 200, "{out}");
+        assert_eq!(out["stdout"], format!("{node}\n"));
+        assert_eq!(out["stderr"], "err\n");
+        assert_eq!(out["exit_code"], 3);
+        assert_eq!(out["signal"], json!(null));
+        assert_eq!(out["timed_out"], false);
+        assert_eq!(out["node"], node);
+        assert!(out["job_id"].as_str().is_some_and(|j| !j.is_empty()));
+    }
+
+    // The human CLI prints the output and exits with the remote code.
+    let out = gw.cli(&["exec", "pi-auto", "--", "sh", "-c", "echo via-cli; exit 7"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "via-cli\n");
+    assert_eq!(out.status.code(), Some(7));
+
+    // The status endpoint counts them.
+    let (_, status) = gw.api("GET", "/api/v1/status", None);
+    assert_eq!(status["nodes"]["online"], 2, "{status}");
+    assert_eq!(status["sshd"]["running"], true, "{status}");
+    drop((auto, manual));
+}
+
+#[test]
+fn rejected_node_never_comes_online() {
+    let gw = Gateway::start();
+    let _agent = Agent::start(&gw.join(&["--manual"]), "pi-reject");
+    gw.wait_status("pi-reject", "pending");
+    let out = gw.cli(&["nodes", "reject", "pi-reject"]);
+    assert!(out.status.success());
+    gw.wait_status("pi-reject", "rejected");
+    let (status, body) = gw.exec("pi-reject", json!({"command": "true"}));
+    assert_eq!(status, 409, "{body}");
+}
+
+#[test]
+fn reused_token_wrong_pin_and_taken_name_are_refused_with_clear_messages() {
+    let gw = Gateway::start();
+    let join = gw.join(&[]);
+    let first = agent_join(&join, "pi-one");
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+
+    // The single-use token is spent.
+    let again = agent_join(&join, "pi-two");
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success());
+    assert!(err.contains("used up"), "{err}");
+    wait_until(Duration::from_secs(10), "gateway logs the refusal", || {
+        gw.log_text().contains("used up")
+    });
+
+    // A join string whose host-key pin is not this sshd's.
+    let mut ticket = burrow_core::join::JoinTicket::decode(&gw.join(&[])).unwrap();
+    ticket.host_key = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into();
+    let out = agent_join(&ticket.encode(), "pi-three");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("does not match the pinned"), "{err}");
+
+    // Another key asking for a name already held.
+    let out = agent_join(&gw.join(&[]), "pi-one");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("already held by another key"), "{err}");
+
+    // An expired token.
+    let short = gw.join(&["--ttl", "1s"]);
+    wait_until(Duration::from_secs(10), "token expiry", || {
+        let out = agent_join(&short, "pi-late");
+        !out.status.success()
+    });
+
+    // Garbage join strings fail before any network use.
+    let out = agent_join("burrow1.bm90IGpzb24", "x");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid join string"));
+}

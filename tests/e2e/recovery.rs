@@ -1,0 +1,39 @@
+//! Coming back by itself: a killed SSH session, a restarted gateway, a restarted agent.
+
+use serde_json::json;
+
+use std::time::Duration;
+
+use crate::util::{children, wait_until, Agent, Gateway};
+
+#[test]
+fn node_comes_back_after_its_session_is_killed_and_after_a_gateway_restart() {
+    let gw = Gateway::start();
+    let mut agent = Agent::start(&gw.join(&[]), "phoenix");
+    gw.wait_status("phoenix", "online");
+
+    // Kill the sshd process serving the agent's session (a child of the supervised sshd).
+    let (_, status) = gw.api("GET", "/api/v1/status", None);
+    let sshd = status["sshd"]["pid"].as_u64().unwrap() as u32;
+    let sessions = children(sshd);
+    assert!(!sessions.is_empty(), "no sshd session process found");
+    for pid in sessions {
+        let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    gw.wait_status("phoenix", "offline");
+    gw.wait_status("phoenix", "online");
+    let (code, out) = gw.exec("phoenix", json!({"command": "echo back"}));
+    assert_eq!((code, out["stdout"].as_str()), (200, Some("back\n")), "{out}");
+
+    // Restart the gateway on the same data dir and ports.
+    let gw = gw.restart();
+    gw.wait_status("phoenix", "online");
+    let (code, out) = gw.exec("phoenix", json!({"command": "echo again"}));
+    assert_eq!((code, out["stdout"].as_str()), (200, Some("again\n")), "{out}");
+
+    // Restart the agent without a join string: identity and token persist.
+    agent.restart();
+    wait_until(Duration::from_secs(30), "exec through the restarted agent", || {
+        gw.exec("phoenix", json!({"command": "echo restarted"})).1["stdout"] == "restarted\n"
+    });
+}
