@@ -50,6 +50,7 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         listen: ssh_addr,
         binary: args.sshd.clone(),
         max_sessions_hint: 256,
+        login_user: current_user(),
     };
     let host_fingerprint = sshd::ensure_host_key(&settings)?;
     sshd::write_config(&settings)?;
@@ -64,7 +65,7 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         });
     let contact = Contact {
         ssh_public: ssh_public.clone(),
-        ssh_user: current_user(),
+        ssh_user: settings.login_user.clone(),
         host_fingerprint: host_fingerprint.clone(),
         api_port: api_addr.port(),
     };
@@ -78,7 +79,9 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
     )?);
     let supervisor = Arc::new(Supervisor::start(settings)?);
     let bus = Arc::new(Bus::new(identity, registry.clone()));
-    let status_of = supervisor.clone();
+    // A weak handle, so `serve` stays the only owner and `stop()` (which also kills sshd's
+    // sessions) runs at shutdown.
+    let status_of = Arc::downgrade(&supervisor);
     let contact_json =
         json!({"listen": ssh_addr, "public": ssh_public, "host_fingerprint": host_fingerprint});
     let ctx = Arc::new(Ctx {
@@ -86,9 +89,12 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         pairing: pairing.clone(),
         bus: bus.clone(),
         started: Instant::now(),
-        sshd_status: Box::new(move || {
-            let s = status_of.status();
-            json!({"running": s.running, "pid": s.pid, "restarts": s.restarts, "listen": s.listen})
+        sshd_status: Box::new(move || match status_of.upgrade() {
+            Some(sup) => {
+                let s = sup.status();
+                json!({"running": s.running, "pid": s.pid, "restarts": s.restarts, "listen": s.listen})
+            }
+            None => json!({"running": false}),
         }),
         contact: contact_json,
     });
@@ -113,8 +119,9 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
     bus.shutdown();
     drop(pairing);
     drop(audit_log);
-    if let Ok(supervisor) = Arc::try_unwrap(supervisor) {
-        supervisor.stop();
+    match Arc::try_unwrap(supervisor) {
+        Ok(supervisor) => supervisor.stop(),
+        Err(_) => log::error!("sshd supervisor still shared at shutdown; its sessions may linger"),
     }
     Ok(())
 }

@@ -82,7 +82,7 @@ fn concurrent_commands_on_one_node_do_not_block_each_other() {
     let gw = std::sync::Arc::new(gw);
     let slow = {
         let gw = gw.clone();
-        std::thread::spawn(move || gw.exec("busy", json!({"command": "head -c 3000000 /dev/zero; sleep 3; echo done"})))
+        std::thread::spawn(move || gw.exec("busy", json!({"command": "head -c 3000000 /dev/zero | tr '\\0' x; sleep 3; echo done"})))
     };
     let started = Instant::now();
     let (status, out) = gw.exec("busy", json!({"command": "echo quick"}));

@@ -198,7 +198,7 @@ impl Gateway {
                 .header("Authorization", &auth)
                 .send(body.unwrap_or(Value::Null).to_string()),
         }
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         let status = resp.status().as_u16();
         let text = resp.into_body().read_to_string().unwrap();
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))

@@ -153,8 +153,9 @@ fn serve(ctx: &Ctx, mut request: Request) {
     }
 }
 
-/// Writes NDJSON as HTTP/1.1 chunks, one flushed chunk per line (tiny_http's own chunked writer
-/// buffers 8 KiB, which would hold back streaming output).
+/// Writes NDJSON as HTTP/1.1 chunks, one flushed chunk per line. tiny_http's own chunked writer
+/// buffers 8 KiB and `chunked_transfer`'s never flushes the socket's buffer, either of which would hold
+/// back streaming output; the framing itself is three writes.
 fn stream(request: Request, lines: Box<dyn Iterator<Item = Value> + Send>) -> std::io::Result<()> {
     use std::io::Write;
     let mut raw = request.into_writer();
@@ -163,14 +164,16 @@ fn stream(request: Request, lines: Box<dyn Iterator<Item = Value> + Send>) -> st
           Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
     )?;
     raw.flush()?;
-    let mut out = chunked_transfer::Encoder::with_flush_after_write(raw);
     for line in lines {
         let mut bytes = serde_json::to_vec(&line).expect("JSON serializes");
         bytes.push(b'\n');
-        out.write_all(&bytes)?;
+        write!(raw, "{:x}\r\n", bytes.len())?;
+        raw.write_all(&bytes)?;
+        raw.write_all(b"\r\n")?;
+        raw.flush()?;
     }
-    drop(out); // writes the terminating zero-length chunk
-    Ok(())
+    raw.write_all(b"0\r\n\r\n")?;
+    raw.flush()
 }
 
 fn content_type(value: &str) -> Header {

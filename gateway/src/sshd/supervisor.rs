@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::watch::{self, kill_stale_sessions, FirstStart, Shared};
+use super::sessions::kill_stale_sessions;
+use super::watch::{self, FirstStart, Shared};
 use super::{ensure_privsep_dir, SshdSettings, SshdStatus};
 
 /// How long [`Supervisor::start`] waits for sshd to listen.
@@ -179,7 +180,9 @@ mod tests {
             "the old session died with its sshd"
         );
         sshd.stop();
-        assert!(all_gone(&[first, second]) && all_gone(&old_sessions));
+        wait_until("sshd and all sessions are gone", || {
+            all_gone(&[first, second]) && all_gone(&old_sessions)
+        });
         drop(old_connection);
     }
 
@@ -197,7 +200,9 @@ mod tests {
         sshd.stop();
         let refused = TcpStream::connect(status.listen).unwrap_err();
         assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
-        assert!(all_gone(&[pid]) && all_gone(&sessions));
+        wait_until("sshd and its session are gone", || {
+            all_gone(&[pid]) && all_gone(&sessions)
+        });
         assert!(!pipes_file.exists());
         drop(connection);
     }

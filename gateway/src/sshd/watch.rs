@@ -1,15 +1,12 @@
 //! The `sshd-supervisor` thread: starts sshd, forwards its log lines to `log`, restarts it with backoff
 //! when it dies, and on stop makes sure neither sshd nor any of its sessions survives.
 //!
-//! Two facts shape this file:
-//! - sshd calls setsid() in every per-connection child, so sshd's process group holds only the listener.
-//!   What all of them share is the stderr pipe we give sshd (`-e` logs to it and sessions inherit it),
-//!   so that pipe marks our processes: stopping kills the group, then every process still holding the
-//!   pipe, until the pipe reports end of file (nobody holds it any more).
+//! - Stopping kills sshd's process group, then every process still holding sshd's stderr pipe (its
+//!   sessions, see [`super::sessions`]), until the pipe reports end of file: nobody holds it any more.
 //! - sshd must die with the gateway even on SIGKILL. `PR_SET_PDEATHSIG` needs code between fork and exec
 //!   (`pre_exec`, i.e. `unsafe`), so util-linux's `setpriv --pdeathsig KILL` sets it and execs sshd.
 //!   Sessions have no death signal; a restarted gateway kills those a SIGKILLed one left behind
-//!   ([`kill_stale_sessions`]), found by the pipe inodes recorded in `<dir>/sshd.pipes`.
+//!   ([`super::sessions::kill_stale_sessions`]).
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -28,6 +25,7 @@ use burrow_core::atomic_file;
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::process::{Pid, PidfdFlags, Signal};
 
+use super::sessions::pipe_holders;
 use super::SshdSettings;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -222,7 +220,7 @@ impl Run {
                     self.schedule_restart();
                 }
             }
-            let ready = match self.wait(None) {
+            let ready = match self.wait(None, true) {
                 Ok(ready) => ready,
                 Err(e) => {
                     log::error!("sshd supervisor: poll failed ({e}); stopping sshd");
@@ -240,9 +238,9 @@ impl Run {
         self.kill_all();
     }
 
-    /// Sleeps in poll(2) until the wake pipe, a stderr pipe or sshd's exit needs attention, the next
-    /// restart is due, or `deadline`.
-    fn wait(&self, deadline: Option<Instant>) -> rustix::io::Result<Ready> {
+    /// Sleeps in poll(2) until a stderr pipe, sshd's exit or (with `wake`) the wake pipe needs
+    /// attention, the next restart is due, or `deadline`.
+    fn wait(&self, deadline: Option<Instant>, wake: bool) -> rustix::io::Result<Ready> {
         let now = Instant::now();
         let mut timeout = deadline.map(|d| d.saturating_duration_since(now));
         let mut limit = |d: Duration| timeout = Some(timeout.map_or(d, |t| t.min(d)));
@@ -256,12 +254,13 @@ impl Run {
                 }
             }
         }
-        let mut fds = vec![PollFd::new(&self.wake, PollFlags::IN)];
-        fds.extend(
-            self.streams
-                .iter()
-                .map(|s| PollFd::new(&s.pipe, PollFlags::IN)),
-        );
+        let mut fds: Vec<PollFd> = (self.streams.iter())
+            .map(|s| PollFd::new(&s.pipe, PollFlags::IN))
+            .collect();
+        // Once stopping, the hung-up wake pipe would make every poll return at once.
+        if wake {
+            fds.push(PollFd::new(&self.wake, PollFlags::IN));
+        }
         if let Some(pidfd) = self.sshd.as_ref().and_then(|s| s.pidfd.as_ref()) {
             fds.push(PollFd::new(pidfd, PollFlags::IN));
         }
@@ -271,9 +270,10 @@ impl Run {
             Err(e) => return Err(e),
         }
         let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
+        let n = self.streams.len();
         Ok(Ready {
-            wake: ready[0],
-            streams: ready[1..=self.streams.len()].to_vec(),
+            wake: wake && ready[n],
+            streams: ready[..n].to_vec(),
         })
     }
 
@@ -430,7 +430,7 @@ impl Run {
     /// Reads every stream until all reach end of file or `deadline`; true if all did.
     fn drain(&mut self, deadline: Instant) -> bool {
         while !self.streams.is_empty() && Instant::now() < deadline {
-            match self.wait(Some(deadline)) {
+            match self.wait(Some(deadline), false) {
                 Ok(ready) => self.read_streams(&ready.streams),
                 Err(_) => break,
             }
@@ -511,108 +511,52 @@ fn log_line(line: &str) {
     }
 }
 
-struct Holder {
-    pid: Pid,
-    comm: String,
-}
-
-/// Processes other than ours with a file descriptor on one of the pipes `inodes`.
-fn pipe_holders(inodes: &[u64]) -> Vec<Holder> {
-    if inodes.is_empty() {
-        return Vec::new();
-    }
-    let me = std::process::id().to_string();
-    let targets: Vec<String> = inodes.iter().map(|i| format!("pipe:[{i}]")).collect();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let holds = |pid: &str| -> Option<bool> {
-        let mut fds = fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
-        Some(fds.any(|fd| {
-            let link = fd.ok().and_then(|fd| fs::read_link(fd.path()).ok());
-            link.is_some_and(|l| targets.iter().any(|t| l.as_os_str() == t.as_str()))
-        }))
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|pid| *pid != me && holds(pid) == Some(true))
-        .filter_map(|pid| {
-            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-            Some(Holder {
-                pid: Pid::from_raw(pid.parse().ok()?)?,
-                comm: comm.trim().to_string(),
-            })
-        })
-        .collect()
-}
-
-/// Kills sessions that the sshds of a previous, SIGKILLed gateway left behind (pdeathsig took sshd
-/// down, not its sessions, which would keep nodes' forwarded ports). They are the `sshd` processes that
-/// still hold a stderr pipe recorded in `pipes_file`; the gateway that read those pipes is gone.
-pub(super) fn kill_stale_sessions(pipes_file: &Path) {
-    let Ok(text) = fs::read_to_string(pipes_file) else {
-        return;
-    };
-    let inodes: Vec<u64> = text
-        .split_whitespace()
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    let holders = pipe_holders(&inodes);
-    if let Some(reader) = holders.iter().find(|h| h.comm != "sshd") {
-        // Most likely a gateway still running on this data dir; its sshd is not ours to kill.
-        log::warn!(
-            "{} (pid {}) still reads sshd's log pipe",
-            reader.comm,
-            reader.pid.as_raw_nonzero()
-        );
-        return;
-    }
-    let stale = holders;
-    for holder in &stale {
-        let _ = rustix::process::kill_process(holder.pid, Signal::KILL);
-    }
-    if !stale.is_empty() {
-        log::warn!(
-            "killed {} sshd session process(es) left by a previous gateway",
-            stale.len()
-        );
-    }
-    let _ = fs::remove_file(pipes_file);
-}
-
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{all_gone, banner, children_of, settings, TempDir};
-    use super::super::{write_config, Supervisor};
+    use std::os::unix::process::ExitStatusExt;
+
+    use super::super::tests::{settings, TempDir};
+    use super::super::write_config;
     use super::*;
 
-    /// Regression guard for sessions that outlive a SIGKILLed gateway (pdeathsig only kills sshd).
+    /// sshd dies with the gateway even on SIGKILL because its death signal fires when the thread that
+    /// spawned it ends; this is also why `Run` spawns sshd from its own long-lived thread.
     #[test]
-    fn start_kills_sessions_left_by_a_killed_gateway() {
-        let dir = TempDir::new("stale");
+    fn sshd_dies_with_the_thread_that_spawned_it() {
+        let dir = TempDir::new("pdeathsig");
         let s = settings(&dir);
         write_config(&s).unwrap();
-        // Play the dead gateway: our own sshd, one session, then sshd and our pipe end die.
-        let mut old = Command::new(&s.binary)
-            .args(["-D", "-e", "-f"])
-            .arg(s.config_path())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut pipe = old.stderr.take().unwrap();
-        let mut said = [0u8; 64];
-        assert!(pipe.read(&mut said).unwrap() > 0, "sshd never spoke");
-        let inode = rustix::fs::fstat(&pipe).unwrap().st_ino;
-        fs::write(s.pipes_path(), format!("{inode}\n")).unwrap();
-        let (_, connection) = banner(s.listen);
-        let sessions = children_of(old.id());
-        assert!(!sessions.is_empty());
-        old.kill().unwrap();
-        old.wait().unwrap();
-        drop(pipe);
-        let sshd = Supervisor::start(s).unwrap();
-        assert!(all_gone(&sessions));
-        sshd.stop();
-        drop(connection);
+        let launch = Launch::new(&s);
+        assert!(launch.program.ends_with("setpriv"), "{:?}", launch.program);
+        let (mut sshd, _stderr) = thread::spawn(move || {
+            let mut child = Command::new(&launch.program)
+                .args(&launch.args)
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            // Once sshd speaks, setpriv has set the death signal and become sshd.
+            let mut stderr = child.stderr.take().unwrap();
+            assert!(stderr.read(&mut [0u8; 64]).unwrap() > 0);
+            (child, stderr)
+        })
+        .join()
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let died = loop {
+            match sshd.try_wait().unwrap() {
+                Some(status) => break Some(status),
+                None if Instant::now() >= deadline => break None,
+                None => thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        if died.is_none() {
+            let _ = sshd.kill();
+            let _ = sshd.wait();
+        }
+        assert_eq!(
+            died.and_then(|s| s.signal()),
+            Some(9),
+            "sshd outlived its thread"
+        );
     }
 }
