@@ -9,7 +9,12 @@ use clap::{Parser, Subcommand};
 #[command(name = "agent", version, about, max_term_width = 100)]
 pub struct Cli {
     /// Where the agent keeps its key, pins and token.
-    #[arg(long, global = true, env = "BURROW_DATA_DIR", default_value = "/var/lib/burrow/agent")]
+    #[arg(
+        long,
+        global = true,
+        env = "BURROW_DATA_DIR",
+        default_value = "/var/lib/burrow/agent"
+    )]
     pub data_dir: PathBuf,
     /// Log verbosity: error, warn, info, debug, trace.
     #[arg(long, global = true, env = "BURROW_LOG", default_value = "info")]

@@ -46,7 +46,11 @@ impl std::error::Error for ApiError {}
 
 impl ApiChannel {
     /// Opens a channel to the API port and checks the gateway's signature.
-    pub fn open(tunnel: &Tunnel, api_port: u16, gateway_key: &PublicKey) -> anyhow::Result<ApiChannel> {
+    pub fn open(
+        tunnel: &Tunnel,
+        api_port: u16,
+        gateway_key: &PublicKey,
+    ) -> anyhow::Result<ApiChannel> {
         let mut stream = tunnel
             .open_direct("127.0.0.1", api_port, Duration::from_secs(10))
             .context("opening a channel to the gateway API")?;
@@ -63,8 +67,12 @@ impl ApiChannel {
                 nonce: STANDARD.encode(nonce),
             },
         )?;
-        let server_nonce = STANDARD.decode(&hello.server_nonce).context("bad server nonce")?;
-        let signature = STANDARD.decode(&hello.signature).context("bad hello signature")?;
+        let server_nonce = STANDARD
+            .decode(&hello.server_nonce)
+            .context("bad server nonce")?;
+        let signature = STANDARD
+            .decode(&hello.signature)
+            .context("bad hello signature")?;
         gateway_key
             .verify(&api_hello_message(&nonce, &server_nonce), &signature)
             .map_err(|_| {
@@ -110,7 +118,9 @@ fn read_response<R: Read>(stream: &mut R) -> anyhow::Result<(u16, Vec<u8>)> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     loop {
-        let n = stream.read(&mut chunk).context("reading the gateway's answer")?;
+        let n = stream
+            .read(&mut chunk)
+            .context("reading the gateway's answer")?;
         if n == 0 {
             bail!("the gateway closed the channel before answering");
         }
@@ -123,14 +133,22 @@ fn read_response<R: Read>(stream: &mut R) -> anyhow::Result<(u16, Vec<u8>)> {
                 .headers
                 .iter()
                 .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok())
+                .and_then(|h| {
+                    std::str::from_utf8(h.value)
+                        .ok()?
+                        .trim()
+                        .parse::<usize>()
+                        .ok()
+                })
                 .ok_or_else(|| anyhow!("gateway answer without Content-Length"))?;
             if length > MAX_RESPONSE {
                 bail!("gateway answer of {length} bytes is too large");
             }
             let mut body = buf.split_off(head_len);
             while body.len() < length {
-                let n = stream.read(&mut chunk).context("reading the gateway's answer")?;
+                let n = stream
+                    .read(&mut chunk)
+                    .context("reading the gateway's answer")?;
                 if n == 0 {
                     bail!("the gateway closed the channel inside an answer");
                 }

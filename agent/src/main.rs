@@ -19,7 +19,9 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let _ = simplelog::WriteLogger::init(
         cli.log,
-        simplelog::ConfigBuilder::new().set_time_format_rfc3339().build(),
+        simplelog::ConfigBuilder::new()
+            .set_time_format_rfc3339()
+            .build(),
         std::io::stderr(),
     );
     match run(cli) {
@@ -42,7 +44,11 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         }
         cli::Command::Id => {
             let identity = dir.identity()?;
-            println!("{}\n{}", identity.public_line(), identity.public().fingerprint());
+            println!(
+                "{}\n{}",
+                identity.public_line(),
+                identity.public().fingerprint()
+            );
             Ok(())
         }
     }

@@ -20,7 +20,10 @@ impl Sampler {
         self.system.refresh_cpu_usage();
         self.system.refresh_memory();
         let disks = Disks::new_with_refreshed_list();
-        let root = disks.list().iter().find(|d| d.mount_point() == std::path::Path::new("/"));
+        let root = disks
+            .list()
+            .iter()
+            .find(|d| d.mount_point() == std::path::Path::new("/"));
         Metrics {
             uptime_s: System::uptime(),
             load1: System::load_average().one,

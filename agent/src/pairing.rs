@@ -68,7 +68,12 @@ pub fn join(dir: &DataDir, join: &str, profile: &Profile) -> anyhow::Result<Agen
 
 /// Asks until approved: with the join secret while the gateway does not know our key yet, then with
 /// our own key while pending.
-fn settle(dir: &DataDir, identity: &Identity, mut state: AgentState, secret: Option<&str>) -> anyhow::Result<AgentState> {
+fn settle(
+    dir: &DataDir,
+    identity: &Identity,
+    mut state: AgentState,
+    secret: Option<&str>,
+) -> anyhow::Result<AgentState> {
     loop {
         let secret = secret.filter(|_| state.status == "new");
         let reply = request(&state, identity, secret)?;
@@ -78,7 +83,11 @@ fn settle(dir: &DataDir, identity: &Identity, mut state: AgentState, secret: Opt
                 state.token = reply.token;
                 state.ports = reply.ports;
                 dir.save(&state)?;
-                log::info!("paired as {:?}; listening ports {:?}", state.name, state.ports);
+                log::info!(
+                    "paired as {:?}; listening ports {:?}",
+                    state.name,
+                    state.ports
+                );
                 return Ok(state);
             }
             "pending" => {
@@ -101,7 +110,11 @@ pub fn join_pending(dir: &DataDir, state: &AgentState) -> anyhow::Result<AgentSt
 
 /// Sends one signed pairing request. With `secret`, logs in with the enrollment key; without, with the
 /// node's own key (known to the gateway once pending or approved).
-pub fn request(state: &AgentState, identity: &Identity, secret: Option<&str>) -> anyhow::Result<PairReply> {
+pub fn request(
+    state: &AgentState,
+    identity: &Identity,
+    secret: Option<&str>,
+) -> anyhow::Result<PairReply> {
     let ssh_key = match secret {
         Some(s) => enrollment_identity(s),
         None => identity.clone(),
@@ -142,8 +155,6 @@ pub fn request(state: &AgentState, identity: &Identity, secret: Option<&str>) ->
     tunnel.shutdown();
     Ok(reply)
 }
-
-
 
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

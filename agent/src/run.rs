@@ -35,7 +35,9 @@ pub fn run(dir: &DataDir, join: Option<&str>, profile: &Profile) -> anyhow::Resu
         (Some(s), _) if s.status == "approved" => s,
         (_, Some(j)) => pairing::join(dir, j, profile)?,
         (Some(s), None) => pairing::join_pending(dir, &s)?,
-        (None, None) => bail!("this node is not paired yet: pass --join <string from `gateway join create`>"),
+        (None, None) => {
+            bail!("this node is not paired yet: pass --join <string from `gateway join create`>")
+        }
     };
     let gateway_key = PublicKey::from_base64(&state.gateway.gateway_key)?;
     let ctx = Arc::new(ServiceContext {
@@ -70,32 +72,45 @@ fn session(
     ctx: &Arc<ServiceContext>,
     sampler: &mut Sampler,
 ) -> anyhow::Result<String> {
-    let ports = state.ports.ok_or_else(|| anyhow!("no ports assigned; re-join"))?;
-    let (tunnel, incoming) = Tunnel::connect(&tunnel_config(&state.gateway, identity, ports.to_vec()))?;
+    let ports = state
+        .ports
+        .ok_or_else(|| anyhow!("no ports assigned; re-join"))?;
+    let (tunnel, incoming) =
+        Tunnel::connect(&tunnel_config(&state.gateway, identity, ports.to_vec()))?;
     let port = tunnel.listen_port().unwrap_or(ports[0]);
-    log::info!("connected to {} as {:?}, serving on gateway port {port}", state.gateway.ssh, state.name);
+    log::info!(
+        "connected to {} as {:?}, serving on gateway port {port}",
+        state.gateway.ssh,
+        state.name
+    );
     let ctx = ctx.clone();
-    let acceptor: JoinHandle<()> = std::thread::Builder::new().name("accept".into()).spawn(move || {
-        let mut conns: Vec<JoinHandle<()>> = Vec::new();
-        // Ends when the tunnel dies and drops its sender.
-        for (n, stream) in incoming.into_iter().enumerate() {
-            let ctx = ctx.clone();
-            let (reader, writer) = stream.split();
-            let spawned = std::thread::Builder::new().name(format!("conn-{n}")).spawn(move || {
-                if let Err(e) = serve(reader, writer, ctx) {
-                    log::warn!("gateway connection ended: {e:#}");
+    let acceptor: JoinHandle<()> =
+        std::thread::Builder::new()
+            .name("accept".into())
+            .spawn(move || {
+                let mut conns: Vec<JoinHandle<()>> = Vec::new();
+                // Ends when the tunnel dies and drops its sender.
+                for (n, stream) in incoming.into_iter().enumerate() {
+                    let ctx = ctx.clone();
+                    let (reader, writer) = stream.split();
+                    let spawned =
+                        std::thread::Builder::new()
+                            .name(format!("conn-{n}"))
+                            .spawn(move || {
+                                if let Err(e) = serve(reader, writer, ctx) {
+                                    log::warn!("gateway connection ended: {e:#}");
+                                }
+                            });
+                    match spawned {
+                        Ok(h) => conns.push(h),
+                        Err(e) => log::error!("spawning a connection thread: {e}"),
+                    }
+                    conns.retain(|h| !h.is_finished());
                 }
-            });
-            match spawned {
-                Ok(h) => conns.push(h),
-                Err(e) => log::error!("spawning a connection thread: {e}"),
-            }
-            conns.retain(|h| !h.is_finished());
-        }
-        for h in conns {
-            let _ = h.join();
-        }
-    })?;
+                for h in conns {
+                    let _ = h.join();
+                }
+            })?;
     let mut missed = 0;
     let reason = loop {
         match heartbeat(&tunnel, dir, identity, state, port, sampler) {
@@ -133,11 +148,15 @@ fn heartbeat(
         metrics: sampler.sample(),
     };
     let token = state.token.clone().unwrap_or_default();
-    let reply: anyhow::Result<HeartbeatReply> = api.post("/api/v1/agent/heartbeat", Some(&token), &beat);
+    let reply: anyhow::Result<HeartbeatReply> =
+        api.post("/api/v1/agent/heartbeat", Some(&token), &beat);
     let fresh = match reply {
         Ok(r) => r.token,
         // An expired or revoked token: prove our key again for a new one.
-        Err(e) if e.downcast_ref::<ApiError>().is_some_and(|a| a.status == 401) => {
+        Err(e)
+            if e.downcast_ref::<ApiError>()
+                .is_some_and(|a| a.status == 401) =>
+        {
             log::info!("node token refused ({e}); asking for a new one");
             pairing::request(state, identity, None)?.token
         }

@@ -54,7 +54,9 @@ pub struct DataDir {
 impl DataDir {
     pub fn open(dir: &Path) -> anyhow::Result<DataDir> {
         burrow_core::atomic_file::private_dir(dir)?;
-        Ok(DataDir { dir: dir.to_path_buf() })
+        Ok(DataDir {
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// The node's identity, created on first use.
@@ -74,7 +76,8 @@ impl DataDir {
         let path = self.dir.join("agent.json");
         match std::fs::read(&path) {
             Ok(bytes) => Ok(Some(
-                serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?,
+                serde_json::from_slice(&bytes)
+                    .with_context(|| format!("parsing {}", path.display()))?,
             )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
@@ -83,6 +86,10 @@ impl DataDir {
 
     pub fn save(&self, state: &AgentState) -> anyhow::Result<()> {
         let json = serde_json::to_vec_pretty(state).expect("state serializes");
-        Ok(burrow_core::atomic_file::write(&self.dir.join("agent.json"), &json, 0o600)?)
+        Ok(burrow_core::atomic_file::write(
+            &self.dir.join("agent.json"),
+            &json,
+            0o600,
+        )?)
     }
 }

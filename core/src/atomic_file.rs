@@ -18,9 +18,12 @@ pub fn write(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::io(format!("writing {shown}"), std::io::ErrorKind::InvalidInput.into()))?;
+    let name = path.file_name().ok_or_else(|| {
+        Error::io(
+            format!("writing {shown}"),
+            std::io::ErrorKind::InvalidInput.into(),
+        )
+    })?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
     tmp_name.push(format!(".tmp{}", std::process::id()));
@@ -64,7 +67,10 @@ mod tests {
         super::write(&path, b"one", 0o600).unwrap();
         super::write(&path, b"two", 0o600).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         // No temp files are left behind.
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
         std::fs::remove_dir_all(&dir).unwrap();

@@ -54,7 +54,13 @@ pub fn handshake<S: Read + Write + ?Sized>(
     if !accept(&peer_key) {
         return Err(Error::BadSignature("peer key is not the one expected"));
     }
-    let signature = me.sign(&transcript(role, &my_nonce, &peer_nonce, &my_key, &peer_key));
+    let signature = me.sign(&transcript(
+        role,
+        &my_nonce,
+        &peer_nonce,
+        &my_key,
+        &peer_key,
+    ));
     write_message(stream, &Message::Auth { signature })?;
     match read_message(stream)? {
         Message::Auth { signature } => {
@@ -141,7 +147,11 @@ mod tests {
 
     #[test]
     fn impostor_gateway_is_refused() {
-        let (g, a, evil) = (Identity::generate("g"), Identity::generate("a"), Identity::generate("e"));
+        let (g, a, evil) = (
+            Identity::generate("g"),
+            Identity::generate("a"),
+            Identity::generate("e"),
+        );
         // The agent pinned `g`; a local attacker with its own key gets nowhere.
         let (_rg, ra) = run_pair(evil, a.clone(), a.public(), g.public());
         assert!(ra.is_err());
@@ -157,7 +167,10 @@ mod tests {
         let g2 = g.clone();
         let apub = a.public();
         let t = std::thread::spawn(move || handshake(&mut ga, &g2, Role::Gateway, |k| *k == apub));
-        let mut recorder = Recorder { inner: &mut gb, sent: Vec::new() };
+        let mut recorder = Recorder {
+            inner: &mut gb,
+            sent: Vec::new(),
+        };
         handshake(&mut recorder, &a, Role::Agent, |k| *k == g.public()).unwrap();
         t.join().unwrap().unwrap();
         let recorded = recorder.sent;

@@ -241,7 +241,9 @@ impl Identity {
         let public = PublicKey::from_ssh_blob(r.string()?)?;
         let mut p = Reader(r.string()?);
         if p.u32()? != p.u32()? {
-            return Err(Error::InvalidKey("check integers differ (corrupt key)".into()));
+            return Err(Error::InvalidKey(
+                "check integers differ (corrupt key)".into(),
+            ));
         }
         if p.string()? != KEY_TYPE.as_bytes() {
             return Err(Error::InvalidKey("not an ssh-ed25519 key".into()));
@@ -250,12 +252,16 @@ impl Identity {
         let sk = p.string()?;
         let comment = String::from_utf8_lossy(p.string()?).into_owned();
         if pk != public.as_bytes() || sk.len() != 64 || &sk[32..] != public.as_bytes() {
-            return Err(Error::InvalidKey("public and private halves disagree".into()));
+            return Err(Error::InvalidKey(
+                "public and private halves disagree".into(),
+            ));
         }
         let seed: [u8; 32] = sk[..32].try_into().expect("checked length");
         let identity = Identity::from_seed(seed, &comment);
         if identity.public() != public {
-            return Err(Error::InvalidKey("private key does not derive its public key".into()));
+            return Err(Error::InvalidKey(
+                "private key does not derive its public key".into(),
+            ));
         }
         Ok(identity)
     }
@@ -269,8 +275,7 @@ impl Identity {
             return Err(Error::InsecurePermissions { path: shown, mode });
         }
         let pem = fs::read_to_string(path).map_err(|e| Error::io(format!("reading {shown}"), e))?;
-        Identity::from_openssh_pem(&pem)
-            .map_err(|e| Error::InvalidKey(format!("{shown}: {e}")))
+        Identity::from_openssh_pem(&pem).map_err(|e| Error::InvalidKey(format!("{shown}: {e}")))
     }
 
     /// Loads the key at `path`, or creates it (0600, crash-safe) when the file does not exist.
@@ -344,7 +349,10 @@ mod tests {
     #[test]
     fn openssh_line_round_trips() {
         let id = Identity::generate("x");
-        assert_eq!(PublicKey::from_openssh(&id.public_line()).unwrap(), id.public());
+        assert_eq!(
+            PublicKey::from_openssh(&id.public_line()).unwrap(),
+            id.public()
+        );
         assert!(PublicKey::from_openssh("ssh-rsa AAAA").is_err());
     }
 
@@ -355,7 +363,10 @@ mod tests {
         let path = dir.join("key");
         let (id, created) = Identity::load_or_generate(&path, "t").unwrap();
         assert!(created);
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let (again, created) = Identity::load_or_generate(&path, "t").unwrap();
         assert!(!created);
         assert_eq!(again.public(), id.public());
@@ -386,7 +397,10 @@ mod tests {
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "ssh-keygen failed: {text}");
-        assert_eq!(text.split_whitespace().nth(1), Some(id.public().fingerprint().as_str()));
+        assert_eq!(
+            text.split_whitespace().nth(1),
+            Some(id.public().fingerprint().as_str())
+        );
         // -y derives the public key from the private file: proves the PEM is valid for OpenSSH.
         let out = std::process::Command::new("ssh-keygen")
             .args(["-y", "-f"])

@@ -44,14 +44,16 @@ impl JoinTicket {
             .trim()
             .strip_prefix(PREFIX)
             .ok_or_else(|| Error::InvalidJoin(format!("it must start with {PREFIX:?}")))?;
-        let json = URL_SAFE_NO_PAD
-            .decode(body)
-            .map_err(|_| Error::InvalidJoin("not valid base64url (was it cut while copying?)".into()))?;
+        let json = URL_SAFE_NO_PAD.decode(body).map_err(|_| {
+            Error::InvalidJoin("not valid base64url (was it cut while copying?)".into())
+        })?;
         let ticket: JoinTicket = serde_json::from_slice(&json)
             .map_err(|e| Error::InvalidJoin(format!("bad contents: {e}")))?;
         ticket.gateway_public_key()?;
         if !ticket.host_key.starts_with("SHA256:") {
-            return Err(Error::InvalidJoin("host key fingerprint must start with SHA256:".into()));
+            return Err(Error::InvalidJoin(
+                "host key fingerprint must start with SHA256:".into(),
+            ));
         }
         Ok(ticket)
     }
@@ -112,7 +114,10 @@ mod tests {
     #[test]
     fn damaged_strings_say_why() {
         let s = ticket().encode();
-        assert!(JoinTicket::decode("hello").unwrap_err().to_string().contains("burrow1."));
+        assert!(JoinTicket::decode("hello")
+            .unwrap_err()
+            .to_string()
+            .contains("burrow1."));
         let cut = &s[..s.len() - 5];
         assert!(JoinTicket::decode(cut).is_err());
     }

@@ -244,8 +244,14 @@ impl Message {
                 id,
                 spec: from_json(p, "Exec")?,
             },
-            kind::STDOUT => Message::Stdout { id, data: p.to_vec() },
-            kind::STDERR => Message::Stderr { id, data: p.to_vec() },
+            kind::STDOUT => Message::Stdout {
+                id,
+                data: p.to_vec(),
+            },
+            kind::STDERR => Message::Stderr {
+                id,
+                data: p.to_vec(),
+            },
             kind::EXIT => Message::Exit {
                 id,
                 status: from_json(p, "Exit")?,
@@ -256,7 +262,9 @@ impl Message {
             },
             kind::CREDIT => Message::Credit {
                 id,
-                bytes: u32::from_be_bytes(p.try_into().map_err(|_| proto("Credit is not 4 bytes"))?),
+                bytes: u32::from_be_bytes(
+                    p.try_into().map_err(|_| proto("Credit is not 4 bytes"))?,
+                ),
             },
             kind::CANCEL => Message::Cancel { id },
             kind::PING | kind::PONG => {
@@ -288,7 +296,9 @@ pub fn read_message<R: Read + ?Sized>(reader: &mut R) -> Result<Message> {
     }
     let len = u32::from_be_bytes(len) as usize;
     if len > MAX_FRAME {
-        return Err(proto(format!("frame of {len} bytes exceeds the {MAX_FRAME} byte limit")));
+        return Err(proto(format!(
+            "frame of {len} bytes exceeds the {MAX_FRAME} byte limit"
+        )));
     }
     let mut body = vec![0u8; len];
     reader.read_exact(&mut body).map_err(|e| {
@@ -346,7 +356,10 @@ mod tests {
                 id: 5,
                 data: vec![0, 0xff, 0xfe, b'\n'],
             },
-            Message::Stderr { id: 6, data: vec![] },
+            Message::Stderr {
+                id: 6,
+                data: vec![],
+            },
             Message::Exit {
                 id: 5,
                 status: ExitStatus {

@@ -388,9 +388,7 @@ pub fn key_lines(state: &crate::registry::State, api_port: u16, now: u64) -> Vec
     let base = "restrict,port-forwarding,command=\"/bin/false\"";
     let open = format!("permitopen=\"127.0.0.1:{api_port}\"");
     let mut lines = Vec::new();
-    // Spent tokens keep their enrollment line until they expire, so a reused token reaches the
-    // pairing endpoint and gets told why it is refused instead of a bare sshd authentication failure.
-    for t in state.join_tokens.iter().filter(|t| !t.revoked && now < t.expires_at) {
+    for t in state.join_tokens.iter().filter(|t| t.enrollable(now)) {
         lines.push(format!(
             "{base},permitlisten=\"127.0.0.1:1\",{open},expiry-time=\"{}\" {} burrow-enroll:{}",
             expiry_time(t.expires_at),

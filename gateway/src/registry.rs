@@ -60,8 +60,11 @@ pub struct JoinTokenRecord {
 }
 
 impl JoinTokenRecord {
-    pub fn usable(&self, now: u64) -> bool {
-        !self.revoked && self.used < self.uses && now < self.expires_at
+    /// Whether its enrollment key may still log in to sshd. Spent tokens stay enrollable until they
+    /// expire, so a reused token reaches the pairing endpoint and is told why it is refused, instead
+    /// of failing with a bare sshd authentication error.
+    pub fn enrollable(&self, now: u64) -> bool {
+        !self.revoked && now < self.expires_at
     }
 }
 

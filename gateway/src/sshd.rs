@@ -196,7 +196,11 @@ fn render_config(s: &SshdSettings, strict_modes: bool, use_pam: bool) -> Result<
     let strict = if strict_modes { "yes" } else { "no" };
     let pam = if use_pam { "yes" } else { "no" };
     let user = &s.login_user;
-    if user.is_empty() || !user.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+    if user.is_empty()
+        || !user
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
         bail!("login user {user:?} cannot be written into sshd_config");
     }
     Ok(format!(

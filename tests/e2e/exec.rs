@@ -19,7 +19,10 @@ fn online_node(name: &str) -> (Gateway, Agent) {
 #[test]
 fn ndjson_streams_output_as_it_is_produced() {
     let (gw, _agent) = online_node("stream");
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
     let started = Instant::now();
     let resp = agent
         .post(&gw.url("/api/v1/nodes/stream/exec"))
@@ -32,7 +35,9 @@ fn ndjson_streams_output_as_it_is_produced() {
     let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
     let first_at = started.elapsed();
     assert_eq!(first, json!({"event": "stdout", "data": "a\n"}));
-    let rest: Vec<Value> = lines.map(|l| serde_json::from_str(&l.unwrap()).unwrap()).collect();
+    let rest: Vec<Value> = lines
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
     let ended_at = started.elapsed();
     assert!(ended_at >= Duration::from_secs(2));
     assert!(
@@ -48,10 +53,23 @@ fn ndjson_streams_output_as_it_is_produced() {
 #[test]
 fn non_utf8_output_round_trips_exactly() {
     let (gw, _agent) = online_node("bytes");
-    let (status, out) = gw.exec("bytes", json!({"command": r"printf '\377\376\000x'; printf '\200' >&2"}));
+    let (status, out) = gw.exec(
+        "bytes",
+        json!({"command": r"printf '\377\376\000x'; printf '\200' >&2"}),
+    );
     assert_eq!(status, 200, "{out}");
-    assert_eq!(STANDARD.decode(out["stdout_b64"].as_str().unwrap()).unwrap(), b"\xff\xfe\x00x");
-    assert_eq!(STANDARD.decode(out["stderr_b64"].as_str().unwrap()).unwrap(), b"\x80");
+    assert_eq!(
+        STANDARD
+            .decode(out["stdout_b64"].as_str().unwrap())
+            .unwrap(),
+        b"\xff\xfe\x00x"
+    );
+    assert_eq!(
+        STANDARD
+            .decode(out["stderr_b64"].as_str().unwrap())
+            .unwrap(),
+        b"\x80"
+    );
     // argv form, env and cwd.
     let (status, out) = gw.exec(
         "bytes",
@@ -66,14 +84,19 @@ fn non_utf8_output_round_trips_exactly() {
 fn timeout_kills_the_command_and_its_children() {
     let (gw, _agent) = online_node("slow");
     let started = Instant::now();
-    let (status, out) = gw.exec("slow", json!({"command": "sleep 100 & echo $!; sleep 100", "timeout_s": 1}));
+    let (status, out) = gw.exec(
+        "slow",
+        json!({"command": "sleep 100 & echo $!; sleep 100", "timeout_s": 1}),
+    );
     assert_eq!(status, 200, "{out}");
     assert!(started.elapsed() < Duration::from_secs(20));
     assert_eq!(out["timed_out"], true);
     assert_eq!(out["signal"], 9);
     assert_eq!(out["exit_code"], json!(null));
     let bg: u32 = out["stdout"].as_str().unwrap().trim().parse().unwrap();
-    crate::util::wait_until(Duration::from_secs(5), "background sleep to die", || !alive(bg));
+    crate::util::wait_until(Duration::from_secs(5), "background sleep to die", || {
+        !alive(bg)
+    });
 }
 
 #[test]
@@ -82,12 +105,20 @@ fn concurrent_commands_on_one_node_do_not_block_each_other() {
     let gw = std::sync::Arc::new(gw);
     let slow = {
         let gw = gw.clone();
-        std::thread::spawn(move || gw.exec("busy", json!({"command": "head -c 3000000 /dev/zero | tr '\\0' x; sleep 3; echo done"})))
+        std::thread::spawn(move || {
+            gw.exec(
+                "busy",
+                json!({"command": "head -c 3000000 /dev/zero | tr '\\0' x; sleep 3; echo done"}),
+            )
+        })
     };
     let started = Instant::now();
     let (status, out) = gw.exec("busy", json!({"command": "echo quick"}));
     assert_eq!((status, out["stdout"].as_str()), (200, Some("quick\n")));
-    assert!(started.elapsed() < Duration::from_secs(3), "quick command waited for the slow one");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "quick command waited for the slow one"
+    );
     let (status, out) = slow.join().unwrap();
     assert_eq!(status, 200);
     assert_eq!(out["stdout"].as_str().unwrap().len(), 3_000_000 + 5);
@@ -105,7 +136,10 @@ fn bad_requests_get_json_errors() {
     ] {
         let (status, out) = gw.exec("errs", body.clone());
         assert_eq!(status, want, "{body} → {out}");
-        assert!(out["error"].as_str().is_some_and(|e| !e.is_empty()), "{out}");
+        assert!(
+            out["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{out}"
+        );
     }
     let (status, out) = gw.exec("nope", json!({"command": "true"}));
     assert_eq!(status, 404, "{out}");

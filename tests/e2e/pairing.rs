@@ -17,10 +17,17 @@ fn two_agents_join_one_auto_one_manual_then_both_run_commands() {
     gw.wait_status("pi-manual", "pending");
     let ls = gw.cli(&["nodes", "ls"]);
     let table = String::from_utf8_lossy(&ls.stdout);
-    assert!(table.contains("pi-manual") && table.contains("pending"), "{table}");
+    assert!(
+        table.contains("pi-manual") && table.contains("pending"),
+        "{table}"
+    );
 
     let approve = gw.cli(&["nodes", "approve", "pi-manual"]);
-    assert!(approve.status.success(), "{}", String::from_utf8_lossy(&approve.stderr));
+    assert!(
+        approve.status.success(),
+        "{}",
+        String::from_utf8_lossy(&approve.stderr)
+    );
     gw.wait_status("pi-manual", "online");
 
     let (status, list) = gw.api("GET", "/api/v1/nodes", None);
@@ -34,7 +41,10 @@ fn two_agents_join_one_auto_one_manual_then_both_run_commands() {
     }
 
     for node in ["pi-auto", "pi-manual"] {
-        let (status, out) = gw.exec(node, json!({"command": format!("echo {node}; echo err >&2; exit 3")}));
+        let (status, out) = gw.exec(
+            node,
+            json!({"command": format!("echo {node}; echo err >&2; exit 3")}),
+        );
         assert_eq!(status, 200, "{out}");
         assert_eq!(out["stdout"], format!("{node}\n"));
         assert_eq!(out["stderr"], "err\n");
@@ -74,7 +84,11 @@ fn reused_token_wrong_pin_and_taken_name_are_refused_with_clear_messages() {
     let gw = Gateway::start();
     let join = gw.join(&[]);
     let first = agent_join(&join, "pi-one");
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
 
     // The single-use token is spent.
     let again = agent_join(&join, "pi-two");

@@ -18,22 +18,34 @@ fn node_comes_back_after_its_session_is_killed_and_after_a_gateway_restart() {
     let sessions = children(sshd);
     assert!(!sessions.is_empty(), "no sshd session process found");
     for pid in sessions {
-        let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
     }
     gw.wait_status("phoenix", "offline");
     gw.wait_status("phoenix", "online");
     let (code, out) = gw.exec("phoenix", json!({"command": "echo back"}));
-    assert_eq!((code, out["stdout"].as_str()), (200, Some("back\n")), "{out}");
+    assert_eq!(
+        (code, out["stdout"].as_str()),
+        (200, Some("back\n")),
+        "{out}"
+    );
 
     // Restart the gateway on the same data dir and ports.
     let gw = gw.restart();
     gw.wait_status("phoenix", "online");
     let (code, out) = gw.exec("phoenix", json!({"command": "echo again"}));
-    assert_eq!((code, out["stdout"].as_str()), (200, Some("again\n")), "{out}");
+    assert_eq!(
+        (code, out["stdout"].as_str()),
+        (200, Some("again\n")),
+        "{out}"
+    );
 
     // Restart the agent without a join string: identity and token persist.
     agent.restart();
-    wait_until(Duration::from_secs(30), "exec through the restarted agent", || {
-        gw.exec("phoenix", json!({"command": "echo restarted"})).1["stdout"] == "restarted\n"
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "exec through the restarted agent",
+        || gw.exec("phoenix", json!({"command": "echo restarted"})).1["stdout"] == "restarted\n",
+    );
 }

@@ -9,14 +9,17 @@ use burrow_core::identity::Identity;
 use burrow_core::protocol::{read_message, write_message, ExecSpec, Message, Role};
 use serde_json::json;
 
-use crate::util::{wait_until, Agent, Gateway};
+use crate::util::{Agent, Gateway};
 
 #[test]
 fn tokens_and_roles_are_enforced() {
     let gw = Gateway::start();
     let (status, body) = gw.api_as("not-a-token", "GET", "/api/v1/nodes", None);
     assert_eq!(status, 401);
-    assert!(body["error"].as_str().unwrap().contains("invalid token"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("invalid token"),
+        "{body}"
+    );
     // A well-formed token signed by another gateway's key.
     let other = Gateway::start();
     let (status, _) = gw.api_as(&other.token("gateway"), "GET", "/api/v1/nodes", None);
@@ -29,9 +32,22 @@ fn tokens_and_roles_are_enforced() {
     // Viewers read but cannot run or administer.
     let viewer = gw.token("viewer");
     assert_eq!(gw.api_as(&viewer, "GET", "/api/v1/nodes", None).0, 200);
-    assert_eq!(gw.api_as(&viewer, "POST", "/api/v1/nodes/x/exec", Some(json!({"command": "true"}))).0, 403);
+    assert_eq!(
+        gw.api_as(
+            &viewer,
+            "POST",
+            "/api/v1/nodes/x/exec",
+            Some(json!({"command": "true"}))
+        )
+        .0,
+        403
+    );
     let operator = gw.token("operator");
-    assert_eq!(gw.api_as(&operator, "POST", "/api/v1/join-tokens", Some(json!({}))).0, 403);
+    assert_eq!(
+        gw.api_as(&operator, "POST", "/api/v1/join-tokens", Some(json!({})))
+            .0,
+        403
+    );
 }
 
 /// Gateway → agent connection with the gateway's real key, recording what the "gateway" sent.
@@ -80,20 +96,34 @@ fn local_clients_on_the_forwarded_port_cannot_run_anything() {
 
     // 1. Garbage, then an Exec frame without any handshake.
     let mut s = connect();
-    s.write_all(b"GET / HTTP/1.1\r\n\r\n\x00\x00\x00\x05garbage").unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\n\r\n\x00\x00\x00\x05garbage")
+        .unwrap();
     let _ = write_message(&mut s, &exec_frame(&marker));
     assert!(closes(&mut s), "agent kept a garbage connection open");
 
     // 2. A handshake with a key that is not the pinned gateway key.
     let mut s = connect();
-    let err = handshake(&mut s, &Identity::generate("mallory"), Role::Gateway, |_| true);
-    assert!(err.is_err() || { let _ = write_message(&mut s, &exec_frame(&marker)); closes(&mut s) });
+    let err = handshake(
+        &mut s,
+        &Identity::generate("mallory"),
+        Role::Gateway,
+        |_| true,
+    );
+    assert!(
+        err.is_err() || {
+            let _ = write_message(&mut s, &exec_frame(&marker));
+            closes(&mut s)
+        }
+    );
 
     // 3. Record a genuine handshake made with the gateway's own key (the positive control: it can
     //    run a command), then replay the recording on a new connection.
     let gateway_key = Identity::load(&gw.data().join("gateway.key")).unwrap();
     let control = gw.dir.path().join("control");
-    let mut rec = Recorder { inner: connect(), sent: Vec::new() };
+    let mut rec = Recorder {
+        inner: connect(),
+        sent: Vec::new(),
+    };
     handshake(&mut rec, &gateway_key, Role::Gateway, |_| true).unwrap();
     let recorded = rec.sent.clone();
     write_message(&mut rec, &exec_frame(&control)).unwrap();
@@ -104,7 +134,10 @@ fn local_clients_on_the_forwarded_port_cannot_run_anything() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert!(control.exists(), "the positive control did not run: the test could not detect a breach");
+    assert!(
+        control.exists(),
+        "the positive control did not run: the test could not detect a breach"
+    );
     let mut s = connect();
     s.write_all(&recorded).unwrap();
     let _ = write_message(&mut s, &exec_frame(&marker));
@@ -124,7 +157,10 @@ fn closes(s: &mut TcpStream) -> bool {
         match s.read(&mut buf) {
             Ok(0) => return true,
             Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
                 return false
             }
             Err(_) => return true,
@@ -138,22 +174,60 @@ fn the_node_key_line_only_allows_forwarding() {
     let agent = Agent::start(&gw.join(&[]), "locked");
     gw.wait_status("locked", "online");
     let keys = std::fs::read_to_string(gw.data().join("sshd/authorized_keys")).unwrap();
-    let line = keys.lines().find(|l| l.ends_with("burrow-node:locked")).unwrap();
-    assert!(line.starts_with("restrict,port-forwarding,command=\"/bin/false\""), "{line}");
-    assert_eq!(line.matches("permitlisten=\"127.0.0.1:").count(), 2, "{line}");
+    let line = keys
+        .lines()
+        .find(|l| l.ends_with("burrow-node:locked"))
+        .unwrap();
+    assert!(
+        line.starts_with("restrict,port-forwarding,command=\"/bin/false\""),
+        "{line}"
+    );
+    assert_eq!(
+        line.matches("permitlisten=\"127.0.0.1:").count(),
+        2,
+        "{line}"
+    );
     // With the node's own key, OpenSSH's client can neither run a command nor listen elsewhere.
     let key = agent.dir.path().join("data/agent.key");
     let out = std::process::Command::new("ssh")
-        .args(["-i"]).arg(&key)
-        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
-        .args(["-p", &gw.ssh.port().to_string(), "root@127.0.0.1", "echo", "breached"])
+        .args(["-i"])
+        .arg(&key)
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+        ])
+        .args([
+            "-p",
+            &gw.ssh.port().to_string(),
+            "root@127.0.0.1",
+            "echo",
+            "breached",
+        ])
         .output()
         .unwrap();
     assert!(!String::from_utf8_lossy(&out.stdout).contains("breached"));
     let out = std::process::Command::new("ssh")
-        .args(["-i"]).arg(&key)
-        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
-        .args(["-o", "ExitOnForwardFailure=yes", "-N", "-R", &format!("127.0.0.1:{}:127.0.0.1:1", gw.api.port())])
+        .args(["-i"])
+        .arg(&key)
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+        ])
+        .args([
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-N",
+            "-R",
+            &format!("127.0.0.1:{}:127.0.0.1:1", gw.api.port()),
+        ])
         .args(["-p", &gw.ssh.port().to_string(), "root@127.0.0.1"])
         .output()
         .unwrap();

@@ -14,7 +14,10 @@ use serde_json::Value;
 pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -25,7 +28,14 @@ pub fn bin(name: &str) -> PathBuf {
     let dir = BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "burrow-gateway", "-p", "burrow-agent"])
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "burrow-gateway",
+                "-p",
+                "burrow-agent",
+            ])
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .status()
             .expect("running cargo build");
@@ -59,13 +69,11 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// SIGTERM and wait (up to 10 s) for the exit.
     pub fn terminate(&mut self) {
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -73,11 +81,6 @@ impl Proc {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -89,7 +92,11 @@ impl Drop for Proc {
             self.terminate();
         }
         if std::thread::panicking() {
-            eprintln!("---- log of {} ----\n{}", self.log.display(), self.log_text());
+            eprintln!(
+                "---- log of {} ----\n{}",
+                self.log.display(),
+                self.log_text()
+            );
         }
     }
 }
@@ -105,17 +112,29 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn start() -> Gateway {
-        let dir = tempfile::Builder::new().prefix("burrow-gw").tempdir().unwrap();
-        Gateway::start_in(dir, "127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap())
+        let dir = tempfile::Builder::new()
+            .prefix("burrow-gw")
+            .tempdir()
+            .unwrap();
+        Gateway::start_in(
+            dir,
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
     }
 
     fn start_in(dir: tempfile::TempDir, api: SocketAddr, ssh: SocketAddr) -> Gateway {
         let data = dir.path().join("data");
         let _ = std::fs::remove_file(data.join("run.json"));
         let mut cmd = Command::new(bin("gateway"));
-        cmd.arg("--data-dir").arg(&data).args(["--log", "debug", "serve", "--api"]);
+        cmd.arg("--data-dir")
+            .arg(&data)
+            .args(["--log", "debug", "serve", "--api"]);
         cmd.arg(api.to_string()).arg("--ssh").arg(ssh.to_string());
-        let log = dir.path().join(format!("gateway-{}.log", Instant::now().elapsed().as_nanos()));
+        let log = dir.path().join(format!(
+            "gateway-{}.log",
+            Instant::now().elapsed().as_nanos()
+        ));
         let mut proc = Proc::spawn(cmd, log);
         let run = data.join("run.json");
         wait_until(Duration::from_secs(30), "gateway run.json", || {
@@ -140,7 +159,13 @@ impl Gateway {
 
     /// Stops this gateway and starts a new one on the same data dir and ports.
     pub fn restart(self) -> Gateway {
-        let Gateway { dir, mut proc, api, ssh, .. } = self;
+        let Gateway {
+            dir,
+            mut proc,
+            api,
+            ssh,
+            ..
+        } = self;
         proc.terminate();
         drop(proc);
         Gateway::start_in(dir, api, ssh)
@@ -162,7 +187,11 @@ impl Gateway {
 
     pub fn token(&self, role: &str) -> String {
         let out = self.cli(&["token", "create", "--role", role]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
 
@@ -170,7 +199,11 @@ impl Gateway {
         let mut args = vec!["join", "create"];
         args.extend_from_slice(extra);
         let out = self.cli(&args);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
 
@@ -183,7 +216,13 @@ impl Gateway {
         self.api_as(&self.admin.clone(), method, path, body)
     }
 
-    pub fn api_as(&self, token: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub fn api_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(120)))
@@ -201,7 +240,10 @@ impl Gateway {
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         let status = resp.status().as_u16();
         let text = resp.into_body().read_to_string().unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub fn node(&self, id: &str) -> Value {
@@ -214,9 +256,11 @@ impl Gateway {
     }
 
     pub fn wait_status(&self, id: &str, want: &str) {
-        wait_until(Duration::from_secs(30), &format!("node {id} {want}"), || {
-            self.node(id)["status"] == want
-        });
+        wait_until(
+            Duration::from_secs(30),
+            &format!("node {id} {want}"),
+            || self.node(id)["status"] == want,
+        );
     }
 
     pub fn exec(&self, node: &str, body: Value) -> (u16, Value) {
@@ -237,14 +281,23 @@ pub struct Agent {
 impl Agent {
     /// `agent run --join <join> --name <name>` in a fresh data dir.
     pub fn start(join: &str, name: &str) -> Agent {
-        let dir = tempfile::Builder::new().prefix("burrow-agent").tempdir().unwrap();
-        let proc = Agent::spawn(dir.path(), &["--join", join, "--name", name, "--capability", "test"]);
+        let dir = tempfile::Builder::new()
+            .prefix("burrow-agent")
+            .tempdir()
+            .unwrap();
+        let proc = Agent::spawn(
+            dir.path(),
+            &["--join", join, "--name", name, "--capability", "test"],
+        );
         Agent { dir, proc }
     }
 
     fn spawn(dir: &Path, args: &[&str]) -> Proc {
         let mut cmd = Command::new(bin("agent"));
-        cmd.arg("--data-dir").arg(dir.join("data")).args(["--log", "debug", "run"]).args(args);
+        cmd.arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--log", "debug", "run"])
+            .args(args);
         let log = dir.join(format!("agent-{}.log", std::process::id()));
         Proc::spawn(cmd, log)
     }
@@ -258,7 +311,10 @@ impl Agent {
 
 /// `agent join` one-shot in a fresh data dir; returns its output.
 pub fn agent_join(join: &str, name: &str) -> Output {
-    let dir = tempfile::Builder::new().prefix("burrow-join").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("burrow-join")
+        .tempdir()
+        .unwrap();
     Command::new(bin("agent"))
         .arg("--data-dir")
         .arg(dir.path().join("data"))
@@ -271,8 +327,12 @@ pub fn agent_join(join: &str, name: &str) -> Output {
 pub fn children(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
         // Field 4 after the `(comm)` part is the parent pid.
         let after = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
         if after.split_whitespace().nth(1) == Some(&pid.to_string()) {
