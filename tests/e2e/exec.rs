@@ -148,3 +148,15 @@ fn bad_requests_get_json_errors() {
     let (status, _) = gw.api("GET", "/api/v1/nope", None);
     assert_eq!(status, 404);
 }
+
+#[test]
+fn offline_node_is_a_clear_503_not_a_hang() {
+    let (gw, mut agent) = online_node("gone");
+    agent.proc.terminate();
+    gw.wait_status("gone", "offline");
+    let started = Instant::now();
+    let (status, out) = gw.exec("gone", json!({"command": "true"}));
+    assert_eq!(status, 503, "{out}");
+    assert!(out["error"].as_str().unwrap().contains("offline"), "{out}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
