@@ -189,47 +189,60 @@ fn the_node_key_line_only_allows_forwarding() {
     );
     // With the node's own key, OpenSSH's client can neither run a command nor listen elsewhere.
     let key = agent.dir.path().join("data/agent.key");
-    let out = std::process::Command::new("ssh")
-        .args(["-i"])
-        .arg(&key)
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-        ])
-        .args([
-            "-p",
-            &gw.ssh.port().to_string(),
-            "root@127.0.0.1",
-            "echo",
-            "breached",
-        ])
-        .output()
-        .unwrap();
+    let ssh = |args: &[&str]| {
+        std::process::Command::new("ssh")
+            .arg("-i")
+            .arg(&key)
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
+            .args(["-o", "BatchMode=yes", "-p", &gw.ssh.port().to_string()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // Logged in (exit 1 is the forced /bin/false, 255 would be ssh failing), but nothing ran.
+    let out = ssh(&["root@127.0.0.1", "echo", "breached"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("breached"));
-    let out = std::process::Command::new("ssh")
-        .args(["-i"])
-        .arg(&key)
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-        ])
-        .args([
-            "-o",
-            "ExitOnForwardFailure=yes",
-            "-N",
-            "-R",
-            &format!("127.0.0.1:{}:127.0.0.1:1", gw.api.port()),
-        ])
-        .args(["-p", &gw.ssh.port().to_string(), "root@127.0.0.1"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "a node could listen on the API port");
+    // Its own second port may be forwarded (the positive control) ...
+    let ports = gw.node("locked")["ports"].clone();
+    let own = format!("127.0.0.1:{}:127.0.0.1:1", ports[1]);
+    let out = ssh(&[
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-R",
+        &own,
+        "root@127.0.0.1",
+        "true",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // ... the API port may not.
+    let squat = format!("127.0.0.1:{}:127.0.0.1:1", gw.api.port());
+    let out = ssh(&[
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-R",
+        &squat,
+        "root@127.0.0.1",
+        "true",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(255),
+        "a node could listen on the API port"
+    );
 }
