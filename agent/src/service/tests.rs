@@ -1,0 +1,348 @@
+//! Tests of the command service over an in-memory twin of the tunnel (`UnixStream::pair`), with a
+//! test gateway that runs the real handshake; shared with the exec tests.
+//! A test-side gateway on one end of a `UnixStream` pair (the in-memory twin of the tunnel), with
+//! `serve` on the other; [`crate::exec`]'s tests use it too.
+
+use super::*;
+use burrow_core::protocol::{write_message, ExitStatus};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+pub(crate) struct TestGateway {
+    stream: UnixStream,
+    agent: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Everything one request sent.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub status: Option<ExitStatus>,
+    pub failed: Option<String>,
+}
+
+impl Outcome {
+    pub fn exit(&self) -> &ExitStatus {
+        match (&self.status, &self.failed) {
+            (Some(status), _) => status,
+            (None, failed) => panic!("request failed: {failed:?}"),
+        }
+    }
+}
+
+/// Starts `serve` on a thread; returns the gateway end and the agent thread.
+fn spawn_agent(
+    gateway_key: PublicKey,
+    max_concurrent: usize,
+) -> (UnixStream, JoinHandle<anyhow::Result<()>>) {
+    let (gateway_end, agent_end) = UnixStream::pair().unwrap();
+    let ctx = Arc::new(ServiceContext {
+        identity: Identity::generate("node"),
+        gateway_key,
+        max_concurrent,
+    });
+    let agent = thread::spawn(move || {
+        let reader = agent_end.try_clone().unwrap();
+        serve(reader, agent_end, ctx)
+    });
+    // A hung test fails with a message instead of hanging the suite.
+    gateway_end
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    (gateway_end, agent)
+}
+
+impl TestGateway {
+    pub fn start() -> TestGateway {
+        TestGateway::start_with(8)
+    }
+
+    pub fn start_with(max_concurrent: usize) -> TestGateway {
+        let gateway = Identity::generate("gateway");
+        let (mut stream, agent) = spawn_agent(gateway.public(), max_concurrent);
+        handshake(&mut stream, &gateway, Role::Gateway, |_| true).unwrap();
+        TestGateway {
+            stream,
+            agent: Some(agent),
+        }
+    }
+
+    pub fn send(&mut self, message: &Message) {
+        write_message(&mut self.stream, message).unwrap();
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    pub fn recv(&mut self) -> Message {
+        read_message(&mut self.stream).expect("a frame from the agent")
+    }
+
+    /// Waits at most `wait` for a frame; `None` if none came.
+    pub fn recv_within(&mut self, wait: Duration) -> Option<Message> {
+        self.stream.set_read_timeout(Some(wait)).unwrap();
+        let got = read_message(&mut self.stream);
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        match got {
+            Ok(message) => Some(message),
+            Err(burrow_core::Error::Io { source, .. })
+                if matches!(
+                    source.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                None
+            }
+            Err(e) => panic!("reading from the agent: {e}"),
+        }
+    }
+
+    pub fn exec(&mut self, id: u32, spec: ExecSpec) {
+        self.send(&Message::Exec { id, spec });
+    }
+
+    /// Collects request `id`'s frames up to its last one; any other request's frame is a failure.
+    pub fn collect(&mut self, id: u32) -> Outcome {
+        let mut outcome = Outcome::default();
+        loop {
+            match self.recv() {
+                Message::Stdout { id: i, data } if i == id => outcome.stdout.extend(data),
+                Message::Stderr { id: i, data } if i == id => outcome.stderr.extend(data),
+                Message::Exit { id: i, status } if i == id => {
+                    outcome.status = Some(status);
+                    return outcome;
+                }
+                Message::Failed { id: i, message } if i == id => {
+                    outcome.failed = Some(message);
+                    return outcome;
+                }
+                other => panic!("unexpected frame while collecting request {id}: {other:?}"),
+            }
+        }
+    }
+
+    pub fn run(&mut self, spec: ExecSpec) -> Outcome {
+        self.exec(1, spec);
+        self.collect(1)
+    }
+
+    /// Closes the gateway end and returns what `serve` returned.
+    pub fn finish(mut self) -> anyhow::Result<()> {
+        let agent = self.agent.take().unwrap();
+        drop(self);
+        agent.join().expect("serve does not panic")
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        if let Some(agent) = self.agent.take() {
+            let _ = agent.join();
+        }
+    }
+}
+
+pub(crate) fn command(line: &str) -> ExecSpec {
+    ExecSpec {
+        command: Some(line.into()),
+        ..ExecSpec::default()
+    }
+}
+
+pub(crate) fn wait_until(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    condition()
+}
+
+/// Live (not zombie) processes of process group `group`, as (pid, command name).
+pub(crate) fn live_members(group: i32) -> Vec<(i32, String)> {
+    let mut members = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid pgrp ...": comm may contain spaces and parentheses.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        if fields.len() > 2 && fields[0] != "Z" && fields[2] == group.to_string() {
+            members.push((pid, stat[open + 1..close].to_string()));
+        }
+    }
+    members
+}
+
+/// Reads request `id`'s first line of stdout as a number (tests print `$$` first); returns it and any
+/// output that came in the same frames after that line.
+pub(crate) fn first_number(gateway: &mut TestGateway, id: u32) -> (i32, Vec<u8>) {
+    let mut stdout = Vec::new();
+    while !stdout.contains(&b'\n') {
+        match gateway.recv() {
+            Message::Stdout { id: i, data } if i == id => stdout.extend(data),
+            other => panic!("expected the pid on stdout, got {other:?}"),
+        }
+    }
+    let end = stdout.iter().position(|&b| b == b'\n').unwrap();
+    let rest = stdout.split_off(end + 1);
+    let number = String::from_utf8(stdout).unwrap().trim().parse().unwrap();
+    (number, rest)
+}
+
+#[test]
+fn pinned_gateway_is_served() {
+    let mut gateway = TestGateway::start();
+    gateway.send(&Message::Ping(7));
+    assert_eq!(gateway.recv(), Message::Pong(7));
+    gateway.finish().unwrap();
+}
+
+#[test]
+fn other_gateway_key_is_refused_and_runs_nothing() {
+    let marker = std::env::temp_dir().join(format!(
+        "burrow-agent-refused-{}-{:?}",
+        std::process::id(),
+        Instant::now()
+    ));
+    let (mut stream, agent) = spawn_agent(Identity::generate("pinned").public(), 8);
+    let impostor = Identity::generate("impostor");
+    assert!(handshake(&mut stream, &impostor, Role::Gateway, |_| true).is_err());
+    // Whatever it sends next must not run.
+    let _ = write_message(
+        &mut stream,
+        &Message::Exec {
+            id: 1,
+            spec: command(&format!("touch {}", marker.display())),
+        },
+    );
+    let err = agent.join().unwrap().unwrap_err();
+    assert!(format!("{err:#}").contains("handshake"), "{err:#}");
+    assert!(!marker.exists());
+}
+
+#[test]
+fn garbage_after_handshake_ends_the_connection_and_its_commands() {
+    let mut gateway = TestGateway::start();
+    gateway.exec(1, command("echo $$; sleep 100"));
+    let (group, _) = first_number(&mut gateway, 1);
+    // A length prefix far beyond MAX_FRAME.
+    gateway.send_raw(&[0xff; 16]);
+    let err = gateway.finish().unwrap_err();
+    assert!(format!("{err:#}").contains("exceeds"), "{err:#}");
+    assert!(wait_until(Duration::from_secs(5), || live_members(group).is_empty()));
+}
+
+#[test]
+fn malformed_exec_payload_is_a_protocol_error() {
+    let mut gateway = TestGateway::start();
+    // kind 3 (Exec), id 1, payload "{"
+    gateway.send_raw(&[0, 0, 0, 6, 3, 0, 0, 0, 1, b'{']);
+    let err = gateway.finish().unwrap_err();
+    assert!(format!("{err:#}").contains("bad Exec payload"), "{err:#}");
+}
+
+#[test]
+fn second_hello_is_a_protocol_error() {
+    let mut gateway = TestGateway::start();
+    gateway.send(&Message::Hello {
+        version: 1,
+        role: Role::Gateway,
+        key: [1; 32],
+        nonce: [2; 32],
+    });
+    // The agent hangs up: the gateway end sees the stream close.
+    assert!(matches!(
+        read_message(&mut gateway.stream),
+        Err(burrow_core::Error::Closed)
+    ));
+    let err = gateway.finish().unwrap_err();
+    assert!(format!("{err:#}").contains("unexpected Hello"), "{err:#}");
+}
+
+#[test]
+fn closing_the_connection_kills_its_commands() {
+    let mut gateway = TestGateway::start();
+    gateway.exec(1, command("echo $$; sleep 100"));
+    let (group, _) = first_number(&mut gateway, 1);
+    assert!(!live_members(group).is_empty());
+    gateway.finish().unwrap();
+    assert!(wait_until(Duration::from_secs(5), || live_members(group).is_empty()));
+}
+
+#[test]
+fn chatty_command_does_not_block_a_quick_one() {
+    let mut gateway = TestGateway::start();
+    gateway.exec(1, command("yes"));
+    let mut chatty = 0usize;
+    let mut quick: Option<Outcome> = None;
+    let started = Instant::now();
+    // Act like a real gateway: hand every byte of `yes` on at once, so it floods the connection.
+    while quick.as_ref().is_none_or(|q| q.status.is_none()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "echo hi never finished"
+        );
+        match gateway.recv() {
+            Message::Stdout { id: 1, data } => {
+                chatty += data.len();
+                let bytes = data.len() as u32;
+                gateway.send(&Message::Credit { id: 1, bytes });
+                if quick.is_none() && chatty > 1_000_000 {
+                    gateway.exec(2, command("echo hi"));
+                    quick = Some(Outcome::default());
+                }
+            }
+            Message::Stdout { id: 2, data } => quick.as_mut().unwrap().stdout.extend(data),
+            Message::Exit { id: 2, status } => quick.as_mut().unwrap().status = Some(status),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let quick = quick.unwrap();
+    assert_eq!(quick.stdout, b"hi\n");
+    assert_eq!(quick.exit().exit_code, Some(0));
+    gateway.send(&Message::Cancel { id: 1 });
+    let rest = gateway.collect(1);
+    assert_eq!(rest.exit().signal, Some(9));
+}
+
+#[test]
+fn refusals_are_failed_frames() {
+    let mut gateway = TestGateway::start_with(1);
+    gateway.exec(0, command("true"));
+    assert!(
+        matches!(gateway.recv(), Message::Failed { id: 0, message } if message.contains("reserved"))
+    );
+    gateway.exec(1, command("echo $$; sleep 100"));
+    first_number(&mut gateway, 1);
+    gateway.exec(1, command("true"));
+    assert!(
+        matches!(gateway.recv(), Message::Failed { id: 1, message } if message.contains("already running"))
+    );
+    gateway.exec(2, command("true"));
+    assert!(
+        matches!(gateway.recv(), Message::Failed { id: 2, message } if message.contains("too many"))
+    );
+    // Credit and Cancel for unknown ids cross finished requests on the wire: ignored.
+    gateway.send(&Message::Credit { id: 9, bytes: 1 });
+    gateway.send(&Message::Cancel { id: 9 });
+    gateway.send(&Message::Ping(1));
+    assert_eq!(gateway.recv(), Message::Pong(1));
+    gateway.send(&Message::Cancel { id: 1 });
+    assert_eq!(gateway.collect(1).exit().signal, Some(9));
+    // The slot is free again, and the id may be reused.
+    assert_eq!(gateway.run(command("echo again")).stdout, b"again\n");
+}
