@@ -31,6 +31,8 @@ FEATURES=vendored-openssl
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+# shellcheck source=flags.env
+. cross/flags.env   # AGENT_RUSTFLAGS, AGENT_CFLAGS
 
 say() { printf '%s\n' "$*" >&2; }
 die() { say "cross/build.sh: error: $*"; exit 1; }
@@ -96,21 +98,24 @@ summary=()
 
 for t in "${TARGETS[@]}"; do
   mode=$(mode_for "$t")
-  envvar=CARGO_TARGET_$(tr 'a-z-' 'A-Z_' <<<"$t")_RUSTFLAGS
-  # musl targets link statically by default; saying so keeps it true if a default ever changes.
-  flags="-C target-feature=+crt-static"
+  rfvar=CARGO_TARGET_$(tr 'a-z-' 'A-Z_' <<<"$t")_RUSTFLAGS
+  cfvar=CFLAGS_$(tr '-' '_' <<<"$t")
+  rflags="$AGENT_RUSTFLAGS${!rfvar:+ ${!rfvar}}"
+  # flags.env drops unwind tables, which only a panic = "abort" profile (like `agent`) can do without.
+  [[ $PROFILE == agent ]] || rflags=${rflags//-C force-unwind-tables=no/}
+  cflags="$AGENT_CFLAGS${!cfvar:+ ${!cfvar}}"   # the caller's own CFLAGS_<target> come last and win
   cmd=(cargo)
   if [[ $mode == build-std ]]; then
     ensure_nightly_src
     cmd+=("+$NIGHTLY")
-    flags+=" -C link-self-contained=no"
+    rflags+=" -C link-self-contained=no"
   fi
   cmd+=(zigbuild ${BURROW_LOCKED:+--locked} -p "$PACKAGE" --profile "$PROFILE" --features "$FEATURES" --target "$t")
   [[ $mode == build-std ]] && cmd+=(-Zbuild-std=std,panic_abort)
 
-  say "==> $t ($mode): $envvar=\"$flags\" ${cmd[*]}"
+  say "==> $t ($mode): $rfvar=\"$rflags\" $cfvar=\"$cflags\" ${cmd[*]}"
   start=$SECONDS
-  env "$envvar=$flags" "${cmd[@]}" || die "build failed for $t"
+  env "$rfvar=$rflags" "$cfvar=$cflags" "${cmd[@]}" || die "build failed for $t"
   secs=$((SECONDS - start))
 
   bin="$TARGET_DIR/$t/$PROFILE/agent"

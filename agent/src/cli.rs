@@ -1,4 +1,8 @@
 //! Command-line interface of the `agent` binary.
+//!
+//! A flag with `env = "BURROW_X"` is a setting: also the key `x` of the config file, which
+//! `config.rs` adds as `--config FILE` (default `/etc/burrow/agent.toml`). Precedence: flag >
+//! environment > file > default.
 
 use std::path::PathBuf;
 
@@ -28,7 +32,7 @@ pub enum Command {
     /// Join (if given a join string and not yet paired), then stay connected and serve commands.
     Run {
         /// The join string from `gateway join create`; ignored once this node is paired.
-        #[arg(long, env = "BURROW_JOIN")]
+        #[arg(long, env = "BURROW_JOIN", hide_env_values = true)]
         join: Option<String>,
         #[command(flatten)]
         profile: Profile,
@@ -42,6 +46,33 @@ pub enum Command {
     },
     /// Print this node's public key and fingerprint.
     Id,
+    /// Write a hardened systemd unit and the config file, then print how to start the service.
+    Install(InstallArgs),
+}
+
+/// Where `agent install` writes, and what goes into the config file it writes.
+#[derive(Debug, clap::Args)]
+pub struct InstallArgs {
+    /// Directory of the unit `burrow-agent.service`.
+    #[arg(long, value_name = "DIR", default_value = "/etc/systemd/system")]
+    pub unit_dir: PathBuf,
+    /// Directory of the config file `agent.toml`.
+    #[arg(long, value_name = "DIR", default_value = "/etc/burrow")]
+    pub config_dir: PathBuf,
+    /// The agent binary the service runs (nothing is copied) [default: this binary].
+    #[arg(long, value_name = "PATH")]
+    pub bin: Option<PathBuf>,
+    /// Join string for the config file: the service joins with it on its first start.
+    #[arg(long, env = "BURROW_JOIN", hide_env_values = true)]
+    pub join: Option<String>,
+    #[command(flatten)]
+    pub profile: Profile,
+    /// Print instead of writing: the unit, the config file, or both (no value).
+    #[arg(long, value_enum, value_name = "WHAT", num_args = 0..=1, default_missing_value = "all")]
+    pub print: Option<Print>,
+    /// Replace an existing config file.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// How the node describes itself when it pairs.
@@ -50,12 +81,34 @@ pub struct Profile {
     /// The node's name (its id in the gateway); defaults to the hostname.
     #[arg(long, env = "BURROW_NAME")]
     pub name: Option<String>,
-    /// Something this node offers (repeatable), e.g. --capability gpio.
-    #[arg(long = "capability", value_name = "C")]
+    /// Something this node offers (repeatable or comma-separated), e.g. --capability gpio.
+    #[arg(
+        long = "capability",
+        value_name = "C",
+        env = "BURROW_CAPABILITY",
+        value_delimiter = ','
+    )]
     pub capabilities: Vec<String>,
-    /// A label (repeatable), e.g. --label site=home.
-    #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
+    /// A label (repeatable or comma-separated), e.g. --label site=home.
+    #[arg(
+        long = "label",
+        value_name = "K=V",
+        env = "BURROW_LABEL",
+        value_delimiter = ',',
+        value_parser = parse_label
+    )]
     pub labels: Vec<(String, String)>,
+}
+
+/// What `install --print` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Print {
+    /// Both files, each after a `# PATH` line.
+    All,
+    /// The unit alone, e.g. for release artefacts: `install --print unit > burrow-NAME.service`.
+    Unit,
+    /// The config file alone.
+    Config,
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {

@@ -2,8 +2,10 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod config;
 mod exec;
 mod gateway_api;
+mod install;
 mod metrics;
 mod pairing;
 mod run;
@@ -11,20 +13,18 @@ mod service;
 mod state;
 mod tunnel;
 
+use std::path::Path;
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
-    let _ = simplelog::WriteLogger::init(
-        cli.log,
-        simplelog::ConfigBuilder::new()
+    let cli = config::parse::<cli::Cli>(Path::new("/etc/burrow/agent.toml"));
+    if let Ok(cli) = &cli {
+        let config = simplelog::ConfigBuilder::new()
             .set_time_format_rfc3339()
-            .build(),
-        std::io::stderr(),
-    );
-    match run(cli) {
+            .build();
+        let _ = simplelog::WriteLogger::init(cli.log, config, std::io::stderr());
+    }
+    match cli.and_then(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("agent: error: {e:#}");
@@ -34,16 +34,16 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: cli::Cli) -> anyhow::Result<()> {
-    let dir = state::DataDir::open(&cli.data_dir)?;
+    let dir = || state::DataDir::open(&cli.data_dir);
     match cli.command {
-        cli::Command::Run { join, profile } => run::run(&dir, join.as_deref(), &profile),
+        cli::Command::Run { join, profile } => run::run(&dir()?, join.as_deref(), &profile),
         cli::Command::Join { join, profile } => {
-            let state = pairing::join(&dir, &join, &profile)?;
+            let state = pairing::join(&dir()?, &join, &profile)?;
             println!("paired with {} as {:?}", state.gateway.ssh, state.name);
             Ok(())
         }
         cli::Command::Id => {
-            let identity = dir.identity()?;
+            let identity = dir()?.identity()?;
             println!(
                 "{}\n{}",
                 identity.public_line(),
@@ -51,5 +51,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        // Does not open the data dir: install only names it in the unit (and creates it).
+        cli::Command::Install(args) => install::run(&cli.data_dir, cli.log, &args),
     }
 }

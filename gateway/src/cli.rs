@@ -1,4 +1,8 @@
 //! Command-line interface of the `gateway` binary: what each subcommand takes.
+//!
+//! A flag with `env = "BURROW_X"` is a setting: also the key `x` of the config file, which
+//! `config.rs` adds as `--config FILE` (default `/etc/burrow/gateway.toml`). Precedence: flag >
+//! environment > file > default. Per-command options (`--ttl`, `--role`, ...) are not settings.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,6 +44,8 @@ pub enum Command {
     Token(TokenCommand),
     /// Run a command on a node and print its output; exits with the remote exit code.
     Exec(ExecArgs),
+    /// Write a hardened systemd unit and the config file, then print how to start the service.
+    Install(InstallArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -58,8 +64,47 @@ pub struct ServeArgs {
     #[arg(long, env = "BURROW_SSHD", default_value = "/usr/sbin/sshd")]
     pub sshd: PathBuf,
     /// Allow the API to listen on a non-loopback address without TLS.
-    #[arg(long)]
+    #[arg(long, env = "BURROW_INSECURE")]
     pub insecure: bool,
+}
+
+/// Where `gateway install` writes, and what goes into the config file it writes.
+#[derive(Debug, clap::Args)]
+pub struct InstallArgs {
+    /// Directory of the unit `burrow-gateway.service`.
+    #[arg(long, value_name = "DIR", default_value = "/etc/systemd/system")]
+    pub unit_dir: PathBuf,
+    /// Directory of the config file `gateway.toml`.
+    #[arg(long, value_name = "DIR", default_value = "/etc/burrow")]
+    pub config_dir: PathBuf,
+    /// The gateway binary the service runs (nothing is copied) [default: this binary].
+    #[arg(long, value_name = "PATH")]
+    pub bin: Option<PathBuf>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Print instead of writing: the unit, the config file, or both (no value).
+    #[arg(long, value_enum, value_name = "WHAT", num_args = 0..=1, default_missing_value = "all")]
+    pub print: Option<Print>,
+    /// Replace an existing config file.
+    #[arg(long)]
+    pub force: bool,
+    /// Only print the sshd_config snippet for nodes logging in through the system's own sshd.
+    #[arg(long)]
+    pub system_sshd: bool,
+    /// With --system-sshd: the account nodes log in as, not root [default: the current user].
+    #[arg(long, requires = "system_sshd")]
+    pub user: Option<String>,
+}
+
+/// What `install --print` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Print {
+    /// Both files, each after a `# PATH` line.
+    All,
+    /// The unit alone, e.g. for release artefacts: `install --print unit > burrow-NAME.service`.
+    Unit,
+    /// The config file alone.
+    Config,
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,7 +6,9 @@ mod audit;
 mod bus;
 mod cli;
 mod client;
+mod config;
 mod health;
+mod install;
 mod pairing;
 mod refusal;
 mod registry;
@@ -15,20 +17,18 @@ mod serve;
 mod sshd;
 mod tokens;
 
+use std::path::Path;
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
-    let _ = simplelog::WriteLogger::init(
-        cli.log,
-        simplelog::ConfigBuilder::new()
+    let cli = config::parse::<cli::Cli>(Path::new("/etc/burrow/gateway.toml"));
+    if let Ok(cli) = &cli {
+        let config = simplelog::ConfigBuilder::new()
             .set_time_format_rfc3339()
-            .build(),
-        std::io::stderr(),
-    );
-    match run(cli) {
+            .build();
+        let _ = simplelog::WriteLogger::init(cli.log, config, std::io::stderr());
+    }
+    match cli.and_then(run) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("gateway: error: {e:#}");
@@ -46,14 +46,12 @@ fn run(cli: cli::Cli) -> anyhow::Result<u8> {
         Command::Nodes(c) => client::nodes(dir, c)?,
         Command::Token(TokenCommand::Create { role, ttl, subject }) => {
             let identity = burrow_core::identity::Identity::load(&dir.join("gateway.key"))?;
-            let (token, _) = tokens::Tokens::new(&identity)?.issue(
-                &subject,
-                tokens::Role::parse(&role)?,
-                ttl,
-            )?;
+            let role = tokens::Role::parse(&role)?;
+            let (token, _) = tokens::Tokens::new(&identity)?.issue(&subject, role, ttl)?;
             println!("{token}");
         }
         Command::Exec(args) => return Ok(client::exec(dir, args)?.clamp(0, 255) as u8),
+        Command::Install(args) => install::run(dir, cli.log, &args)?,
     }
     Ok(0)
 }

@@ -1,0 +1,509 @@
+//! `agent install`: the hardened systemd unit `burrow-agent.service` and `/etc/burrow/agent.toml`.
+//!
+//! Nothing is copied: the unit runs the binary where it is (`--bin`, default this one). The config
+//! file gets the effective settings of this invocation (flags, `BURROW_*` variables, the config file
+//! already read), so `agent install --force` after an upgrade keeps what was configured. The unit is
+//! always rewritten; the config file, which may hold a join string, only with `--force`. Both are
+//! checked by `systemd-analyze verify` in the tests below. docs/deploy.md explains every choice.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use burrow_core::atomic_file;
+
+use crate::cli::{InstallArgs, Print, Profile};
+
+/// The unit's file name, and the name `systemctl` knows the service by.
+const UNIT: &str = "burrow-agent.service";
+const CONFIG: &str = "agent.toml";
+/// Where systemd looks for units an administrator installed.
+const SYSTEM_UNIT_DIR: &str = "/etc/systemd/system";
+
+/// What `agent install` writes, resolved to absolute paths.
+struct Plan {
+    unit_path: PathBuf,
+    unit: String,
+    config_path: PathBuf,
+    config: String,
+    data_dir: PathBuf,
+}
+
+pub fn run(data_dir: &Path, log: log::LevelFilter, args: &InstallArgs) -> Result<()> {
+    let plan = plan(data_dir, log, args)?;
+    if let Some(what) = args.print {
+        match what {
+            Print::All => print!(
+                "# {}\n{}\n# {}\n{}",
+                plan.unit_path.display(),
+                plan.unit,
+                plan.config_path.display(),
+                plan.config
+            ),
+            Print::Unit => print!("{}", plan.unit),
+            Print::Config => print!("{}", plan.config),
+        }
+        return Ok(());
+    }
+    if plan.config_path.exists() && !args.force {
+        bail!(
+            "{} exists; pass --force to replace it (its settings are kept unless given again), \
+             or --print to see what would be written",
+            plan.config_path.display()
+        );
+    }
+    write(&plan.unit_path, &plan.unit, 0o644)?;
+    // 0600: the file may hold a join string, a secret until it is used up or expires.
+    write(&plan.config_path, &plan.config, 0o600)?;
+    atomic_file::private_dir(&plan.data_dir)?;
+    println!("wrote {}", plan.unit_path.display());
+    println!("wrote {} (mode 0600)", plan.config_path.display());
+    println!("\nStart the agent now and at every boot:\n");
+    if plan.unit_path.parent() != Some(Path::new(SYSTEM_UNIT_DIR)) {
+        println!("  systemctl link {}", plan.unit_path.display());
+    }
+    println!("  systemctl daemon-reload && systemctl enable --now burrow-agent");
+    println!("\nFollow its log (joining, reconnects): journalctl -u burrow-agent -f");
+    Ok(())
+}
+
+fn plan(data_dir: &Path, log: log::LevelFilter, args: &InstallArgs) -> Result<Plan> {
+    let bin = match &args.bin {
+        Some(bin) => std::path::absolute(bin)?,
+        None => std::env::current_exe().context("finding this binary's path (pass --bin)")?,
+    };
+    check_binary(&bin, args.print.is_some())?;
+    let data_dir = std::path::absolute(data_dir)?;
+    let config_path = std::path::absolute(&args.config_dir)?.join(CONFIG);
+    let unit_path = std::path::absolute(&args.unit_dir)?.join(UNIT);
+    Ok(Plan {
+        unit: unit(&bin, &config_path, &data_dir)?,
+        config: config(&data_dir, log, args.join.as_deref(), &args.profile),
+        unit_path,
+        config_path,
+        data_dir,
+    })
+}
+
+/// The unit must be able to start the binary: it exists (when printing, e.g. a unit for release
+/// artefacts, it may be installed later), and the sandbox does not hide it.
+fn check_binary(bin: &Path, printing: bool) -> Result<()> {
+    if !bin.is_file() {
+        if !printing {
+            bail!("{} is not a file (pass --bin PATH)", bin.display());
+        }
+        eprintln!(
+            "note: {} does not exist (yet): the unit runs it from there",
+            bin.display()
+        );
+    }
+    if bin.starts_with("/tmp") || bin.starts_with("/var/tmp") {
+        bail!(
+            "{} would be hidden from the service by PrivateTmp=yes: copy it to e.g. \
+             /usr/local/bin/agent and pass --bin /usr/local/bin/agent",
+            bin.display()
+        );
+    }
+    Ok(())
+}
+
+/// The hardened unit. The comments in it are for whoever reads it on the node.
+fn unit(bin: &Path, config: &Path, data_dir: &Path) -> Result<String> {
+    let (bin, config, data) = (unit_path(bin)?, unit_path(config)?, unit_path(data_dir)?);
+    let version = env!("CARGO_PKG_VERSION");
+    let mut text = format!(
+        "\
+# Written by `agent install` (burrow {version}), which rewrites it: change settings in
+# {config}, and the service with a drop-in (`systemctl edit burrow-agent`). See docs/deploy.md.
+[Unit]
+Description=burrow agent: serves its gateway's commands through an outbound SSH tunnel
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=simple
+ExecStart={bin} --config {config} run
+Restart=always
+RestartSec=5
+# A command the OOM killer ends (see MemoryMax) failed; the agent itself carries on.
+OOMPolicy=continue
+
+# Sandbox. The commands the agent runs for operators live in it too: under ProtectSystem=strict
+# they cannot write /usr, /etc or /boot (so `apt-get upgrade` fails), under ProtectHome=read-only
+# not /home or /root, and `ip` or `ss` find no netlink sockets. To administer this machine through
+# burrow, relax it with a drop-in (`systemctl edit burrow-agent`); docs/deploy.md has one.
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=read-only
+PrivateTmp=yes
+"
+    );
+    match data_dir.strip_prefix("/var/lib") {
+        // systemd creates it (0700) before setting up the sandbox, which needs it to exist.
+        Ok(state) if !state.as_os_str().is_empty() => {
+            writeln!(text, "StateDirectory={}", unit_path(state)?)?;
+            text.push_str("StateDirectoryMode=0700\n");
+        }
+        _ => {}
+    }
+    write!(
+        text,
+        "\
+ReadWritePaths={data}
+ProtectKernelTunables=yes
+ProtectControlGroups=yes
+RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
+LockPersonality=yes
+# The agent stays under ~6 MB; the rest is room for the commands it runs, which share this cgroup.
+# A runaway command is OOM-killed here instead of starving the whole machine (a Pi Zero has 512 MB).
+# Raise it in a drop-in for heavy jobs (MemoryMax=512M, or infinity).
+MemoryMax=64M
+
+[Install]
+WantedBy=multi-user.target
+"
+    )?;
+    Ok(text)
+}
+
+/// A path as a unit file value: absolute, and nothing systemd would split, expand or unescape.
+fn unit_path(path: &Path) -> Result<String> {
+    match path.to_str() {
+        Some(p)
+            if !p.is_empty()
+                && !p
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || "\"'\\%$;".contains(c)) =>
+        {
+            Ok(p.to_string())
+        }
+        _ => bail!(
+            "{} cannot go into a systemd unit as it is: choose a path without spaces, quotes, \
+             `%`, `$`, `;` or `\\`",
+            path.display()
+        ),
+    }
+}
+
+/// The config file: every setting, those not set commented out with an example.
+fn config(data_dir: &Path, log: log::LevelFilter, join: Option<&str>, p: &Profile) -> String {
+    let list = |items: Vec<String>| items.join(", ");
+    let capabilities = p.capabilities.iter().map(|c| toml_string(c)).collect();
+    let labels = p.labels.iter();
+    let labels = labels.map(|(k, v)| format!("{} = {}", toml_key(k), toml_string(v)));
+    let entries = [
+        (
+            "data_dir",
+            Some(toml_string(&data_dir.to_string_lossy())),
+            "",
+        ),
+        (
+            "log",
+            Some(toml_string(&log.to_string().to_ascii_lowercase())),
+            "",
+        ),
+        (
+            "join",
+            join.map(toml_string),
+            "\"burrow1.…\"   # from `gateway join create`; unused once paired",
+        ),
+        (
+            "name",
+            p.name.as_deref().map(toml_string),
+            "\"pi-1\"        # default: the hostname",
+        ),
+        (
+            "capability",
+            (!p.capabilities.is_empty()).then(|| format!("[{}]", list(capabilities))),
+            "[\"gpio\", \"camera\"]",
+        ),
+        (
+            "label",
+            (!p.labels.is_empty()).then(|| format!("{{ {} }}", list(labels.collect()))),
+            "{ site = \"home\", rack = \"2\" }",
+        ),
+    ];
+    let mut text = String::from(
+        "\
+# burrow agent settings, written by `agent install`. Each key is also a flag (`data_dir` is
+# --data-dir) and an environment variable (BURROW_DATA_DIR); a flag beats the environment, which
+# beats this file. Reference: docs/deploy.md. Keep this file 0600: it may hold a join string.
+",
+    );
+    for (key, value, example) in entries {
+        match value {
+            Some(value) => writeln!(text, "{key} = {value}"),
+            None => writeln!(text, "# {key} = {example}"),
+        }
+        .expect("writing to a String");
+    }
+    text
+}
+
+/// A TOML basic string. JSON's string escapes (`\"`, `\\`, `\n`, `\u00XX`, never `\/`) are a subset
+/// of TOML's, so serde_json writes it.
+fn toml_string(s: &str) -> String {
+    serde_json::to_string(s).expect("a string always serializes")
+}
+
+/// A TOML key: bare when TOML allows it, quoted otherwise.
+fn toml_key(k: &str) -> String {
+    let bare = !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if bare {
+        k.to_string()
+    } else {
+        toml_string(k)
+    }
+}
+
+fn write(path: &Path, text: &str, mode: u32) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    atomic_file::write(path, text.as_bytes(), mode)
+        .with_context(|| "run as root, or pass --print to see what would be written".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+
+    use clap::FromArgMatches;
+
+    use super::*;
+    use crate::cli::{Cli, Command as Sub};
+
+    /// `agent <args>` parsed with the config machinery but no config file and no environment.
+    fn install_args(args: &[&str]) -> Cli {
+        let args: Vec<OsString> = ["agent", "--config", "/dev/null"]
+            .iter()
+            .chain(args)
+            .map(OsString::from)
+            .collect();
+        let command = crate::config::command::<Cli>(&args, Path::new("/nonexistent"))
+            .unwrap()
+            .mut_subcommand("install", |c| c.mut_args(|a| a.env(None)));
+        Cli::from_arg_matches(&command.get_matches_from(args)).unwrap()
+    }
+
+    fn install_of(cli: &Cli) -> &InstallArgs {
+        match &cli.command {
+            Sub::Install(install) => install,
+            other => panic!("expected install, got {other:?}"),
+        }
+    }
+
+    /// `agent install` with its three directories under `root`, then `extra`.
+    fn install_in(root: &Path, extra: &[&str]) -> Cli {
+        let d = |name: &str| root.join(name).to_str().unwrap().to_string();
+        let (units, etc, data) = (d("units"), d("etc"), d("data"));
+        let mut args = vec!["install", "--unit-dir", &units, "--config-dir", &etc];
+        args.extend(["--data-dir", &data]);
+        args.extend(extra);
+        install_args(&args)
+    }
+
+    /// Says a check was skipped, on the real stderr: the test harness captures `eprintln!` and shows
+    /// it only for failures, and a skipped check must be visible in CI logs.
+    fn skipped(why: &str) {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
+    }
+
+    /// What `systemd-analyze verify` finds wrong with `unit`: nothing is a pass. None (with a notice)
+    /// when this machine has no systemd-analyze. It exits 0 on many problems ("Unknown key ...,
+    /// ignoring"), so any line about the unit counts too.
+    fn systemd_problems(unit: &Path) -> Option<String> {
+        let out = match Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(unit)
+            .output()
+        {
+            Ok(out) => out,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                skipped(&format!(
+                    "systemd-analyze not found (apt-get install -y systemd); {} not verified",
+                    unit.display()
+                ));
+                return None;
+            }
+            Err(e) => panic!("running systemd-analyze: {e}"),
+        };
+        let said = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        let name = unit.file_name().unwrap().to_str().unwrap();
+        let about_unit = said.lines().filter(|l| l.contains(name));
+        Some(if out.status.success() {
+            about_unit.collect::<Vec<_>>().join("\n")
+        } else {
+            said
+        })
+    }
+
+    #[test]
+    fn install_writes_a_unit_that_systemd_analyze_verifies_and_a_0600_config() {
+        let root = tempfile::tempdir().unwrap();
+        let cli = install_in(
+            root.path(),
+            &[
+                "--join",
+                "burrow1.abc",
+                "--name",
+                "pi-1",
+                "--label",
+                "site=home",
+            ],
+        );
+        run(&cli.data_dir, cli.log, install_of(&cli)).unwrap();
+
+        let unit_path = root.path().join("units").join(UNIT);
+        let unit = fs::read_to_string(&unit_path).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let config_path = root.path().join("etc/agent.toml");
+        let data = root.path().join("data");
+        for line in [
+            format!(
+                "ExecStart={} --config {} run",
+                exe.display(),
+                config_path.display()
+            ),
+            format!("ReadWritePaths={}", data.display()),
+            "Type=simple".into(),
+            "Restart=always".into(),
+            "NoNewPrivileges=yes".into(),
+            "ProtectSystem=strict".into(),
+            "MemoryMax=64M".into(),
+            "WantedBy=multi-user.target".into(),
+        ] {
+            assert!(
+                unit.lines().any(|l| l == line),
+                "missing {line:?} in\n{unit}"
+            );
+        }
+        assert!(
+            !unit.contains("StateDirectory"),
+            "data dir is not under /var/lib"
+        );
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&config_path), 0o600);
+        assert_eq!(mode(&unit_path), 0o644);
+        assert_eq!(mode(&data), 0o700);
+
+        if let Some(problems) = systemd_problems(&unit_path) {
+            assert_eq!(problems, "", "systemd-analyze verify on\n{unit}");
+            // The check itself works: a typo is caught although systemd-analyze exits 0 on it.
+            let typo = root.path().join("units/typo/burrow-agent.service");
+            write(
+                &typo,
+                &unit.replace("Restart=always", "Restart=alwayz"),
+                0o644,
+            )
+            .unwrap();
+            let problems = systemd_problems(&typo).unwrap();
+            assert!(problems.contains("alwayz"), "{problems}");
+        }
+
+        // The config file reads back, through the real parser, as what was installed.
+        let config = fs::read_to_string(&config_path).unwrap();
+        let args: Vec<OsString> = ["agent", "--config", config_path.to_str().unwrap(), "run"]
+            .map(OsString::from)
+            .into();
+        let command = crate::config::command::<Cli>(&args, Path::new("/nonexistent")).unwrap();
+        let back = Cli::from_arg_matches(&command.get_matches_from(args)).unwrap();
+        assert_eq!(back.data_dir, data);
+        match back.command {
+            Sub::Run { join, profile } => {
+                assert_eq!(join.as_deref(), Some("burrow1.abc"), "{config}");
+                assert_eq!(profile.name.as_deref(), Some("pi-1"));
+                assert_eq!(profile.labels, [("site".into(), "home".into())]);
+                assert!(profile.capabilities.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // Never replaced without --force; with it, the new values win.
+        let err = run(&cli.data_dir, cli.log, install_of(&cli)).unwrap_err();
+        assert!(format!("{err:#}").contains("pass --force"), "{err:#}");
+        let cli = install_in(root.path(), &["--force", "--name", "pi-2"]);
+        run(&cli.data_dir, cli.log, install_of(&cli)).unwrap();
+        assert!(fs::read_to_string(&config_path)
+            .unwrap()
+            .contains("\nname = \"pi-2\"\n"));
+    }
+
+    #[test]
+    fn default_paths_use_state_directory_and_print_writes_nothing() {
+        let cli = install_args(&["install", "--print"]);
+        let plan = plan(&cli.data_dir, cli.log, install_of(&cli)).unwrap();
+        assert_eq!(
+            plan.unit_path,
+            Path::new("/etc/systemd/system/burrow-agent.service")
+        );
+        assert_eq!(plan.config_path, Path::new("/etc/burrow/agent.toml"));
+        for line in [
+            "ExecStart=",
+            "--config /etc/burrow/agent.toml run",
+            "\nStateDirectory=burrow/agent\nStateDirectoryMode=0700\nReadWritePaths=/var/lib/burrow/agent\n",
+        ] {
+            assert!(plan.unit.contains(line), "missing {line:?} in\n{}", plan.unit);
+        }
+        assert!(plan
+            .config
+            .contains("\ndata_dir = \"/var/lib/burrow/agent\"\nlog = \"info\"\n# join = "));
+        // With --print nothing is written (the real /etc is not touched, whoever runs the tests).
+        run(&cli.data_dir, cli.log, install_of(&cli)).unwrap();
+    }
+
+    #[test]
+    fn unusable_paths_are_refused() {
+        assert!(unit_path(Path::new("/opt/my agent")).is_err());
+        assert!(unit_path(Path::new("/opt/100%")).is_err());
+        assert!(unit_path(Path::new("/opt/$HOME")).is_err());
+        let err = check_binary(Path::new("/nonexistent/agent"), false).unwrap_err();
+        assert!(err.to_string().contains("pass --bin"), "{err}");
+        let tmp = tempfile::NamedTempFile::new_in("/tmp").unwrap();
+        let err = check_binary(tmp.path(), true).unwrap_err();
+        assert!(err.to_string().contains("PrivateTmp"), "{err}");
+    }
+
+    #[test]
+    fn config_strings_and_keys_are_escaped() {
+        let profile = Profile {
+            name: Some("pi \"one\"\\\n".into()),
+            capabilities: vec!["a,b".into(), "ü".into()],
+            labels: vec![
+                ("has space".into(), "x".into()),
+                ("ok-key_1".into(), "\t".into()),
+            ],
+        };
+        let text = config(Path::new("/d"), log::LevelFilter::Warn, None, &profile);
+        let table = toml::de::DeTable::parse(&text).unwrap();
+        let table = table.get_ref();
+        let get = |k: &str| table.get(k).unwrap().get_ref().clone();
+        assert_eq!(get("name").as_str(), Some("pi \"one\"\\\n"));
+        assert_eq!(get("log").as_str(), Some("warn"));
+        let caps: Vec<_> = get("capability")
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.get_ref().as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(caps, ["a,b", "ü"]);
+        let label = get("label");
+        let label = label.as_table().unwrap();
+        assert_eq!(
+            label.get("has space").unwrap().get_ref().as_str(),
+            Some("x")
+        );
+        assert_eq!(
+            label.get("ok-key_1").unwrap().get_ref().as_str(),
+            Some("\t")
+        );
+        assert!(table.get("join").is_none());
+    }
+}

@@ -1,0 +1,576 @@
+//! `gateway install`: the systemd unit `burrow-gateway.service` and `/etc/burrow/gateway.toml`, or
+//! with `--system-sshd` the sshd_config snippet for nodes logging in through the system's own sshd.
+//!
+//! Nothing is copied: the unit runs the binary where it is (`--bin`, default this one). The config
+//! file gets the effective settings of this invocation (flags, `BURROW_*` variables, the config file
+//! already read). The unit is always rewritten; the config file only with `--force`. The tests check
+//! the unit with `systemd-analyze verify` and the snippet with `sshd -t`/`sshd -T`. The agent's
+//! `install.rs` is the sibling; docs/deploy.md explains every choice.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use burrow_core::atomic_file;
+
+use crate::cli::{InstallArgs, Print, ServeArgs};
+
+/// The unit's file name, and the name `systemctl` knows the service by.
+const UNIT: &str = "burrow-gateway.service";
+const CONFIG: &str = "gateway.toml";
+/// Where systemd looks for units an administrator installed.
+const SYSTEM_UNIT_DIR: &str = "/etc/systemd/system";
+
+/// What `gateway install` writes, resolved to absolute paths.
+struct Plan {
+    unit_path: PathBuf,
+    unit: String,
+    config_path: PathBuf,
+    config: String,
+    data_dir: PathBuf,
+}
+
+pub fn run(data_dir: &Path, log: log::LevelFilter, args: &InstallArgs) -> Result<()> {
+    if args.system_sshd {
+        let user = match &args.user {
+            Some(user) => user.clone(),
+            None => current_user()?,
+        };
+        print!(
+            "{}",
+            system_sshd_snippet(&std::path::absolute(data_dir)?, &user)?
+        );
+        return Ok(());
+    }
+    let plan = plan(data_dir, log, args)?;
+    if let Some(what) = args.print {
+        match what {
+            Print::All => print!(
+                "# {}\n{}\n# {}\n{}",
+                plan.unit_path.display(),
+                plan.unit,
+                plan.config_path.display(),
+                plan.config
+            ),
+            Print::Unit => print!("{}", plan.unit),
+            Print::Config => print!("{}", plan.config),
+        }
+        return Ok(());
+    }
+    if plan.config_path.exists() && !args.force {
+        bail!(
+            "{} exists; pass --force to replace it (its settings are kept unless given again), \
+             or --print to see what would be written",
+            plan.config_path.display()
+        );
+    }
+    write(&plan.unit_path, &plan.unit, 0o644)?;
+    write(&plan.config_path, &plan.config, 0o600)?;
+    atomic_file::private_dir(&plan.data_dir)?;
+    println!("wrote {}", plan.unit_path.display());
+    println!("wrote {} (mode 0600)", plan.config_path.display());
+    println!("\nStart the gateway now and at every boot:\n");
+    if plan.unit_path.parent() != Some(Path::new(SYSTEM_UNIT_DIR)) {
+        println!("  systemctl link {}", plan.unit_path.display());
+    }
+    println!("  systemctl daemon-reload && systemctl enable --now burrow-gateway");
+    println!("\nThen create a join string for a node: gateway join create");
+    println!("Follow its log: journalctl -u burrow-gateway -f");
+    Ok(())
+}
+
+fn plan(data_dir: &Path, log: log::LevelFilter, args: &InstallArgs) -> Result<Plan> {
+    let bin = match &args.bin {
+        Some(bin) => std::path::absolute(bin)?,
+        None => std::env::current_exe().context("finding this binary's path (pass --bin)")?,
+    };
+    check_binary(&bin, args.print.is_some())?;
+    let data_dir = std::path::absolute(data_dir)?;
+    let config_path = std::path::absolute(&args.config_dir)?.join(CONFIG);
+    let unit_path = std::path::absolute(&args.unit_dir)?.join(UNIT);
+    Ok(Plan {
+        unit: unit(&bin, &config_path, &data_dir)?,
+        config: config(&data_dir, log, &args.serve),
+        unit_path,
+        config_path,
+        data_dir,
+    })
+}
+
+/// The unit must be able to start the binary: it exists (when printing, e.g. a unit for release
+/// artefacts, it may be installed later), and the sandbox does not hide it.
+fn check_binary(bin: &Path, printing: bool) -> Result<()> {
+    if !bin.is_file() {
+        if !printing {
+            bail!("{} is not a file (pass --bin PATH)", bin.display());
+        }
+        eprintln!(
+            "note: {} does not exist (yet): the unit runs it from there",
+            bin.display()
+        );
+    }
+    if bin.starts_with("/tmp") || bin.starts_with("/var/tmp") {
+        bail!(
+            "{} would be hidden from the service by PrivateTmp=yes: copy it to e.g. \
+             /usr/local/bin/gateway and pass --bin /usr/local/bin/gateway",
+            bin.display()
+        );
+    }
+    Ok(())
+}
+
+/// The hardened unit. The comments in it are for whoever reads it on the VM.
+fn unit(bin: &Path, config: &Path, data_dir: &Path) -> Result<String> {
+    let (bin, config, data) = (unit_path(bin)?, unit_path(config)?, unit_path(data_dir)?);
+    let version = env!("CARGO_PKG_VERSION");
+    let mut text = format!(
+        "\
+# Written by `gateway install` (burrow {version}), which rewrites it: change settings in
+# {config}, and the service with a drop-in (`systemctl edit burrow-gateway`). See docs/deploy.md.
+[Unit]
+Description=burrow gateway: managed sshd, node registry, pairing and REST API
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=simple
+ExecStart={bin} --config {config} serve
+Restart=always
+RestartSec=5
+# Stopping kills the whole cgroup: the managed sshd and every node session with it.
+KillMode=control-group
+# Each node costs the gateway a connection (and sshd a process); 1024 descriptors would cap the fleet.
+LimitNOFILE=65536
+
+# Sandbox. Runs as root: the managed sshd must start as root to switch to the login user and chroot
+# into /run/sshd (privilege separation), and to bind a port below 1024 if `ssh` asks for one. None of
+# that gains privileges through exec, so NoNewPrivileges=yes holds.
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=read-only
+PrivateTmp=yes
+PrivateDevices=yes
+"
+    );
+    match data_dir.strip_prefix("/var/lib") {
+        // systemd creates it (0700) before setting up the sandbox, which needs it to exist.
+        Ok(state) if !state.as_os_str().is_empty() => {
+            writeln!(text, "StateDirectory={}", unit_path(state)?)?;
+            text.push_str("StateDirectoryMode=0700\n");
+        }
+        _ => {}
+    }
+    write!(
+        text,
+        "\
+ReadWritePaths={data}
+# sshd's privilege separation directory: /run is read-only under ProtectSystem=strict, so systemd
+# creates it; Preserve keeps it when the gateway stops, as the system's own ssh.service may use it.
+RuntimeDirectory=sshd
+RuntimeDirectoryMode=0755
+RuntimeDirectoryPreserve=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectControlGroups=yes
+RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+UMask=0077
+# No MemoryMax: sshd spends a few MB per node session, so a fixed cap would limit the fleet size.
+
+[Install]
+WantedBy=multi-user.target
+"
+    )?;
+    Ok(text)
+}
+
+/// A path as a unit file value: absolute, and nothing systemd would split, expand or unescape.
+fn unit_path(path: &Path) -> Result<String> {
+    match path.to_str() {
+        Some(p)
+            if !p.is_empty()
+                && !p
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || "\"'\\%$;".contains(c)) =>
+        {
+            Ok(p.to_string())
+        }
+        _ => bail!(
+            "{} cannot go into a systemd unit as it is: choose a path without spaces, quotes, \
+             `%`, `$`, `;` or `\\`",
+            path.display()
+        ),
+    }
+}
+
+/// The config file: every setting, those not set commented out with an example.
+fn config(data_dir: &Path, log: log::LevelFilter, s: &ServeArgs) -> String {
+    let entries = [
+        (
+            "data_dir",
+            Some(toml_string(&data_dir.to_string_lossy())),
+            "",
+        ),
+        (
+            "log",
+            Some(toml_string(&log.to_string().to_ascii_lowercase())),
+            "",
+        ),
+        ("api", Some(toml_string(&s.api.to_string())), ""),
+        ("ssh", Some(toml_string(&s.ssh.to_string())), ""),
+        (
+            "ssh_public",
+            s.ssh_public.as_deref().map(toml_string),
+            "\"vm.example.com:2222\"   # what nodes dial; default: hostname and ssh port",
+        ),
+        ("sshd", Some(toml_string(&s.sshd.to_string_lossy())), ""),
+        ("insecure", Some(s.insecure.to_string()), ""),
+    ];
+    let mut text = String::from(
+        "\
+# burrow gateway settings, written by `gateway install`. Each key is also a flag (`data_dir` is
+# --data-dir) and an environment variable (BURROW_DATA_DIR); a flag beats the environment, which
+# beats this file. Reference: docs/deploy.md.
+",
+    );
+    for (key, value, example) in entries {
+        match value {
+            Some(value) => writeln!(text, "{key} = {value}"),
+            None => writeln!(text, "# {key} = {example}"),
+        }
+        .expect("writing to a String");
+    }
+    text
+}
+
+/// A TOML basic string. JSON's string escapes (`\"`, `\\`, `\n`, `\u00XX`, never `\/`) are a subset
+/// of TOML's, so serde_json writes it.
+fn toml_string(s: &str) -> String {
+    serde_json::to_string(s).expect("a string always serializes")
+}
+
+/// The `Match User` block that makes a system sshd treat node logins the way the managed sshd does.
+fn system_sshd_snippet(data_dir: &Path, user: &str) -> Result<String> {
+    if user.is_empty()
+        || !user
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
+        bail!("user {user:?} cannot be written into sshd_config");
+    }
+    if user == "root" {
+        // The block replaces AuthorizedKeysFile and forces /bin/false: it would lock root out.
+        bail!(
+            "nodes must not log in as root through the system sshd (the Match block would lock root \
+             out): create a user for them (useradd --system --shell /usr/sbin/nologin burrow), run \
+             the gateway as that user and pass --user burrow"
+        );
+    }
+    let keys = data_dir.join("sshd").join("authorized_keys");
+    let keys = match keys.to_str() {
+        Some(k) if !k.contains(['"', '\n', '\r', '%']) => k.to_string(),
+        _ => bail!(
+            "{} cannot be written into sshd_config; choose a plainer data dir",
+            keys.display()
+        ),
+    };
+    Ok(format!(
+        "\
+# burrow: nodes log in as {user} with the keys the gateway writes, and may only forward ports (each
+# key line adds restrict, permitlisten/permitopen and command=\"/bin/false\" on top of this block).
+# Written by `gateway install --system-sshd`. Save it as /etc/ssh/sshd_config.d/burrow.conf (Debian
+# includes that directory; a Match block in an included file ends with the file), or append it to
+# the END of /etc/ssh/sshd_config. Then: sshd -t && systemctl reload ssh
+Match User {user}
+    AuthorizedKeysFile \"{keys}\"
+    AuthenticationMethods publickey
+    PubkeyAuthentication yes
+    PasswordAuthentication no
+    KbdInteractiveAuthentication no
+    AllowTcpForwarding yes
+    GatewayPorts no
+    PermitTTY no
+    X11Forwarding no
+    AllowAgentForwarding no
+    AllowStreamLocalForwarding no
+    PermitTunnel no
+    ForceCommand /bin/false
+    # Reap sessions of nodes that vanished, so their forwarded ports free up.
+    ClientAliveInterval 15
+    ClientAliveCountMax 3
+"
+    ))
+}
+
+/// The login name of this process's user: who nodes log in as when the gateway runs as this user.
+fn current_user() -> Result<String> {
+    let uid = rustix::process::getuid().as_raw().to_string();
+    let passwd = fs::read_to_string("/etc/passwd").context("reading /etc/passwd")?;
+    passwd
+        .lines()
+        .find_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            (f.len() > 2 && f[2] == uid).then(|| f[0].to_string())
+        })
+        .with_context(|| format!("uid {uid} is not in /etc/passwd; pass --user NAME"))
+}
+
+fn write(path: &Path, text: &str, mode: u32) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    atomic_file::write(path, text.as_bytes(), mode)
+        .with_context(|| "run as root, or pass --print to see what would be written".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+
+    use burrow_core::identity::Identity;
+    use clap::FromArgMatches;
+
+    use super::*;
+    use crate::cli::{Cli, Command as Sub};
+
+    /// `gateway <args>` parsed with the config machinery but no config file and no environment.
+    fn install_args(args: &[&str]) -> Cli {
+        let args: Vec<OsString> = ["gateway", "--config", "/dev/null"]
+            .iter()
+            .chain(args)
+            .map(OsString::from)
+            .collect();
+        let command = crate::config::command::<Cli>(&args, Path::new("/nonexistent"))
+            .unwrap()
+            .mut_args(|a| a.env(None))
+            .mut_subcommand("install", |c| c.mut_args(|a| a.env(None)));
+        Cli::from_arg_matches(&command.get_matches_from(args)).unwrap()
+    }
+
+    fn install_of(cli: &Cli) -> &InstallArgs {
+        match &cli.command {
+            Sub::Install(install) => install,
+            other => panic!("expected install, got {other:?}"),
+        }
+    }
+
+    /// Says a check was skipped, on the real stderr: the test harness captures `eprintln!` and shows
+    /// it only for failures, and a skipped check must be visible in CI logs.
+    fn skipped(why: &str) {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
+    }
+
+    /// What `systemd-analyze verify` finds wrong with `unit`: nothing is a pass. None (with a notice)
+    /// when this machine has no systemd-analyze. It exits 0 on many problems ("Unknown key ...,
+    /// ignoring"), so any line about the unit counts too.
+    fn systemd_problems(unit: &Path) -> Option<String> {
+        let out = match Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(unit)
+            .output()
+        {
+            Ok(out) => out,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                skipped(&format!(
+                    "systemd-analyze not found (apt-get install -y systemd); {} not verified",
+                    unit.display()
+                ));
+                return None;
+            }
+            Err(e) => panic!("running systemd-analyze: {e}"),
+        };
+        let said = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        let name = unit.file_name().unwrap().to_str().unwrap();
+        let about_unit = said.lines().filter(|l| l.contains(name));
+        Some(if out.status.success() {
+            about_unit.collect::<Vec<_>>().join("\n")
+        } else {
+            said
+        })
+    }
+
+    #[test]
+    fn install_writes_a_unit_that_systemd_analyze_verifies_and_a_0600_config() {
+        let root = tempfile::tempdir().unwrap();
+        let d = |name: &str| root.path().join(name).to_str().unwrap().to_string();
+        let (units, etc, data) = (d("units"), d("etc"), d("data"));
+        let cli = install_args(&[
+            "install",
+            "--unit-dir",
+            &units,
+            "--config-dir",
+            &etc,
+            "--data-dir",
+            &data,
+            "--ssh",
+            "0.0.0.0:22",
+            "--ssh-public",
+            "vm.example.com:22",
+        ]);
+        run(&cli.data_dir, cli.log, install_of(&cli)).unwrap();
+
+        let unit_path = root.path().join("units").join(UNIT);
+        let unit = fs::read_to_string(&unit_path).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        for line in [
+            format!(
+                "ExecStart={} --config {etc}/gateway.toml serve",
+                exe.display()
+            ),
+            format!("ReadWritePaths={data}"),
+            "RuntimeDirectory=sshd".into(),
+            "RuntimeDirectoryPreserve=yes".into(),
+            "NoNewPrivileges=yes".into(),
+            "ProtectSystem=strict".into(),
+            "Restart=always".into(),
+        ] {
+            assert!(
+                unit.lines().any(|l| l == line),
+                "missing {line:?} in\n{unit}"
+            );
+        }
+        let config_path = root.path().join("etc/gateway.toml");
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&config_path), 0o600);
+        assert_eq!(mode(Path::new(&data)), 0o700);
+        if let Some(problems) = systemd_problems(&unit_path) {
+            assert_eq!(problems, "", "systemd-analyze verify on\n{unit}");
+        }
+
+        // The config file reads back through the real parser as what was installed.
+        let args: Vec<OsString> = [
+            "gateway",
+            "--config",
+            config_path.to_str().unwrap(),
+            "serve",
+        ]
+        .map(OsString::from)
+        .into();
+        let command = crate::config::command::<Cli>(&args, Path::new("/nonexistent")).unwrap();
+        let back = Cli::from_arg_matches(&command.get_matches_from(args)).unwrap();
+        assert_eq!(back.data_dir, Path::new(&data));
+        match back.command {
+            Sub::Serve(s) => {
+                assert_eq!(s.ssh.to_string(), "0.0.0.0:22");
+                assert_eq!(s.api.to_string(), "127.0.0.1:18789");
+                assert_eq!(s.ssh_public.as_deref(), Some("vm.example.com:22"));
+                assert_eq!(s.sshd, Path::new("/usr/sbin/sshd"));
+                assert!(!s.insecure);
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = run(&cli.data_dir, cli.log, install_of(&cli)).unwrap_err();
+        assert!(format!("{err:#}").contains("pass --force"), "{err:#}");
+    }
+
+    #[test]
+    fn default_paths_use_state_directory() {
+        let cli = install_args(&["install", "--print"]);
+        let plan = plan(&cli.data_dir, cli.log, install_of(&cli)).unwrap();
+        assert_eq!(
+            plan.unit_path,
+            Path::new("/etc/systemd/system/burrow-gateway.service")
+        );
+        assert_eq!(plan.config_path, Path::new("/etc/burrow/gateway.toml"));
+        assert!(plan
+            .unit
+            .contains("--config /etc/burrow/gateway.toml serve\n"));
+        assert!(plan.unit.contains(
+            "\nStateDirectory=burrow/gateway\nStateDirectoryMode=0700\nReadWritePaths=/var/lib/burrow/gateway\n"
+        ));
+        assert!(plan.config.contains("\n# ssh_public = "));
+        assert!(unit_path(Path::new("/opt/my gateway")).is_err());
+    }
+
+    /// `sshd -T` (effective settings) for a login of `user` under `config`.
+    fn effective(config: &Path, user: &str) -> String {
+        let out = Command::new("/usr/sbin/sshd")
+            .arg("-T")
+            .arg("-f")
+            .arg(config)
+            .arg("-C")
+            .arg(format!("user={user},host=node,addr=192.0.2.1"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn system_sshd_snippet_passes_sshd_t_and_applies_to_the_node_user_only() {
+        if !Path::new("/usr/sbin/sshd").is_file() {
+            skipped("/usr/sbin/sshd not found (apt-get install -y openssh-server)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let host_key = dir.path().join("host_key");
+        Identity::load_or_generate(&host_key, "test").unwrap();
+        let data = Path::new("/var/lib/burrow/gateway");
+        let snippet = system_sshd_snippet(data, "burrow").unwrap();
+        // As Debian ships it: the drop-in directory included first, global settings after it.
+        let drop_in = dir.path().join("sshd_config.d");
+        fs::create_dir(&drop_in).unwrap();
+        fs::write(drop_in.join("burrow.conf"), &snippet).unwrap();
+        let config = dir.path().join("sshd_config");
+        let main = format!(
+            "Include {}/*.conf\nHostKey {}\nUsePAM no\nPidFile none\nX11Forwarding yes\n",
+            drop_in.display(),
+            host_key.display()
+        );
+        fs::write(&config, main).unwrap();
+        let out = Command::new("/usr/sbin/sshd")
+            .arg("-t")
+            .arg("-f")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "sshd -t: {}\n{snippet}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let node = effective(&config, "burrow");
+        for line in [
+            "authorizedkeysfile /var/lib/burrow/gateway/sshd/authorized_keys",
+            "authenticationmethods publickey",
+            "passwordauthentication no",
+            "allowtcpforwarding yes",
+            "permittty no",
+            "x11forwarding no",
+            "allowagentforwarding no",
+            "permittunnel no",
+            "forcecommand /bin/false",
+            "clientaliveinterval 15",
+            "clientalivecountmax 3",
+        ] {
+            assert!(
+                node.lines().any(|l| l == line),
+                "missing {line:?} for the node user"
+            );
+        }
+        // Everyone else keeps the system's settings: the block ends with its file.
+        let other = effective(&config, "alice");
+        for line in ["permittty yes", "x11forwarding yes", "forcecommand none"] {
+            assert!(
+                other.lines().any(|l| l == line),
+                "missing {line:?} for another user"
+            );
+        }
+        assert!(system_sshd_snippet(data, "a b").is_err());
+        let err = system_sshd_snippet(data, "root").unwrap_err().to_string();
+        assert!(err.contains("lock root out"), "{err}");
+        assert!(system_sshd_snippet(Path::new("/srv/100%"), "burrow").is_err());
+    }
+}
