@@ -157,6 +157,7 @@ impl Tunnel {
         // Blocking until the pump takes over; the timeout bounds each step.
         session.set_blocking(true);
         session.set_timeout(u32::try_from(cfg.connect_timeout.as_millis()).unwrap_or(u32::MAX));
+        pin_host_key_type(&session)?;
         prefer_fast_cipher(&session);
         session.handshake().map_err(|e| io("SSH handshake", &e))?;
         log::debug!(
@@ -360,6 +361,14 @@ fn dial(addr: &str, timeout: Duration) -> Result<TcpStream, TunnelError> {
         Some(e) => format!("cannot connect to the gateway's sshd at {addr}: {e}"),
         None => format!("the gateway address {addr} resolves to nothing"),
     }))
+}
+
+/// Asks only for the Ed25519 host key: that is the key whose fingerprint the join string pins (a
+/// system sshd also offering RSA/ECDSA keys must not get to present one of those instead).
+fn pin_host_key_type(session: &Session) -> Result<(), TunnelError> {
+    session
+        .method_pref(MethodType::HostKey, "ssh-ed25519")
+        .map_err(|e| TunnelError::Io(format!("selecting the ssh-ed25519 host key type: {e}")))
 }
 
 /// Puts chacha20-poly1305 first in both directions, keeping libssh2's other ciphers as fallbacks.

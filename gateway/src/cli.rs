@@ -63,6 +63,17 @@ pub struct ServeArgs {
     /// The sshd binary to supervise.
     #[arg(long, env = "BURROW_SSHD", default_value = "/usr/sbin/sshd")]
     pub sshd: PathBuf,
+    /// Use the system's own sshd (set up with `gateway install --system-sshd`) instead of running one;
+    /// join strings then pin its --host-key and default to this host's port 22.
+    #[arg(long, env = "BURROW_SYSTEM_SSHD")]
+    pub system_sshd: bool,
+    /// With --system-sshd: the system sshd's Ed25519 host key (public half).
+    #[arg(
+        long,
+        env = "BURROW_HOST_KEY",
+        default_value = "/etc/ssh/ssh_host_ed25519_key.pub"
+    )]
+    pub host_key: PathBuf,
     /// Allow the API to listen on a non-loopback address without TLS.
     #[arg(long, env = "BURROW_INSECURE")]
     pub insecure: bool,

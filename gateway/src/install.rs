@@ -35,7 +35,7 @@ pub fn run(data_dir: &Path, log: log::LevelFilter, args: &InstallArgs) -> Result
     if args.system_sshd {
         let user = match &args.user {
             Some(user) => user.clone(),
-            None => current_user()?,
+            None => crate::sshd::current_user().context("pass --user NAME")?,
         };
         print!(
             "{}",
@@ -304,19 +304,6 @@ Match User {user}
     ClientAliveCountMax 3
 "
     ))
-}
-
-/// The login name of this process's user: who nodes log in as when the gateway runs as this user.
-fn current_user() -> Result<String> {
-    let uid = rustix::process::getuid().as_raw().to_string();
-    let passwd = fs::read_to_string("/etc/passwd").context("reading /etc/passwd")?;
-    passwd
-        .lines()
-        .find_map(|line| {
-            let f: Vec<&str> = line.split(':').collect();
-            (f.len() > 2 && f[2] == uid).then(|| f[0].to_string())
-        })
-        .with_context(|| format!("uid {uid} is not in /etc/passwd; pass --user NAME"))
 }
 
 fn write(path: &Path, text: &str, mode: u32) -> Result<()> {

@@ -50,16 +50,25 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         listen: ssh_addr,
         binary: args.sshd.clone(),
         max_sessions_hint: 256,
-        login_user: current_user(),
+        login_user: sshd::current_user()?,
     };
-    let host_fingerprint = sshd::ensure_host_key(&settings)?;
-    sshd::write_config(&settings)?;
+    // Either way the gateway writes the node key lines to <data>/sshd/authorized_keys; with the
+    // system's sshd, its `Match User` block (`gateway install --system-sshd`) points there.
+    let host_fingerprint = if args.system_sshd {
+        burrow_core::atomic_file::private_dir(&settings.dir)?;
+        system_host_fingerprint(&args.host_key)?
+    } else {
+        let fingerprint = sshd::ensure_host_key(&settings)?;
+        sshd::write_config(&settings)?;
+        fingerprint
+    };
     let registry = Arc::new(Registry::open(&data_dir)?);
     let audit_log = AuditLog::open(&data_dir.join("audit.log"))?;
     let ssh_public = args
         .ssh_public
         .clone()
         .unwrap_or_else(|| match ssh_addr.ip() {
+            _ if args.system_sshd => format!("{host}:22"),
             ip if ip.is_unspecified() => format!("{host}:{}", ssh_addr.port()),
             _ => ssh_addr.to_string(),
         });
@@ -77,11 +86,14 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         Box::new(move |lines| sshd::write_authorized_keys(&key_settings, lines)),
         audit_log.handle(),
     )?);
-    let supervisor = Arc::new(Supervisor::start(settings)?);
+    let supervisor = match args.system_sshd {
+        true => None,
+        false => Some(Arc::new(Supervisor::start(settings)?)),
+    };
     let bus = Arc::new(Bus::new(identity, registry.clone()));
     // A weak handle, so `serve` stays the only owner and `stop()` (which also kills sshd's
     // sessions) runs at shutdown.
-    let status_of = Arc::downgrade(&supervisor);
+    let status_of = supervisor.as_ref().map(Arc::downgrade);
     let contact_json =
         json!({"listen": ssh_addr, "public": ssh_public, "host_fingerprint": host_fingerprint});
     let ctx = Arc::new(Ctx {
@@ -89,12 +101,14 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         pairing: pairing.clone(),
         bus: bus.clone(),
         started: Instant::now(),
-        sshd_status: Box::new(move || match status_of.upgrade() {
-            Some(sup) => {
+        sshd_status: Box::new(move || match status_of.as_ref().map(|w| w.upgrade()) {
+            None => json!({"mode": "system"}),
+            Some(Some(sup)) => {
                 let s = sup.status();
-                json!({"running": s.running, "pid": s.pid, "restarts": s.restarts, "listen": s.listen})
+                json!({"mode": "managed", "running": s.running, "pid": s.pid, "restarts": s.restarts,
+                       "listen": s.listen})
             }
-            None => json!({"running": false}),
+            Some(None) => json!({"mode": "managed", "running": false}),
         }),
         contact: contact_json,
     });
@@ -119,9 +133,12 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
     bus.shutdown();
     drop(pairing);
     drop(audit_log);
-    match Arc::try_unwrap(supervisor) {
-        Ok(supervisor) => supervisor.stop(),
-        Err(_) => log::error!("sshd supervisor still shared at shutdown; its sessions may linger"),
+    match supervisor.map(Arc::try_unwrap) {
+        None => {}
+        Some(Ok(supervisor)) => supervisor.stop(),
+        Some(Err(_)) => {
+            log::error!("sshd supervisor still shared at shutdown; its sessions may linger")
+        }
     }
     Ok(())
 }
@@ -150,17 +167,11 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-/// The login name of this process's user: nodes log in to the managed sshd as this user.
-fn current_user() -> String {
-    let uid = rustix::process::getuid().as_raw();
-    std::fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|passwd| {
-            passwd.lines().find_map(|line| {
-                let f: Vec<&str> = line.split(':').collect();
-                (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
-            })
-        })
-        .or_else(|| std::env::var("USER").ok())
-        .unwrap_or_else(|| "root".into())
+/// The `SHA256:` fingerprint of the system sshd's Ed25519 host key, from its `.pub` file.
+fn system_host_fingerprint(path: &Path) -> anyhow::Result<String> {
+    let line = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the system sshd's host key {}", path.display()))?;
+    let key = burrow_core::identity::PublicKey::from_openssh(&line)
+        .with_context(|| format!("{} is not an ssh-ed25519 public key", path.display()))?;
+    Ok(key.fingerprint())
 }

@@ -302,6 +302,20 @@ fn ensure_privsep_dir() -> Result<()> {
     Ok(())
 }
 
+/// The login name of this process's user: who nodes log in as, to the managed sshd or through the
+/// system sshd's `Match User` block.
+pub fn current_user() -> Result<String> {
+    let uid = rustix::process::getuid().as_raw().to_string();
+    let passwd = fs::read_to_string("/etc/passwd").context("reading /etc/passwd")?;
+    passwd
+        .lines()
+        .find_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            (f.len() > 2 && f[2] == uid).then(|| f[0].to_string())
+        })
+        .with_context(|| format!("uid {uid} is not in /etc/passwd"))
+}
+
 #[cfg(test)]
 pub(super) mod tests {
     use std::io::Read;

@@ -125,3 +125,65 @@ fn reused_token_wrong_pin_and_taken_name_are_refused_with_clear_messages() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid join string"));
 }
+
+/// `serve --system-sshd`: no managed sshd; nodes log in through a separate sshd (standing in for the
+/// system's, configured like the `gateway install --system-sshd` block) whose Ed25519 host key the
+/// join string pins, even though that sshd offers an ECDSA host key first.
+#[test]
+fn system_sshd_mode_pairs_and_runs_commands() {
+    use std::process::Command;
+    let sys = tempfile::Builder::new()
+        .prefix("burrow-syssshd")
+        .tempdir()
+        .unwrap();
+    for (kind, name) in [("ecdsa", "ecdsa"), ("ed25519", "ed25519")] {
+        let ok = Command::new("ssh-keygen")
+            .args(["-q", "-t", kind, "-N", "", "-f"])
+            .arg(sys.path().join(name))
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gw = Gateway::start_with(&[
+        "--system-sshd",
+        "--ssh-public",
+        &format!("127.0.0.1:{port}"),
+        "--host-key",
+        sys.path().join("ed25519.pub").to_str().unwrap(),
+    ]);
+    let (_, status) = gw.api("GET", "/api/v1/status", None);
+    assert_eq!(status["sshd"]["mode"], "system", "{status}");
+    let keys = gw.data().join("sshd/authorized_keys");
+    let config = sys.path().join("sshd_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {dir}/ecdsa\nHostKey {dir}/ed25519\n\
+             PidFile none\nUsePAM no\nStrictModes no\nAuthorizedKeysFile {keys}\n\
+             AuthenticationMethods publickey\nPasswordAuthentication no\nAllowTcpForwarding yes\n\
+             GatewayPorts no\nPermitTTY no\nX11Forwarding no\nForceCommand /bin/false\n\
+             ClientAliveInterval 15\nClientAliveCountMax 3\n",
+            dir = sys.path().display(),
+            keys = keys.display()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let mut sshd = Command::new("/usr/sbin/sshd");
+    sshd.arg("-D").arg("-e").arg("-f").arg(&config);
+    let _sshd = crate::util::Proc::spawn(sshd, sys.path().join("sshd.log"));
+
+    let _agent = Agent::start(&gw.join(&[]), "via-system");
+    gw.wait_status("via-system", "online");
+    let (status, out) = gw.exec("via-system", json!({"command": "echo system"}));
+    assert_eq!(
+        (status, out["stdout"].as_str()),
+        (200, Some("system\n")),
+        "{out}"
+    );
+}

@@ -54,7 +54,8 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(mut cmd: Command, log: PathBuf) -> Proc {
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> Proc {
+        isolate(&mut cmd);
         let err = File::create(&log).unwrap();
         let child = cmd
             .stdin(Stdio::null())
@@ -107,30 +108,42 @@ pub struct Gateway {
     pub proc: Proc,
     pub api: SocketAddr,
     pub ssh: SocketAddr,
+    extra: Vec<String>,
     admin: String,
 }
 
 impl Gateway {
     pub fn start() -> Gateway {
+        Gateway::start_with(&[])
+    }
+
+    /// A gateway with extra `serve` arguments.
+    pub fn start_with(extra: &[&str]) -> Gateway {
         let dir = tempfile::Builder::new()
             .prefix("burrow-gw")
             .tempdir()
             .unwrap();
-        Gateway::start_in(
-            dir,
-            "127.0.0.1:0".parse().unwrap(),
-            "127.0.0.1:0".parse().unwrap(),
-        )
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let extra = extra.iter().map(|a| a.to_string()).collect();
+        Gateway::start_in(dir, any, any, extra)
     }
 
-    fn start_in(dir: tempfile::TempDir, api: SocketAddr, ssh: SocketAddr) -> Gateway {
+    fn start_in(
+        dir: tempfile::TempDir,
+        api: SocketAddr,
+        ssh: SocketAddr,
+        extra: Vec<String>,
+    ) -> Gateway {
         let data = dir.path().join("data");
         let _ = std::fs::remove_file(data.join("run.json"));
         let mut cmd = Command::new(bin("gateway"));
         cmd.arg("--data-dir")
             .arg(&data)
             .args(["--log", "debug", "serve", "--api"]);
-        cmd.arg(api.to_string()).arg("--ssh").arg(ssh.to_string());
+        cmd.arg(api.to_string())
+            .arg("--ssh")
+            .arg(ssh.to_string())
+            .args(&extra);
         let log = dir.path().join(format!(
             "gateway-{}.log",
             Instant::now().elapsed().as_nanos()
@@ -151,6 +164,7 @@ impl Gateway {
             proc,
             api,
             ssh,
+            extra,
             admin: String::new(),
         };
         gw.admin = gw.token("gateway");
@@ -164,11 +178,12 @@ impl Gateway {
             mut proc,
             api,
             ssh,
+            extra,
             ..
         } = self;
         proc.terminate();
         drop(proc);
-        Gateway::start_in(dir, api, ssh)
+        Gateway::start_in(dir, api, ssh, extra)
     }
 
     pub fn data(&self) -> PathBuf {
@@ -177,7 +192,7 @@ impl Gateway {
 
     /// Runs the gateway CLI against this gateway's data dir.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(bin("gateway"))
+        isolate(&mut Command::new(bin("gateway")))
             .arg("--data-dir")
             .arg(self.data())
             .args(args)
@@ -321,6 +336,16 @@ pub fn agent_join(join: &str, name: &str) -> Output {
         .args(["join", join, "--name", name])
         .output()
         .unwrap()
+}
+
+/// Keeps the developer's `/etc/burrow/*.toml` and `BURROW_*` variables out of the binaries under test.
+pub fn isolate(cmd: &mut Command) -> &mut Command {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("BURROW_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("BURROW_CONFIG", "/dev/null")
 }
 
 /// Child processes of `pid` (from /proc).
