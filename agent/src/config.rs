@@ -1,242 +1,19 @@
-//! Settings from a TOML file and `BURROW_*` environment variables, with clap as the only parser.
-//!
-//! Every setting is a clap flag, and a flag declared with `env = "BURROW_X"` is also the file key `x`
-//! (`data_dir` or `data-dir`): the env attribute is the single list of what can be configured. Before
-//! parsing, each file value becomes its flag's *default value*, so clap's own order gives the precedence
-//! command-line flag > environment variable > file > built-in default, and clap's value parsers check
-//! the file's values like any other.
-//!
-//! The file is `--config FILE` (or `BURROW_CONFIG`), which must exist, else the default path if it
-//! exists. `--help` and `--version` never read it (a broken or unreadable file must not hide the help).
-//!
-//! The gateway has a twin of this file, `gateway/src/config.rs`: keep the code above the tests identical.
+//! How the agent's flags come from `/etc/burrow/agent.toml` and `BURROW_*` variables, tested against
+//! its real command line (the environment in child processes). The machinery is
+//! `burrow_core::settings`, shared with the gateway, whose `config.rs` tests its own command line;
+//! `main.rs` calls `burrow_core::settings::parse` and compiles this module for tests only.
 
-use std::collections::BTreeMap;
-use std::ffi::{OsStr, OsString};
-use std::path::{Path, PathBuf};
-
-use anyhow::{anyhow, bail, Context, Result};
-use clap::{Arg, ArgAction, Command, CommandFactory, FromArgMatches};
-use toml::de::{DeTable, DeValue};
-
-/// The flag, and environment variable, naming the config file.
-const CONFIG_ARG: &str = "config";
-const CONFIG_ENV: &str = "BURROW_CONFIG";
-/// Environment variables of settings start with this; the rest, lowercased, is the file key.
-const ENV_PREFIX: &str = "BURROW_";
-
-/// Parses the process's arguments into `C` with the config file and environment applied. Usage errors,
-/// `--help` and `--version` exit the way clap does; a bad config file is an `Err`.
-pub fn parse<C: CommandFactory + FromArgMatches>(default_file: &Path) -> Result<C> {
-    let args: Vec<OsString> = std::env::args_os().collect();
-    let command = command::<C>(&args, default_file)?;
-    Ok(command
-        .try_get_matches_from(args)
-        .and_then(|matches| C::from_arg_matches(&matches))
-        .unwrap_or_else(|e| e.exit()))
-}
-
-/// `C`'s command with `--config` added and the values of the config file that `args` select (if
-/// any) installed as defaults.
-pub fn command<C: CommandFactory>(args: &[OsString], default_file: &Path) -> Result<Command> {
-    let command = with_config_arg(C::command(), default_file);
-    match config_file(&command, args, default_file) {
-        None => Ok(command),
-        Some(path) => {
-            let text = std::fs::read_to_string(&path).with_context(|| {
-                format!(
-                    "reading config file {} (--config FILE picks another one)",
-                    path.display()
-                )
-            })?;
-            let defaults = file_values(&command, &path, &text)?;
-            Ok(with_defaults(command, &defaults))
-        }
-    }
-}
-
-fn with_config_arg(command: Command, default_file: &Path) -> Command {
-    command.arg(
-        Arg::new(CONFIG_ARG)
-            .long(CONFIG_ARG)
-            .env(CONFIG_ENV)
-            .global(true)
-            .value_name("FILE")
-            .value_parser(clap::value_parser!(PathBuf))
-            .help(format!(
-                "Config file (TOML); {} is read if it exists",
-                default_file.display()
-            )),
-    )
-}
-
-/// The file to read: the one named by `--config`/`BURROW_CONFIG`, or `default_file` if it exists; none
-/// for `--help` and `--version`.
-fn config_file(command: &Command, args: &[OsString], default_file: &Path) -> Option<PathBuf> {
-    // A lenient pass of the real parser just to find `--config`; the real parse reports the errors.
-    match command
-        .clone()
-        .ignore_errors(true)
-        .try_get_matches_from(args)
-    {
-        Ok(matches) => match matches.get_one::<PathBuf>(CONFIG_ARG) {
-            Some(path) => Some(path.clone()),
-            None => default_file.exists().then(|| default_file.to_path_buf()),
-        },
-        // With ignore_errors, only --help and --version come back as errors.
-        Err(_) => None,
-    }
-}
-
-/// The settings `command` accepts: file key → one of the flags with that key (a key such as `name`
-/// can be on several subcommands).
-fn settings(command: &Command) -> BTreeMap<String, Arg> {
-    let mut found = BTreeMap::new();
-    collect_settings(command, &mut found);
-    found
-}
-
-fn collect_settings(command: &Command, found: &mut BTreeMap<String, Arg>) {
-    for arg in command.get_arguments() {
-        if let Some(key) = setting_key(arg) {
-            found.entry(key).or_insert_with(|| arg.clone());
-        }
-    }
-    for sub in command.get_subcommands() {
-        collect_settings(sub, found);
-    }
-}
-
-/// `BURROW_DATA_DIR` → `data_dir`; flags without a `BURROW_*` variable are not settings.
-fn setting_key(arg: &Arg) -> Option<String> {
-    let env = arg.get_env()?.to_str()?;
-    let key = env.strip_prefix(ENV_PREFIX)?;
-    (env != CONFIG_ENV && arg.get_long().is_some()).then(|| key.to_ascii_lowercase())
-}
-
-/// Checks the file and turns each of its values into the command-line strings of its flag.
-fn file_values(
-    command: &Command,
-    path: &Path,
-    text: &str,
-) -> Result<BTreeMap<String, Vec<OsString>>> {
-    let file = path.display();
-    let table = DeTable::parse(text).map_err(|mut e| {
-        e.set_input(Some(text));
-        anyhow!("{file}: {}", e.to_string().trim_end())
-    })?;
-    let known = settings(command);
-    let mut values: BTreeMap<String, Vec<OsString>> = BTreeMap::new();
-    // In file order, so that errors point at the first problem and a duplicate at its second line.
-    let mut entries: Vec<_> = table.get_ref().iter().collect();
-    entries.sort_by_key(|(key, _)| key.span().start);
-    for (key, value) in entries {
-        let line = line_of(text, key.span().start);
-        let written = key.get_ref().as_ref();
-        let normal = written.replace('-', "_");
-        let Some(arg) = known.get(&normal) else {
-            let keys: Vec<&str> = known.keys().map(String::as_str).collect();
-            bail!(
-                "unknown key `{written}` in {file} (line {line}); known keys: {}",
-                keys.join(", ")
-            );
-        };
-        let strings = flag_values(arg, value.get_ref())
-            .and_then(|strings| {
-                strings.iter().try_for_each(|s| check_value(arg, s))?;
-                Ok(strings)
-            })
-            .map_err(|why| anyhow!("`{written}` in {file} (line {line}): {why}"))?;
-        if values.insert(normal, strings).is_some() {
-            bail!("`{written}` in {file} (line {line}) is set twice (`-` and `_` are the same)");
-        }
-    }
-    Ok(values)
-}
-
-/// A file value as its flag's command-line strings: the shapes each kind of flag accepts.
-fn flag_values(arg: &Arg, value: &DeValue<'_>) -> Result<Vec<OsString>, String> {
-    let scalar = |v: &DeValue<'_>| match v {
-        DeValue::String(s) => Ok(OsString::from(s.as_ref())),
-        DeValue::Integer(i) => Ok(OsString::from(i.as_str())),
-        other => Err(format!("expected a string, found {}", other.type_str())),
-    };
-    match (arg.get_action(), value) {
-        (ArgAction::SetTrue, DeValue::Boolean(b)) => Ok(vec![b.to_string().into()]),
-        (ArgAction::SetTrue, other) => Err(format!(
-            "expected true or false, found {}",
-            other.type_str()
-        )),
-        // A repeatable flag: `["a", "b"]`, or `{ k = "v" }` for KEY=VALUE flags such as --label.
-        (ArgAction::Append, DeValue::Array(items)) => items
-            .iter()
-            .map(|item| scalar(item.get_ref()))
-            .collect::<Result<_, _>>(),
-        (ArgAction::Append, DeValue::Table(pairs)) => pairs
-            .iter()
-            .map(|(k, v)| {
-                let mut pair = OsString::from(format!("{}=", k.get_ref()));
-                pair.push(scalar(v.get_ref())?);
-                Ok(pair)
-            })
-            .collect(),
-        (_, other) => Ok(vec![scalar(other)?]),
-    }
-}
-
-/// Runs one value through its flag's own value parser, so a bad value names the file and line rather
-/// than surfacing later as an error about a command-line flag that was never typed.
-fn check_value(arg: &Arg, value: &OsStr) -> Result<(), String> {
-    if matches!(arg.get_action(), ArgAction::SetTrue) {
-        return Ok(());
-    }
-    if let Some(d) = arg.get_value_delimiter() {
-        // clap splits default values at the delimiter too, as it splits `--label a=1,b=2`.
-        if value.to_string_lossy().contains(d) {
-            return Err(format!("{value:?} contains `{d}`, which separates values"));
-        }
-    }
-    let long = arg.get_long().unwrap_or("value");
-    let probe = Command::new("config").no_binary_name(true).arg(
-        Arg::new("value")
-            .long(long.to_string())
-            .value_name(long.to_ascii_uppercase())
-            .value_parser(arg.get_value_parser().clone()),
-    );
-    let mut flag = OsString::from(format!("--{long}="));
-    flag.push(value);
-    probe.try_get_matches_from([flag]).map(drop).map_err(|e| {
-        let text = e.to_string();
-        let first = text.lines().next().unwrap_or_default();
-        first.strip_prefix("error: ").unwrap_or(first).to_string()
-    })
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
-}
-
-/// Installs the file's values as defaults of every flag with that key, in every subcommand.
-fn with_defaults(command: Command, values: &BTreeMap<String, Vec<OsString>>) -> Command {
-    let command = command.mut_args(|arg| match setting_key(&arg).and_then(|k| values.get(&k)) {
-        Some(v) => arg.default_values(v),
-        None => arg,
-    });
-    let subs: Vec<String> = command
-        .get_subcommands()
-        .map(|s| s.get_name().to_string())
-        .collect();
-    subs.iter().fold(command, |command, name| {
-        command.mut_subcommand(name, |sub| with_defaults(sub, values))
-    })
-}
-
-#[cfg(test)]
 mod tests {
+    use std::ffi::OsString;
+    use std::path::{Path, PathBuf};
     use std::process::Command as Process;
 
-    use super::*;
+    use anyhow::Result;
+    use burrow_core::settings::settings;
+    use clap::{Command, CommandFactory, FromArgMatches};
+
     use crate::cli::{Cli, Command as Sub};
+    use burrow_core::settings::command;
 
     const NO_DEFAULT: &str = "/nonexistent/burrow/agent.toml";
 
@@ -417,7 +194,7 @@ label = { site = "home", rack = "2" }
         );
     }
 
-    /// Runs `args` through `config::parse` in a fresh copy of this test binary with exactly `env`
+    /// Runs `args` through `settings::parse` in a fresh copy of this test binary with exactly `env`
     /// (plus PATH), and returns its `Debug` print of the parsed `Cli`: how the environment is tested
     /// without changing this process's environment under tests running in parallel.
     fn in_child(args: &[&str], env: &[(&str, &str)]) -> String {
@@ -455,6 +232,7 @@ label = { site = "home", rack = "2" }
         };
         let args = os(&args.split('\u{1f}').collect::<Vec<_>>());
         let result = command::<Cli>(&args, Path::new(NO_DEFAULT))
+            .map_err(anyhow::Error::from)
             .and_then(|c| Ok(c.try_get_matches_from(args)?))
             .and_then(|m| Ok(Cli::from_arg_matches(&m)?));
         match result {

@@ -285,7 +285,7 @@ mod tests {
             .chain(args)
             .map(OsString::from)
             .collect();
-        let command = crate::config::command::<Cli>(&args, Path::new("/nonexistent"))
+        let command = burrow_core::settings::command::<Cli>(&args, Path::new("/nonexistent"))
             .unwrap()
             .mut_subcommand("install", |c| c.mut_args(|a| a.env(None)));
         Cli::from_arg_matches(&command.get_matches_from(args)).unwrap()
@@ -413,7 +413,8 @@ mod tests {
         let args: Vec<OsString> = ["agent", "--config", config_path.to_str().unwrap(), "run"]
             .map(OsString::from)
             .into();
-        let command = crate::config::command::<Cli>(&args, Path::new("/nonexistent")).unwrap();
+        let command =
+            burrow_core::settings::command::<Cli>(&args, Path::new("/nonexistent")).unwrap();
         let back = Cli::from_arg_matches(&command.get_matches_from(args)).unwrap();
         assert_eq!(back.data_dir, data);
         match back.command {

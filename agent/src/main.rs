@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+#[cfg(test)]
 mod config;
 mod exec;
 mod gateway_api;
@@ -17,7 +18,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = config::parse::<cli::Cli>(Path::new("/etc/burrow/agent.toml"));
+    let cli = burrow_core::settings::parse::<cli::Cli>(Path::new("/etc/burrow/agent.toml"))
+        .map_err(anyhow::Error::from);
     if let Ok(cli) = &cli {
         let config = simplelog::ConfigBuilder::new()
             .set_time_format_rfc3339()

@@ -37,6 +37,10 @@ pub enum Error {
     /// The peer closed the connection.
     #[error("connection closed by peer")]
     Closed,
+    /// A config file could not be read, or holds an unknown key or a bad value; the message names the
+    /// file (and the line).
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Shorthand for results in this crate.

@@ -6,6 +6,8 @@
 //!   spoken through each node's reverse tunnel.
 //! - [`api`]: JSON bodies of the agent-facing API (pairing, heartbeats).
 //! - [`atomic_file`]: crash-safe state files.
+//! - `settings` (feature `settings`): both binaries' flags, filled in from a TOML file and `BURROW_*`
+//!   variables.
 //!
 //! This crate knows neither the gateway nor the agent, and links no JWT, HTTP or SSH code, so the agent
 //! stays small.
@@ -19,6 +21,8 @@ pub mod handshake;
 pub mod identity;
 pub mod join;
 pub mod protocol;
+#[cfg(feature = "settings")]
+pub mod settings;
 
 pub use error::{Error, Result};
 

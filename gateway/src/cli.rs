@@ -99,11 +99,12 @@ pub struct InstallArgs {
     /// Replace an existing config file.
     #[arg(long)]
     pub force: bool,
-    /// Only print the sshd_config snippet for nodes logging in through the system's own sshd.
+    /// Only print the sshd_config snippet that lets nodes in through the system's own sshd (for
+    /// `serve --system-sshd`).
     #[arg(long)]
-    pub system_sshd: bool,
-    /// With --system-sshd: the account nodes log in as, not root [default: the current user].
-    #[arg(long, requires = "system_sshd")]
+    pub sshd_snippet: bool,
+    /// With --sshd-snippet: the account nodes log in as, not root [default: the current user].
+    #[arg(long, requires = "sshd_snippet")]
     pub user: Option<String>,
 }
 

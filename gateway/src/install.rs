@@ -1,5 +1,5 @@
 //! `gateway install`: the systemd unit `burrow-gateway.service` and `/etc/burrow/gateway.toml`, or
-//! with `--system-sshd` the sshd_config snippet for nodes logging in through the system's own sshd.
+//! with `--sshd-snippet` the sshd_config snippet for nodes logging in through the system's own sshd.
 //!
 //! Nothing is copied: the unit runs the binary where it is (`--bin`, default this one). The config
 //! file gets the effective settings of this invocation (flags, `BURROW_*` variables, the config file
@@ -32,7 +32,7 @@ struct Plan {
 }
 
 pub fn run(data_dir: &Path, log: log::LevelFilter, args: &InstallArgs) -> Result<()> {
-    if args.system_sshd {
+    if args.sshd_snippet {
         let user = match &args.user {
             Some(user) => user.clone(),
             None => crate::sshd::current_user().context("pass --user NAME")?,
@@ -282,7 +282,7 @@ fn system_sshd_snippet(data_dir: &Path, user: &str) -> Result<String> {
         "\
 # burrow: nodes log in as {user} with the keys the gateway writes, and may only forward ports (each
 # key line adds restrict, permitlisten/permitopen and command=\"/bin/false\" on top of this block).
-# Written by `gateway install --system-sshd`. Save it as /etc/ssh/sshd_config.d/burrow.conf (Debian
+# Written by `gateway install --sshd-snippet`. Save it as /etc/ssh/sshd_config.d/burrow.conf (Debian
 # includes that directory; a Match block in an included file ends with the file), or append it to
 # the END of /etc/ssh/sshd_config. Then: sshd -t && systemctl reload ssh
 Match User {user}
@@ -333,7 +333,7 @@ mod tests {
             .chain(args)
             .map(OsString::from)
             .collect();
-        let command = crate::config::command::<Cli>(&args, Path::new("/nonexistent"))
+        let command = burrow_core::settings::command::<Cli>(&args, Path::new("/nonexistent"))
             .unwrap()
             .mut_args(|a| a.env(None))
             .mut_subcommand("install", |c| c.mut_args(|a| a.env(None)));
@@ -441,7 +441,8 @@ mod tests {
         ]
         .map(OsString::from)
         .into();
-        let command = crate::config::command::<Cli>(&args, Path::new("/nonexistent")).unwrap();
+        let command =
+            burrow_core::settings::command::<Cli>(&args, Path::new("/nonexistent")).unwrap();
         let back = Cli::from_arg_matches(&command.get_matches_from(args)).unwrap();
         assert_eq!(back.data_dir, Path::new(&data));
         match back.command {

@@ -6,6 +6,7 @@ mod audit;
 mod bus;
 mod cli;
 mod client;
+#[cfg(test)]
 mod config;
 mod health;
 mod install;
@@ -21,7 +22,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = config::parse::<cli::Cli>(Path::new("/etc/burrow/gateway.toml"));
+    let cli = burrow_core::settings::parse::<cli::Cli>(Path::new("/etc/burrow/gateway.toml"))
+        .map_err(anyhow::Error::from);
     if let Ok(cli) = &cli {
         let config = simplelog::ConfigBuilder::new()
             .set_time_format_rfc3339()
