@@ -7,105 +7,45 @@
 //! checked by `systemd-analyze verify` in the tests below. docs/deploy.md explains every choice.
 
 use std::fmt::Write as _;
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::{bail, Context, Result};
-use burrow_core::atomic_file;
+use anyhow::Result;
+use burrow_core::install::{self, config_file, toml_key, toml_string, unit_path, Paths, Plan};
 
 use crate::cli::{InstallArgs, Print, Profile};
 
 /// The unit's file name, and the name `systemctl` knows the service by.
 const UNIT: &str = "burrow-agent.service";
-const CONFIG: &str = "agent.toml";
-/// Where systemd looks for units an administrator installed.
-const SYSTEM_UNIT_DIR: &str = "/etc/systemd/system";
-
-/// What `agent install` writes, resolved to absolute paths.
-struct Plan {
-    unit_path: PathBuf,
-    unit: String,
-    config_path: PathBuf,
-    config: String,
-    data_dir: PathBuf,
-}
+const SERVICE: install::Service = install::Service {
+    binary: "agent",
+    unit: UNIT,
+    config: "agent.toml",
+    next_steps: "Follow its log (joining, reconnects): journalctl -u burrow-agent -f",
+};
 
 pub fn run(data_dir: &Path, log: log::LevelFilter, args: &InstallArgs) -> Result<()> {
+    let print = args.print.map(|what| match what {
+        Print::All => install::Print::All,
+        Print::Unit => install::Print::Unit,
+        Print::Config => install::Print::Config,
+    });
     let plan = plan(data_dir, log, args)?;
-    if let Some(what) = args.print {
-        match what {
-            Print::All => print!(
-                "# {}\n{}\n# {}\n{}",
-                plan.unit_path.display(),
-                plan.unit,
-                plan.config_path.display(),
-                plan.config
-            ),
-            Print::Unit => print!("{}", plan.unit),
-            Print::Config => print!("{}", plan.config),
-        }
-        return Ok(());
-    }
-    if plan.config_path.exists() && !args.force {
-        bail!(
-            "{} exists; pass --force to replace it (its settings are kept unless given again), \
-             or --print to see what would be written",
-            plan.config_path.display()
-        );
-    }
-    write(&plan.unit_path, &plan.unit, 0o644)?;
-    // 0600: the file may hold a join string, a secret until it is used up or expires.
-    write(&plan.config_path, &plan.config, 0o600)?;
-    atomic_file::private_dir(&plan.data_dir)?;
-    println!("wrote {}", plan.unit_path.display());
-    println!("wrote {} (mode 0600)", plan.config_path.display());
-    println!("\nStart the agent now and at every boot:\n");
-    if plan.unit_path.parent() != Some(Path::new(SYSTEM_UNIT_DIR)) {
-        println!("  systemctl link {}", plan.unit_path.display());
-    }
-    println!("  systemctl daemon-reload && systemctl enable --now burrow-agent");
-    println!("\nFollow its log (joining, reconnects): journalctl -u burrow-agent -f");
-    Ok(())
+    Ok(install::run(&SERVICE, &plan, print, args.force)?)
 }
 
 fn plan(data_dir: &Path, log: log::LevelFilter, args: &InstallArgs) -> Result<Plan> {
-    let bin = match &args.bin {
-        Some(bin) => std::path::absolute(bin)?,
-        None => std::env::current_exe().context("finding this binary's path (pass --bin)")?,
-    };
-    check_binary(&bin, args.print.is_some())?;
-    let data_dir = std::path::absolute(data_dir)?;
-    let config_path = std::path::absolute(&args.config_dir)?.join(CONFIG);
-    let unit_path = std::path::absolute(&args.unit_dir)?.join(UNIT);
-    Ok(Plan {
-        unit: unit(&bin, &config_path, &data_dir)?,
-        config: config(&data_dir, log, args.join.as_deref(), &args.profile),
-        unit_path,
-        config_path,
+    let (bin, printing) = (args.bin.as_deref(), args.print.is_some());
+    let paths = Paths::resolve(
+        &SERVICE,
+        bin,
         data_dir,
-    })
-}
-
-/// The unit must be able to start the binary: it exists (when printing, e.g. a unit for release
-/// artefacts, it may be installed later), and the sandbox does not hide it.
-fn check_binary(bin: &Path, printing: bool) -> Result<()> {
-    if !bin.is_file() {
-        if !printing {
-            bail!("{} is not a file (pass --bin PATH)", bin.display());
-        }
-        eprintln!(
-            "note: {} does not exist (yet): the unit runs it from there",
-            bin.display()
-        );
-    }
-    if bin.starts_with("/tmp") || bin.starts_with("/var/tmp") {
-        bail!(
-            "{} would be hidden from the service by PrivateTmp=yes: copy it to e.g. \
-             /usr/local/bin/agent and pass --bin /usr/local/bin/agent",
-            bin.display()
-        );
-    }
-    Ok(())
+        &args.config_dir,
+        &args.unit_dir,
+        printing,
+    )?;
+    let unit = unit(&paths.bin, &paths.config_path, &paths.data_dir)?;
+    let config = config(&paths.data_dir, log, args.join.as_deref(), &args.profile);
+    Ok(paths.into_plan(unit, config))
 }
 
 /// The hardened unit. The comments in it are for whoever reads it on the node.
@@ -139,14 +79,7 @@ ProtectHome=read-only
 PrivateTmp=yes
 "
     );
-    match data_dir.strip_prefix("/var/lib") {
-        // systemd creates it (0700) before setting up the sandbox, which needs it to exist.
-        Ok(state) if !state.as_os_str().is_empty() => {
-            writeln!(text, "StateDirectory={}", unit_path(state)?)?;
-            text.push_str("StateDirectoryMode=0700\n");
-        }
-        _ => {}
-    }
+    text.push_str(&install::state_directory(data_dir)?);
     write!(
         text,
         "\
@@ -167,25 +100,6 @@ WantedBy=multi-user.target
     Ok(text)
 }
 
-/// A path as a unit file value: absolute, and nothing systemd would split, expand or unescape.
-fn unit_path(path: &Path) -> Result<String> {
-    match path.to_str() {
-        Some(p)
-            if !p.is_empty()
-                && !p
-                    .chars()
-                    .any(|c| c.is_whitespace() || c.is_control() || "\"'\\%$;".contains(c)) =>
-        {
-            Ok(p.to_string())
-        }
-        _ => bail!(
-            "{} cannot go into a systemd unit as it is: choose a path without spaces, quotes, \
-             `%`, `$`, `;` or `\\`",
-            path.display()
-        ),
-    }
-}
-
 /// The config file: every setting, those not set commented out with an example.
 fn config(data_dir: &Path, log: log::LevelFilter, join: Option<&str>, p: &Profile) -> String {
     let list = |items: Vec<String>| items.join(", ");
@@ -193,16 +107,6 @@ fn config(data_dir: &Path, log: log::LevelFilter, join: Option<&str>, p: &Profil
     let labels = p.labels.iter();
     let labels = labels.map(|(k, v)| format!("{} = {}", toml_key(k), toml_string(v)));
     let entries = [
-        (
-            "data_dir",
-            Some(toml_string(&data_dir.to_string_lossy())),
-            "",
-        ),
-        (
-            "log",
-            Some(toml_string(&log.to_string().to_ascii_lowercase())),
-            "",
-        ),
         (
             "join",
             join.map(toml_string),
@@ -224,52 +128,19 @@ fn config(data_dir: &Path, log: log::LevelFilter, join: Option<&str>, p: &Profil
             "{ site = \"home\", rack = \"2\" }",
         ),
     ];
-    let mut text = String::from(
-        "\
+    let header = "\
 # burrow agent settings, written by `agent install`. Each key is also a flag (`data_dir` is
 # --data-dir) and an environment variable (BURROW_DATA_DIR); a flag beats the environment, which
 # beats this file. Reference: docs/deploy.md. Keep this file 0600: it may hold a join string.
-",
-    );
-    for (key, value, example) in entries {
-        match value {
-            Some(value) => writeln!(text, "{key} = {value}"),
-            None => writeln!(text, "# {key} = {example}"),
-        }
-        .expect("writing to a String");
-    }
-    text
-}
-
-/// A TOML basic string. JSON's string escapes (`\"`, `\\`, `\n`, `\u00XX`, never `\/`) are a subset
-/// of TOML's, so serde_json writes it.
-fn toml_string(s: &str) -> String {
-    serde_json::to_string(s).expect("a string always serializes")
-}
-
-/// A TOML key: bare when TOML allows it, quoted otherwise.
-fn toml_key(k: &str) -> String {
-    let bare = !k.is_empty()
-        && k.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if bare {
-        k.to_string()
-    } else {
-        toml_string(k)
-    }
-}
-
-fn write(path: &Path, text: &str, mode: u32) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    atomic_file::write(path, text.as_bytes(), mode)
-        .with_context(|| "run as root, or pass --print to see what would be written".to_string())
+";
+    let log = log.to_string().to_ascii_lowercase();
+    config_file(header, data_dir, &log, &entries)
 }
 
 #[cfg(test)]
 mod tests {
     use std::ffi::OsString;
+    use std::fs;
     use std::os::unix::fs::PermissionsExt;
     use std::process::Command;
 
@@ -398,7 +269,7 @@ mod tests {
             assert_eq!(problems, "", "systemd-analyze verify on\n{unit}");
             // The check itself works: a typo is caught although systemd-analyze exits 0 on it.
             let typo = root.path().join("units/typo/burrow-agent.service");
-            write(
+            install::write(
                 &typo,
                 &unit.replace("Restart=always", "Restart=alwayz"),
                 0o644,
@@ -465,10 +336,11 @@ mod tests {
         assert!(unit_path(Path::new("/opt/my agent")).is_err());
         assert!(unit_path(Path::new("/opt/100%")).is_err());
         assert!(unit_path(Path::new("/opt/$HOME")).is_err());
-        let err = check_binary(Path::new("/nonexistent/agent"), false).unwrap_err();
+        let err =
+            install::check_binary(&SERVICE, Path::new("/nonexistent/agent"), false).unwrap_err();
         assert!(err.to_string().contains("pass --bin"), "{err}");
         let tmp = tempfile::NamedTempFile::new_in("/tmp").unwrap();
-        let err = check_binary(tmp.path(), true).unwrap_err();
+        let err = install::check_binary(&SERVICE, tmp.path(), true).unwrap_err();
         assert!(err.to_string().contains("PrivateTmp"), "{err}");
     }
 

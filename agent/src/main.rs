@@ -21,10 +21,7 @@ fn main() -> ExitCode {
     let cli = burrow_core::settings::parse::<cli::Cli>(Path::new("/etc/burrow/agent.toml"))
         .map_err(anyhow::Error::from);
     if let Ok(cli) = &cli {
-        let config = simplelog::ConfigBuilder::new()
-            .set_time_format_rfc3339()
-            .build();
-        let _ = simplelog::WriteLogger::init(cli.log, config, std::io::stderr());
+        burrow_core::settings::init_logging(cli.log);
     }
     match cli.and_then(run) {
         Ok(()) => ExitCode::SUCCESS,

@@ -41,6 +41,15 @@ pub enum Error {
     /// file (and the line).
     #[error("{0}")]
     Config(String),
+    /// `install` cannot write a service's files as asked; the message says what to pass or do instead.
+    #[error("{message}")]
+    Install {
+        /// What went wrong, and what to do about it.
+        message: String,
+        /// The underlying error, if any.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
 }
 
 /// Shorthand for results in this crate.

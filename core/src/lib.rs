@@ -8,6 +8,8 @@
 //! - [`atomic_file`]: crash-safe state files.
 //! - `settings` (feature `settings`): both binaries' flags, filled in from a TOML file and `BURROW_*`
 //!   variables.
+//! - `install` (feature `settings`): what `agent install` and `gateway install` share: paths, the
+//!   config file, crash-safe writes and the instructions printed after them.
 //!
 //! This crate knows neither the gateway nor the agent, and links no JWT, HTTP or SSH code, so the agent
 //! stays small.
@@ -19,6 +21,8 @@ pub mod atomic_file;
 mod error;
 pub mod handshake;
 pub mod identity;
+#[cfg(feature = "settings")]
+pub mod install;
 pub mod join;
 pub mod protocol;
 #[cfg(feature = "settings")]

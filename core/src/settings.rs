@@ -279,3 +279,13 @@ fn with_defaults(command: Command, values: &BTreeMap<String, Vec<OsString>>) -> 
         command.mut_subcommand(name, |sub| with_defaults(sub, values))
     })
 }
+
+/// Logs at `level` to stderr with RFC 3339 timestamps, as both binaries do once their flags are
+/// parsed. A second call is a no-op.
+#[inline]
+pub fn init_logging(level: simplelog::LevelFilter) {
+    let config = simplelog::ConfigBuilder::new()
+        .set_time_format_rfc3339()
+        .build();
+    let _ = simplelog::WriteLogger::init(level, config, std::io::stderr());
+}

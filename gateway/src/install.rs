@@ -8,28 +8,22 @@
 //! `install.rs` is the sibling; docs/deploy.md explains every choice.
 
 use std::fmt::Write as _;
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use burrow_core::atomic_file;
+use burrow_core::install::{self, config_file, toml_string, unit_path, Paths, Plan};
 
 use crate::cli::{InstallArgs, Print, ServeArgs};
 
 /// The unit's file name, and the name `systemctl` knows the service by.
 const UNIT: &str = "burrow-gateway.service";
-const CONFIG: &str = "gateway.toml";
-/// Where systemd looks for units an administrator installed.
-const SYSTEM_UNIT_DIR: &str = "/etc/systemd/system";
-
-/// What `gateway install` writes, resolved to absolute paths.
-struct Plan {
-    unit_path: PathBuf,
-    unit: String,
-    config_path: PathBuf,
-    config: String,
-    data_dir: PathBuf,
-}
+const SERVICE: install::Service = install::Service {
+    binary: "gateway",
+    unit: UNIT,
+    config: "gateway.toml",
+    next_steps: "Then create a join string for a node: gateway join create\n\
+                 Follow its log: journalctl -u burrow-gateway -f",
+};
 
 pub fn run(data_dir: &Path, log: log::LevelFilter, args: &InstallArgs) -> Result<()> {
     if args.sshd_snippet {
@@ -43,81 +37,28 @@ pub fn run(data_dir: &Path, log: log::LevelFilter, args: &InstallArgs) -> Result
         );
         return Ok(());
     }
+    let print = args.print.map(|what| match what {
+        Print::All => install::Print::All,
+        Print::Unit => install::Print::Unit,
+        Print::Config => install::Print::Config,
+    });
     let plan = plan(data_dir, log, args)?;
-    if let Some(what) = args.print {
-        match what {
-            Print::All => print!(
-                "# {}\n{}\n# {}\n{}",
-                plan.unit_path.display(),
-                plan.unit,
-                plan.config_path.display(),
-                plan.config
-            ),
-            Print::Unit => print!("{}", plan.unit),
-            Print::Config => print!("{}", plan.config),
-        }
-        return Ok(());
-    }
-    if plan.config_path.exists() && !args.force {
-        bail!(
-            "{} exists; pass --force to replace it (its settings are kept unless given again), \
-             or --print to see what would be written",
-            plan.config_path.display()
-        );
-    }
-    write(&plan.unit_path, &plan.unit, 0o644)?;
-    write(&plan.config_path, &plan.config, 0o600)?;
-    atomic_file::private_dir(&plan.data_dir)?;
-    println!("wrote {}", plan.unit_path.display());
-    println!("wrote {} (mode 0600)", plan.config_path.display());
-    println!("\nStart the gateway now and at every boot:\n");
-    if plan.unit_path.parent() != Some(Path::new(SYSTEM_UNIT_DIR)) {
-        println!("  systemctl link {}", plan.unit_path.display());
-    }
-    println!("  systemctl daemon-reload && systemctl enable --now burrow-gateway");
-    println!("\nThen create a join string for a node: gateway join create");
-    println!("Follow its log: journalctl -u burrow-gateway -f");
-    Ok(())
+    Ok(install::run(&SERVICE, &plan, print, args.force)?)
 }
 
 fn plan(data_dir: &Path, log: log::LevelFilter, args: &InstallArgs) -> Result<Plan> {
-    let bin = match &args.bin {
-        Some(bin) => std::path::absolute(bin)?,
-        None => std::env::current_exe().context("finding this binary's path (pass --bin)")?,
-    };
-    check_binary(&bin, args.print.is_some())?;
-    let data_dir = std::path::absolute(data_dir)?;
-    let config_path = std::path::absolute(&args.config_dir)?.join(CONFIG);
-    let unit_path = std::path::absolute(&args.unit_dir)?.join(UNIT);
-    Ok(Plan {
-        unit: unit(&bin, &config_path, &data_dir)?,
-        config: config(&data_dir, log, &args.serve),
-        unit_path,
-        config_path,
+    let (bin, printing) = (args.bin.as_deref(), args.print.is_some());
+    let paths = Paths::resolve(
+        &SERVICE,
+        bin,
         data_dir,
-    })
-}
-
-/// The unit must be able to start the binary: it exists (when printing, e.g. a unit for release
-/// artefacts, it may be installed later), and the sandbox does not hide it.
-fn check_binary(bin: &Path, printing: bool) -> Result<()> {
-    if !bin.is_file() {
-        if !printing {
-            bail!("{} is not a file (pass --bin PATH)", bin.display());
-        }
-        eprintln!(
-            "note: {} does not exist (yet): the unit runs it from there",
-            bin.display()
-        );
-    }
-    if bin.starts_with("/tmp") || bin.starts_with("/var/tmp") {
-        bail!(
-            "{} would be hidden from the service by PrivateTmp=yes: copy it to e.g. \
-             /usr/local/bin/gateway and pass --bin /usr/local/bin/gateway",
-            bin.display()
-        );
-    }
-    Ok(())
+        &args.config_dir,
+        &args.unit_dir,
+        printing,
+    )?;
+    let unit = unit(&paths.bin, &paths.config_path, &paths.data_dir)?;
+    let config = config(&paths.data_dir, log, &args.serve);
+    Ok(paths.into_plan(unit, config))
 }
 
 /// The hardened unit. The comments in it are for whoever reads it on the VM.
@@ -153,14 +94,7 @@ PrivateTmp=yes
 PrivateDevices=yes
 "
     );
-    match data_dir.strip_prefix("/var/lib") {
-        // systemd creates it (0700) before setting up the sandbox, which needs it to exist.
-        Ok(state) if !state.as_os_str().is_empty() => {
-            writeln!(text, "StateDirectory={}", unit_path(state)?)?;
-            text.push_str("StateDirectoryMode=0700\n");
-        }
-        _ => {}
-    }
+    text.push_str(&install::state_directory(data_dir)?);
     write!(
         text,
         "\
@@ -188,38 +122,9 @@ WantedBy=multi-user.target
     Ok(text)
 }
 
-/// A path as a unit file value: absolute, and nothing systemd would split, expand or unescape.
-fn unit_path(path: &Path) -> Result<String> {
-    match path.to_str() {
-        Some(p)
-            if !p.is_empty()
-                && !p
-                    .chars()
-                    .any(|c| c.is_whitespace() || c.is_control() || "\"'\\%$;".contains(c)) =>
-        {
-            Ok(p.to_string())
-        }
-        _ => bail!(
-            "{} cannot go into a systemd unit as it is: choose a path without spaces, quotes, \
-             `%`, `$`, `;` or `\\`",
-            path.display()
-        ),
-    }
-}
-
 /// The config file: every setting, those not set commented out with an example.
 fn config(data_dir: &Path, log: log::LevelFilter, s: &ServeArgs) -> String {
     let entries = [
-        (
-            "data_dir",
-            Some(toml_string(&data_dir.to_string_lossy())),
-            "",
-        ),
-        (
-            "log",
-            Some(toml_string(&log.to_string().to_ascii_lowercase())),
-            "",
-        ),
         ("api", Some(toml_string(&s.api.to_string())), ""),
         ("ssh", Some(toml_string(&s.ssh.to_string())), ""),
         (
@@ -230,27 +135,13 @@ fn config(data_dir: &Path, log: log::LevelFilter, s: &ServeArgs) -> String {
         ("sshd", Some(toml_string(&s.sshd.to_string_lossy())), ""),
         ("insecure", Some(s.insecure.to_string()), ""),
     ];
-    let mut text = String::from(
-        "\
+    let header = "\
 # burrow gateway settings, written by `gateway install`. Each key is also a flag (`data_dir` is
 # --data-dir) and an environment variable (BURROW_DATA_DIR); a flag beats the environment, which
 # beats this file. Reference: docs/deploy.md.
-",
-    );
-    for (key, value, example) in entries {
-        match value {
-            Some(value) => writeln!(text, "{key} = {value}"),
-            None => writeln!(text, "# {key} = {example}"),
-        }
-        .expect("writing to a String");
-    }
-    text
-}
-
-/// A TOML basic string. JSON's string escapes (`\"`, `\\`, `\n`, `\u00XX`, never `\/`) are a subset
-/// of TOML's, so serde_json writes it.
-fn toml_string(s: &str) -> String {
-    serde_json::to_string(s).expect("a string always serializes")
+";
+    let log = log.to_string().to_ascii_lowercase();
+    config_file(header, data_dir, &log, &entries)
 }
 
 /// The `Match User` block that makes a system sshd treat node logins the way the managed sshd does.
@@ -306,17 +197,10 @@ Match User {user}
     ))
 }
 
-fn write(path: &Path, text: &str, mode: u32) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    atomic_file::write(path, text.as_bytes(), mode)
-        .with_context(|| "run as root, or pass --print to see what would be written".to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use std::ffi::OsString;
+    use std::fs;
     use std::os::unix::fs::PermissionsExt;
     use std::process::Command;
 

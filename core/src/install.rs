@@ -1,0 +1,297 @@
+//! What `agent install` and `gateway install` share (feature `settings`): resolving the paths, the
+//! `--print` and `--force` rules, crash-safe writes, the config file of effective settings and the
+//! `systemctl` instructions printed after it.
+//!
+//! Each binary's `install.rs` keeps what is its own: the unit text, the settings in its config file
+//! and their examples, and the gateway's sshd snippet. docs/deploy.md explains every choice.
+//!
+//! Every non-generic function here is `#[inline]`, so that it is compiled in the binary that calls it
+//! (see the note in `settings.rs`: the size-tuned agent must not grow).
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::{atomic_file, Error, Result};
+
+/// Where systemd looks for units an administrator installed.
+const SYSTEM_UNIT_DIR: &str = "/etc/systemd/system";
+
+/// What differs between the binaries in the shared part of `install`.
+#[derive(Debug, Clone, Copy)]
+pub struct Service {
+    /// The binary's name, `agent` or `gateway` (the service is `burrow-NAME`).
+    pub binary: &'static str,
+    /// The unit's file name, and the name `systemctl` knows the service by.
+    pub unit: &'static str,
+    /// The config file's name in `--config-dir`.
+    pub config: &'static str,
+    /// Printed last, after a blank line: what to do once the service runs.
+    pub next_steps: &'static str,
+}
+
+/// What `--print` prints instead of writing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Print {
+    /// Both files, each after a `# PATH` line.
+    All,
+    /// The unit alone.
+    Unit,
+    /// The config file alone.
+    Config,
+}
+
+/// The paths of an `install`, absolute, from which the binary renders its unit and config file.
+#[derive(Debug)]
+pub struct Paths {
+    /// The binary the unit runs.
+    pub bin: PathBuf,
+    /// The service's data dir.
+    pub data_dir: PathBuf,
+    /// Where the config file goes.
+    pub config_path: PathBuf,
+    /// Where the unit goes.
+    pub unit_path: PathBuf,
+}
+
+/// What `install` writes, resolved to absolute paths.
+#[derive(Debug)]
+pub struct Plan {
+    /// Where the unit goes.
+    pub unit_path: PathBuf,
+    /// The unit's text.
+    pub unit: String,
+    /// Where the config file goes.
+    pub config_path: PathBuf,
+    /// The config file's text.
+    pub config: String,
+    /// The service's data dir, created 0700.
+    pub data_dir: PathBuf,
+}
+
+impl Paths {
+    /// Resolves the paths: `bin` defaults to the running binary, which must be usable by the unit
+    /// (see [`check_binary`]; `printing` relaxes it).
+    #[inline]
+    pub fn resolve(
+        service: &Service,
+        bin: Option<&Path>,
+        data_dir: &Path,
+        config_dir: &Path,
+        unit_dir: &Path,
+        printing: bool,
+    ) -> Result<Paths> {
+        let bin = match bin {
+            Some(bin) => absolute(bin)?,
+            None => std::env::current_exe()
+                .map_err(|e| because("finding this binary's path (pass --bin)", e))?,
+        };
+        check_binary(service, &bin, printing)?;
+        let data_dir = absolute(data_dir)?;
+        let config_path = absolute(config_dir)?.join(service.config);
+        let unit_path = absolute(unit_dir)?.join(service.unit);
+        Ok(Paths {
+            bin,
+            data_dir,
+            config_path,
+            unit_path,
+        })
+    }
+
+    /// The plan of writing `unit` and `config` to these paths.
+    #[inline]
+    pub fn into_plan(self, unit: String, config: String) -> Plan {
+        Plan {
+            unit_path: self.unit_path,
+            unit,
+            config_path: self.config_path,
+            config,
+            data_dir: self.data_dir,
+        }
+    }
+}
+
+/// Carries out `plan`: prints it (`print`), or writes both files and the data dir and says how to
+/// start the service. An existing config file is replaced only with `force`.
+#[inline]
+pub fn run(service: &Service, plan: &Plan, print: Option<Print>, force: bool) -> Result<()> {
+    if let Some(what) = print {
+        match what {
+            Print::All => print!(
+                "# {}\n{}\n# {}\n{}",
+                plan.unit_path.display(),
+                plan.unit,
+                plan.config_path.display(),
+                plan.config
+            ),
+            Print::Unit => print!("{}", plan.unit),
+            Print::Config => print!("{}", plan.config),
+        }
+        return Ok(());
+    }
+    if plan.config_path.exists() && !force {
+        return Err(failed(format!(
+            "{} exists; pass --force to replace it (its settings are kept unless given again), \
+             or --print to see what would be written",
+            plan.config_path.display()
+        )));
+    }
+    write(&plan.unit_path, &plan.unit, 0o644)?;
+    // 0600: the file may hold a secret (the agent's join string, until it is used up or expires).
+    write(&plan.config_path, &plan.config, 0o600)?;
+    atomic_file::private_dir(&plan.data_dir)?;
+    println!("wrote {}", plan.unit_path.display());
+    println!("wrote {} (mode 0600)", plan.config_path.display());
+    println!("\nStart the {} now and at every boot:\n", service.binary);
+    if plan.unit_path.parent() != Some(Path::new(SYSTEM_UNIT_DIR)) {
+        println!("  systemctl link {}", plan.unit_path.display());
+    }
+    println!(
+        "  systemctl daemon-reload && systemctl enable --now burrow-{}",
+        service.binary
+    );
+    println!("\n{}", service.next_steps);
+    Ok(())
+}
+
+/// The unit must be able to start the binary: it exists (when printing, e.g. a unit for release
+/// artefacts, it may be installed later), and the sandbox does not hide it.
+#[inline]
+pub fn check_binary(service: &Service, bin: &Path, printing: bool) -> Result<()> {
+    if !bin.is_file() {
+        if !printing {
+            return Err(failed(format!(
+                "{} is not a file (pass --bin PATH)",
+                bin.display()
+            )));
+        }
+        eprintln!(
+            "note: {} does not exist (yet): the unit runs it from there",
+            bin.display()
+        );
+    }
+    if bin.starts_with("/tmp") || bin.starts_with("/var/tmp") {
+        let name = service.binary;
+        return Err(failed(format!(
+            "{} would be hidden from the service by PrivateTmp=yes: copy it to e.g. \
+             /usr/local/bin/{name} and pass --bin /usr/local/bin/{name}",
+            bin.display()
+        )));
+    }
+    Ok(())
+}
+
+/// A path as a unit file value: absolute, and nothing systemd would split, expand or unescape.
+#[inline]
+pub fn unit_path(path: &Path) -> Result<String> {
+    match path.to_str() {
+        Some(p)
+            if !p.is_empty()
+                && !p
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || "\"'\\%$;".contains(c)) =>
+        {
+            Ok(p.to_string())
+        }
+        _ => Err(failed(format!(
+            "{} cannot go into a systemd unit as it is: choose a path without spaces, quotes, \
+             `%`, `$`, `;` or `\\`",
+            path.display()
+        ))),
+    }
+}
+
+/// The unit lines that have systemd create a data dir under `/var/lib` (0700) before setting up the
+/// sandbox, which needs it to exist; none for a data dir elsewhere.
+#[inline]
+pub fn state_directory(data_dir: &Path) -> Result<String> {
+    match data_dir.strip_prefix("/var/lib") {
+        Ok(state) if !state.as_os_str().is_empty() => Ok(format!(
+            "StateDirectory={}\nStateDirectoryMode=0700\n",
+            unit_path(state)?
+        )),
+        _ => Ok(String::new()),
+    }
+}
+
+/// One key of a config file: its name, its value as TOML (none: the line is commented out) and the
+/// example shown for it when commented out.
+pub type Setting<'a> = (&'a str, Option<String>, &'a str);
+
+/// The config file: `header`, then `data_dir` and `log` (lowercase level name), then `settings`,
+/// those not set commented out with their example.
+#[inline]
+pub fn config_file(header: &str, data_dir: &Path, log: &str, settings: &[Setting<'_>]) -> String {
+    let mut text = String::from(header);
+    let data_dir = toml_string(&data_dir.to_string_lossy());
+    let common = [
+        ("data_dir", Some(data_dir), ""),
+        ("log", Some(toml_string(log)), ""),
+    ];
+    for (key, value, example) in common.iter().chain(settings) {
+        match value {
+            Some(value) => writeln!(text, "{key} = {value}"),
+            None => writeln!(text, "# {key} = {example}"),
+        }
+        .expect("writing to a String");
+    }
+    text
+}
+
+/// A TOML basic string. JSON's string escapes (`\"`, `\\`, `\n`, `\u00XX`, never `\/`) are a subset
+/// of TOML's, so serde_json writes it.
+#[inline]
+pub fn toml_string(s: &str) -> String {
+    serde_json::to_string(s).expect("a string always serializes")
+}
+
+/// A TOML key: bare when TOML allows it, quoted otherwise.
+#[inline]
+pub fn toml_key(k: &str) -> String {
+    let bare = !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if bare {
+        k.to_string()
+    } else {
+        toml_string(k)
+    }
+}
+
+/// Writes `text` to `path` crash-safely with permission bits `mode`, creating the directory.
+#[inline]
+pub fn write(path: &Path, text: &str, mode: u32) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(|e| because(format!("creating {}", dir.display()), e))?;
+    }
+    atomic_file::write(path, text.as_bytes(), mode).map_err(|e| {
+        because(
+            "run as root, or pass --print to see what would be written",
+            e,
+        )
+    })
+}
+
+#[inline]
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).map_err(|e| failed(e.to_string()))
+}
+
+#[inline]
+fn failed(message: String) -> Error {
+    Error::Install {
+        message,
+        source: None,
+    }
+}
+
+#[inline]
+fn because(
+    message: impl Into<String>,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> Error {
+    Error::Install {
+        message: message.into(),
+        source: Some(Box::new(source)),
+    }
+}
