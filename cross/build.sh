@@ -3,14 +3,17 @@
 #
 #   cross/build.sh [TARGET...]      default: all four targets below
 #
-# Each target is linked by `cargo zigbuild` (zig ships musl and a clang that cross-compiles the
-# vendored OpenSSL, libssh2 and zlib). Targets whose rust-std rustup cannot install (here the
-# arm*-musleabihf ones answer 404) are built with nightly `-Zbuild-std` instead; zig then supplies the
-# C runtime, hence `-C link-self-contained=no`. Missing tools are installed on first use.
+# Each target is linked by `cargo zigbuild` (zig ships musl and a clang that cross-compiles OpenSSL,
+# libssh2 and zlib). OpenSSL is by default a trimmed build (cross/openssl.sh: ~1.1 MB less on aarch64);
+# BURROW_OPENSSL=vendored uses the crate feature `vendored-openssl` (openssl-src, every algorithm)
+# instead. Targets whose rust-std rustup cannot install (here the arm*-musleabihf ones answer 404) are
+# built with nightly `-Zbuild-std`; zig then supplies the C runtime, hence `-C link-self-contained=no`.
+# Missing tools are installed on first use. Size flags: cross/flags.env.
 # Results: dist/agent-<target>, with size, gzip size and `file` output. Fails if one is not static.
 #
 # Environment:
 #   BURROW_PROFILE   cargo profile (default: agent, see [profile.agent] in Cargo.toml)
+#   BURROW_OPENSSL   trimmed (default) | vendored
 #   BURROW_NIGHTLY   toolchain for -Zbuild-std (default: nightly)
 #   BURROW_BUILD_STD auto (default: only when rust-std cannot be installed) | always | never
 #   BURROW_LOCKED    set to 1 to pass --locked (release builds: Cargo.lock must be up to date)
@@ -27,12 +30,19 @@ PROFILE=${BURROW_PROFILE:-agent}
 NIGHTLY=${BURROW_NIGHTLY:-nightly}
 BUILD_STD=${BURROW_BUILD_STD:-auto}
 PACKAGE=burrow-agent
-FEATURES=vendored-openssl
+OPENSSL_MODE=${BURROW_OPENSSL:-trimmed}
+case $OPENSSL_MODE in
+  trimmed)  FEATURES= ;;
+  vendored) FEATURES=vendored-openssl ;;
+  *) echo "cross/build.sh: BURROW_OPENSSL must be trimmed or vendored" >&2; exit 1 ;;
+esac
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-# shellcheck source=flags.env
+# shellcheck source=cross/flags.env
 . cross/flags.env   # AGENT_RUSTFLAGS, AGENT_CFLAGS
+# shellcheck source=cross/openssl.sh
+. cross/openssl.sh  # trimmed_openssl
 
 say() { printf '%s\n' "$*" >&2; }
 die() { say "cross/build.sh: error: $*"; exit 1; }
@@ -63,6 +73,9 @@ if ! command -v cargo-zigbuild >/dev/null; then
   hash -r
   command -v cargo-zigbuild >/dev/null || die "cargo-zigbuild installed but not on PATH"
 fi
+for tool in perl make; do   # OpenSSL's build
+  command -v $tool >/dev/null || die "$tool is required to build OpenSSL (apt-get install $tool)"
+done
 if ! command -v file >/dev/null; then
   say "installing file(1)…"
   { apt-get install -y -qq file >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq file >/dev/null; }; } \
@@ -110,12 +123,20 @@ for t in "${TARGETS[@]}"; do
     cmd+=("+$NIGHTLY")
     rflags+=" -C link-self-contained=no"
   fi
-  cmd+=(zigbuild ${BURROW_LOCKED:+--locked} -p "$PACKAGE" --profile "$PROFILE" --features "$FEATURES" --target "$t")
+  cmd+=(zigbuild ${BURROW_LOCKED:+--locked} -p "$PACKAGE" --profile "$PROFILE" ${FEATURES:+--features "$FEATURES"} --target "$t")
+  # shellcheck disable=SC2054  # one cargo argument, commas included
   [[ $mode == build-std ]] && cmd+=(-Zbuild-std=std,panic_abort)
+  vars=("$rfvar=$rflags" "$cfvar=$cflags")
 
-  say "==> $t ($mode): $rfvar=\"$rflags\" $cfvar=\"$cflags\" ${cmd[*]}"
   start=$SECONDS
-  env "$rfvar=$rflags" "$cfvar=$cflags" "${cmd[@]}" || die "build failed for $t"
+  if [[ $OPENSSL_MODE == trimmed ]]; then
+    tu=$(tr 'a-z-' 'A-Z_' <<<"$t")
+    # shellcheck disable=SC2086
+    prefix=$(trimmed_openssl "$t" "$TARGET_DIR" $cflags) || die "trimmed OpenSSL build failed for $t"
+    vars+=("${tu}_OPENSSL_DIR=$prefix" "${tu}_OPENSSL_STATIC=1")
+  fi
+  say "==> $t ($mode, $OPENSSL_MODE OpenSSL): ${vars[*]} ${cmd[*]}"
+  env "${vars[@]}" "${cmd[@]}" || die "build failed for $t"
   secs=$((SECONDS - start))
 
   bin="$TARGET_DIR/$t/$PROFILE/agent"
@@ -131,10 +152,10 @@ for t in "${TARGETS[@]}"; do
   size=$(stat -c %s "$out")
   gz=$(gzip -9c "$out" | wc -c)
   summary+=("$(awk -v o="$out" -v s="$size" -v g="$gz" -v t="$secs" -v m="$mode" 'BEGIN {
-    printf "%-36s %9d B (%5.2f MiB)  gzip %8d B (%4.2f MiB)  %4ds  %s", o, s, s/1048576, g, g/1048576, t, m }')")
+    printf "%-42s %9d B (%5.2f MiB)  gzip %8d B (%4.2f MiB)  %4ds  %s", o, s, s/1048576, g, g/1048576, t, m }')")
   summary+=("    $desc")
 done
 
 echo
-echo "profile: $PROFILE   features: $FEATURES"
+echo "profile: $PROFILE   OpenSSL: $OPENSSL_MODE   features: ${FEATURES:-none}"
 printf '%s\n' "${summary[@]}"
