@@ -149,11 +149,22 @@ mod tests {
     use super::*;
     use crate::cli::{Cli, Command as Sub};
 
+    /// The binary the tests' units run: present on every Linux, never under /tmp.
+    const TEST_BIN: &str = "/bin/sh";
+
     /// `agent <args>` parsed with the config machinery but no config file and no environment.
     fn install_args(args: &[&str]) -> Cli {
+        // An installed binary outside /tmp (the test binary may live under /tmp, which install
+        // refuses because of PrivateTmp=yes).
+        let bin: &[&str] = if args.contains(&"install") && !args.contains(&"--bin") {
+            &["--bin", TEST_BIN]
+        } else {
+            &[]
+        };
         let args: Vec<OsString> = ["agent", "--config", "/dev/null"]
             .iter()
             .chain(args)
+            .chain(bin)
             .map(OsString::from)
             .collect();
         let command = burrow_core::settings::command::<Cli>(&args, Path::new("/nonexistent"))
@@ -234,7 +245,7 @@ mod tests {
 
         let unit_path = root.path().join("units").join(UNIT);
         let unit = fs::read_to_string(&unit_path).unwrap();
-        let exe = std::env::current_exe().unwrap();
+        let exe = Path::new(TEST_BIN);
         let config_path = root.path().join("etc/agent.toml");
         let data = root.path().join("data");
         for line in [
