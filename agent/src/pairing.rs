@@ -156,10 +156,6 @@ pub fn request(
     Ok(reply)
 }
 
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "node".into())
+fn hostname() -> String {
+    burrow_core::hostname("node")
 }

@@ -61,10 +61,10 @@ impl DataDir {
 
     /// The node's identity, created on first use.
     pub fn identity(&self) -> anyhow::Result<Identity> {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let host = burrow_core::hostname("node");
         let (identity, created) = Identity::load_or_generate(
             &self.dir.join("agent.key"),
-            &format!("burrow-agent@{}", host.trim()),
+            &format!("burrow-agent@{}", host),
         )?;
         if created {
             log::info!("created node key {}", identity.public().fingerprint());

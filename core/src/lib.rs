@@ -33,6 +33,15 @@ pub use error::{Error, Result};
 /// The version of this build, shared by both binaries.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// This machine's hostname (from `/proc/sys/kernel/hostname`), or `fallback` when it is unknown.
+pub fn hostname(fallback: &str) -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| fallback.to_string())
+}
+
 /// `N` random bytes from the operating system.
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];

@@ -32,7 +32,7 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         .canonicalize()
         .with_context(|| format!("resolving {}", data_dir.display()))?;
     let (server, api_addr) = Api::bind(args.api)?;
-    let host = hostname();
+    let host = burrow_core::hostname("localhost");
     let (identity, created) = Identity::load_or_generate(
         &data_dir.join("gateway.key"),
         &format!("burrow-gateway@{host}"),
@@ -157,14 +157,6 @@ fn wait_for_signal() -> anyhow::Result<()> {
 fn free_port(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
     let l = TcpListener::bind(addr).with_context(|| format!("finding a free port on {addr}"))?;
     Ok(l.local_addr()?)
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
 }
 
 /// The `SHA256:` fingerprint of the system sshd's Ed25519 host key, from its `.pub` file.
