@@ -140,11 +140,12 @@ impl Bus {
         let state = self.registry.read();
         match state.nodes.get(node).map(|n| n.approval) {
             None => Refusal::new(Kind::NotFound, format!("no node {node:?}")),
-            Some(Approval::Pending) => {
-                Refusal::new(Kind::Conflict, format!("node {node:?} is pending approval"))
-            }
+            Some(Approval::Pending) => Refusal::new(
+                Kind::NodePending,
+                format!("node {node:?} is pending approval"),
+            ),
             Some(Approval::Rejected) => {
-                Refusal::new(Kind::Conflict, format!("node {node:?} was rejected"))
+                Refusal::new(Kind::NodeRejected, format!("node {node:?} was rejected"))
             }
             Some(Approval::Approved) => {
                 let seen = self
@@ -153,7 +154,7 @@ impl Bus {
                     .last_seen
                     .map_or_else(|| "never".to_string(), rfc3339);
                 Refusal::new(
-                    Kind::Unavailable,
+                    Kind::NodeOffline,
                     format!("node {node:?} is offline (last seen {seen})"),
                 )
             }

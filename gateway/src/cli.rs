@@ -77,6 +77,10 @@ pub struct ServeArgs {
     /// Allow the API to listen on a non-loopback address without TLS.
     #[arg(long, env = "BURROW_INSECURE")]
     pub insecure: bool,
+    /// Output an exec answered whole (not streamed) keeps per stream and node, in bytes; the rest
+    /// is dropped and counted (`truncated`, `dropped_bytes`). Streamed output has no cap.
+    #[arg(long, env = "BURROW_MAX_ANSWER_BYTES", value_name = "BYTES", default_value_t = crate::api::DEFAULT_ANSWER_LIMIT)]
+    pub max_answer_bytes: usize,
 }
 
 /// Where `gateway install` writes, and what goes into the config file it writes.
