@@ -16,6 +16,8 @@ pub enum Kind {
     NotFound,
     /// Clashes with existing state (name held by another key).
     Conflict,
+    /// The request is larger than a limit (e.g. one protocol frame).
+    TooLarge,
     /// The node or a service is not reachable now.
     Unavailable,
     /// Something took too long.

@@ -42,14 +42,14 @@ pub fn exec(ctx: &Ctx, who: &Verified, node: &str, call: &Call) -> Result<Reply,
     let body: ExecBody = parse_body(&call.body)?;
     let spec = validate(body)?;
     let timeout = Duration::from_secs(spec.timeout_s);
-    let job_id = burrow_core::join::hex(&burrow_core::random_bytes::<8>());
+    let job_id = crate::bus::new_job_id();
     ctx.pairing.audit().record(
         &who.subject,
         "exec",
         node,
         json!({"job_id": job_id, "command": spec.command, "argv": spec.argv, "cwd": spec.cwd}),
     );
-    let job = ctx.bus.exec(node, spec)?;
+    let job = ctx.bus.exec(node, job_id.clone(), spec)?;
     let deadline = Instant::now() + timeout + GRACE;
     let streaming = call
         .accept

@@ -188,6 +188,7 @@ pub fn error_reply(r: &Refusal) -> Reply {
         Kind::Forbidden => (403, "forbidden"),
         Kind::NotFound => (404, "not_found"),
         Kind::Conflict => (409, "conflict"),
+        Kind::TooLarge => (413, "too_large"),
         Kind::Unavailable => (503, "unavailable"),
         Kind::Timeout => (504, "timeout"),
         Kind::Internal => (500, "internal"),
