@@ -44,14 +44,14 @@ pub fn exec(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
     let body: ExecBody = parse_body(&call.body)?;
     let spec = validate(body)?;
     let timeout = Duration::from_secs(spec.timeout_s);
-    let job_id = burrow_core::join::hex(&burrow_core::random_bytes::<8>());
+    let job_id = crate::bus::new_job_id();
     ctx.pairing.audit().record(
         req.caller.actor(),
         "exec",
         node,
         json!({"job_id": job_id, "command": spec.command, "argv": spec.argv, "cwd": spec.cwd}),
     );
-    let job = ctx.bus.exec(node, spec)?;
+    let job = ctx.bus.exec(node, job_id.clone(), spec)?;
     let deadline = Instant::now() + timeout + GRACE;
     let streaming = call
         .accept
@@ -308,8 +308,9 @@ mod tests {
             let body = format!(r#"{{"command": "{command}", "env": {{}}}}"#);
             assert!(body.len() <= super::super::routes::EXEC_BODY);
             let spec = validate(serde_json::from_str(&body).unwrap()).unwrap();
-            let frame = Message::Exec { id: 1, spec }.encode();
-            assert!(frame.len() <= MAX_FRAME, "{unit}: {}", frame.len());
+            let job = "f".repeat(32);
+            let body = Message::Exec { id: 1, job, spec }.encode_body().unwrap();
+            assert!(body.len() <= MAX_FRAME, "{unit}: {}", body.len());
         }
     }
 }
