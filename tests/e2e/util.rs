@@ -104,8 +104,9 @@ impl Drop for Proc {
 
 /// A running gateway with its own data dir, API and sshd ports.
 pub struct Gateway {
-    pub dir: tempfile::TempDir,
+    // `proc` before `dir`: fields drop in order, and the log (printed on a failing test) lives in `dir`.
     pub proc: Proc,
+    pub dir: tempfile::TempDir,
     pub api: SocketAddr,
     pub ssh: SocketAddr,
     extra: Vec<String>,
@@ -289,8 +290,8 @@ impl Gateway {
 
 /// A running agent with its own data dir.
 pub struct Agent {
-    pub dir: tempfile::TempDir,
     pub proc: Proc,
+    pub dir: tempfile::TempDir,
 }
 
 impl Agent {
