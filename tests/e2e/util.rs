@@ -174,6 +174,12 @@ impl Gateway {
 
     /// Stops this gateway and starts a new one on the same data dir and ports.
     pub fn restart(self) -> Gateway {
+        self.restart_after(|_| {})
+    }
+
+    /// Stops this gateway, runs `offline` on its data dir, then starts it again as `restart` does.
+    pub fn restart_after(self, offline: impl FnOnce(&Path)) -> Gateway {
+        let data = self.data();
         let Gateway {
             dir,
             mut proc,
@@ -184,6 +190,7 @@ impl Gateway {
         } = self;
         proc.terminate();
         drop(proc);
+        offline(&data);
         Gateway::start_in(dir, api, ssh, extra)
     }
 
