@@ -46,6 +46,18 @@ pub enum Command {
     Exec(ExecArgs),
     /// Write a hardened systemd unit and the config file, then print how to start the service.
     Install(InstallArgs),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check an audit log's hash chain offline; names the first bad entry and exits non-zero.
+    Verify {
+        /// The log to check [default: audit.log in the data dir].
+        file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
