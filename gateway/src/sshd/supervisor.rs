@@ -219,7 +219,7 @@ mod tests {
             "restrict,port-forwarding,command=\"/bin/false\",permitopen=\"127.0.0.1:1\" {}",
             node.public_line()
         );
-        write_authorized_keys(&s, &[line]).unwrap();
+        write_authorized_keys(&s, &[line], &[]).unwrap();
         let sshd = Supervisor::start(s.clone()).unwrap();
         let ssh = |key: &Path| {
             let out = Command::new("ssh")
