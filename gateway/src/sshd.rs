@@ -8,9 +8,11 @@
 //! - [`watch`]: the `sshd-supervisor` thread: spawns sshd, forwards its log, restarts it, kills it;
 //! - [`config`]: the text of `sshd_config`, and the enrollment user's `Match` block;
 //! - [`sessions`]: finds sshd's per-connection processes, which its process group does not hold;
+//! - [`logins`]: which key each connection logged in with, from sshd's log;
 //! - [`users`]: the node and enrollment accounts.
 
 mod config;
+mod logins;
 mod sessions;
 mod supervisor;
 mod users;
@@ -30,7 +32,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use burrow_core::atomic_file;
-use burrow_core::identity::Identity;
+use burrow_core::identity::{Identity, PublicKey};
 
 /// Where and how the managed sshd runs.
 #[derive(Clone, Debug)]
@@ -178,6 +180,45 @@ pub fn write_config(settings: &SshdSettings) -> Result<()> {
     fs::rename(&candidate, &path)
         .and_then(|()| File::open(&settings.dir)?.sync_all())
         .with_context(|| format!("replacing {}", path.display()))
+}
+
+/// Drops every line for `key` (`ssh-ed25519 AAAA…`) from both key files, through
+/// [`write_authorized_keys`]; returns how many lines went. Every other line stays as it was.
+pub fn remove_key_lines(settings: &SshdSettings, key: &PublicKey) -> Result<usize> {
+    let key = key.openssh();
+    let read = |path: PathBuf| -> Result<Vec<String>> {
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        Ok(text
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_string)
+            .collect())
+    };
+    let (nodes, enrollment) = (
+        read(settings.authorized_keys_path())?,
+        read(settings.enroll_keys_path())?,
+    );
+    // Options come first and hold no spaces outside quotes, and ours never hold key text; the key
+    // is the `type base64` pair, followed by a comment or the end of the line.
+    let holds = |l: &String| {
+        l.split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .any(|w| format!("{} {}", w[0], w[1]) == key)
+    };
+    let before = nodes.len() + enrollment.len();
+    let nodes: Vec<String> = nodes.into_iter().filter(|l| !holds(l)).collect();
+    let enrollment: Vec<String> = enrollment.into_iter().filter(|l| !holds(l)).collect();
+    let removed = before - nodes.len() - enrollment.len();
+    if removed > 0 {
+        // Without an enrollment user, the node file already holds every line.
+        write_authorized_keys(settings, &nodes, &enrollment)?;
+    }
+    Ok(removed)
 }
 
 pub(super) const AUTHORIZED_KEYS_HEADER: &str =
