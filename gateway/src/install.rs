@@ -1,5 +1,6 @@
-//! `gateway install`: the systemd unit `burrow-gateway.service` and `/etc/burrow/gateway.toml`, or
-//! with `--sshd-snippet` the sshd_config snippet for nodes logging in through the system's own sshd.
+//! `gateway install`: the systemd unit `burrow-gateway.service`, `/etc/burrow/gateway.toml` and (as
+//! root) the enrollment account `burrow-enroll`, or with `--sshd-snippet` the sshd_config snippet for
+//! nodes logging in through the system's own sshd.
 //!
 //! Nothing is copied: the unit runs the binary where it is (`--bin`, default this one). The config
 //! file gets the effective settings of this invocation (flags, `BURROW_*` variables, the config file
@@ -47,6 +48,10 @@ pub fn run(data_dir: &Path, log: log::LevelFilter, args: &InstallArgs) -> Result
         Print::Config => install::Print::Config,
     });
     let plan = plan(data_dir, log, args)?;
+    if print.is_none() && rustix::process::getuid().is_root() {
+        // The service cannot: ProtectSystem=strict leaves /etc read-only to it.
+        crate::sshd::required_enroll_user()?;
+    }
     Ok(install::run(&SERVICE, &plan, print, args.force)?)
 }
 

@@ -52,7 +52,7 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         max_sessions_hint: 256,
         login_user: sshd::current_user()?,
         enroll_user: match args.system_sshd {
-            true => Some(sshd::system_enroll_user()?),
+            true => Some(sshd::required_enroll_user()?),
             false => sshd::managed_enroll_user()?,
         },
         api_port: api_addr.port(),

@@ -21,7 +21,7 @@ mod watch;
 pub use config::{enroll_block, plain_user};
 pub use supervisor::Supervisor;
 pub use users::{
-    current_user, managed_enroll_user, system_enroll_user, useradd_command, ENROLL_USER,
+    current_user, managed_enroll_user, required_enroll_user, useradd_command, ENROLL_USER,
 };
 
 use std::fs::{self, File};
@@ -219,6 +219,36 @@ pub fn remove_key_lines(settings: &SshdSettings, key: &PublicKey) -> Result<usiz
         write_authorized_keys(settings, &nodes, &enrollment)?;
     }
     Ok(removed)
+}
+
+/// Ends `key`'s access through sshd, whichever sshd runs; what `nodes reject`/`revoke` call after
+/// the registry stopped approving the node (else the next key sync writes its line back). With the
+/// managed sshd see [`Supervisor::cut_off`]. With the system's (`supervisor` is `None`) the key's
+/// lines leave the key files, so it cannot log in again, but its live sessions stay until their
+/// clients leave: they are not the gateway's processes, and sshd makes their children non-dumpable,
+/// so an unprivileged gateway cannot even see which sockets they hold. Returns the sessions killed.
+#[allow(
+    dead_code,
+    reason = "nodes reject/revoke call it once wired (issue 6 section 4)"
+)]
+pub fn cut_off(
+    settings: &SshdSettings,
+    supervisor: Option<&Supervisor>,
+    key: &PublicKey,
+    ports: &[u16],
+) -> Result<usize> {
+    match supervisor {
+        Some(supervisor) => supervisor.cut_off(key, ports),
+        None => {
+            if remove_key_lines(settings, key)? > 0 {
+                log::warn!(
+                    "{} can no longer log in; sessions it holds on the system's sshd last until                      they end (systemctl restart ssh ends them all)",
+                    key.fingerprint()
+                );
+            }
+            Ok(0)
+        }
+    }
 }
 
 pub(super) const AUTHORIZED_KEYS_HEADER: &str =
@@ -433,6 +463,27 @@ pub(super) mod tests {
         let fingerprint = ensure_host_key(&s).unwrap();
         write_config(&s).unwrap();
         assert_eq!(ensure_host_key(&s).unwrap(), fingerprint);
+    }
+
+    /// Without a supervisor (system sshd), cutting a key off still removes its lines from both
+    /// files, and only its lines.
+    #[test]
+    fn cut_off_without_supervisor_removes_only_that_keys_lines() {
+        let dir = TempDir::new("remove");
+        let s = settings(&dir);
+        let (gone, kept) = (Identity::generate("gone"), Identity::generate("kept"));
+        let line = |opts: &str, id: &Identity| format!("{opts} {} c", id.public().openssh());
+        let nodes = vec![line("restrict", &gone), line("restrict", &kept)];
+        let enrollment = vec![line("restrict,permitopen=\"127.0.0.1:1\"", &gone)];
+        write_authorized_keys(&s, &nodes, &enrollment).unwrap();
+        assert_eq!(cut_off(&s, None, &gone.public(), &[]).unwrap(), 0);
+        let read = |p: PathBuf| fs::read_to_string(p).unwrap();
+        assert_eq!(
+            read(s.authorized_keys_path()),
+            format!("{AUTHORIZED_KEYS_HEADER}{}\n", nodes[1])
+        );
+        assert_eq!(read(s.enroll_keys_path()), AUTHORIZED_KEYS_HEADER);
+        assert_eq!(remove_key_lines(&s, &gone.public()).unwrap(), 0);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! What each kind of key may do at the gateway's sshd, driven with OpenSSH's own client: enrollment
-//! keys (join tokens) reach the API and cannot listen anywhere.
+//! keys (join tokens) and pending nodes' keys reach the API and cannot listen anywhere.
 
 use burrow_core::join::{enrollment_identity, JoinTicket};
 use std::io::{Read, Write};
@@ -100,6 +100,10 @@ fn enrollment_key_cannot_listen() {
     let out = ssh(&gw, &node_key, &ticket.user, &["-R", &own]);
     assert_eq!(out.status.code(), Some(1), "control: {}", said(&out));
 
+    // A pending node's own key logs in the same way (to ask whether it was approved).
+    let pending = Agent::start(&gw.join(&["--manual"]), "waiting");
+    gw.wait_status("waiting", "pending");
+    let pending_key = pending.dir.path().join("data/agent.key");
     for listen in [
         "127.0.0.1:1".to_string(),
         format!("127.0.0.1:{node_port}"),
@@ -108,18 +112,23 @@ fn enrollment_key_cannot_listen() {
         format!("[::1]:{}", node_port + 4),
     ] {
         let spec = format!("{listen}:127.0.0.1:1");
-        let out = ssh(&gw, &key, &enroll, &["-R", &spec]);
-        assert_eq!(out.status.code(), Some(255), "-R {spec}: {}", said(&out));
-        assert!(
-            said(&out).contains("remote port forwarding failed"),
-            "-R {spec} failed for another reason: {}",
-            said(&out)
-        );
+        for key in [&key, &pending_key] {
+            let out = ssh(&gw, key, &enroll, &["-R", &spec]);
+            assert_eq!(out.status.code(), Some(255), "-R {spec}: {}", said(&out));
+            assert!(
+                said(&out).contains("remote port forwarding failed"),
+                "-R {spec} with {} failed for another reason: {}",
+                key.display(),
+                said(&out)
+            );
+        }
     }
-    // Nor is the enrollment key any good as the node user, where listening is allowed.
-    let out = ssh(&gw, &key, &ticket.user, &["-R", "127.0.0.1:1:127.0.0.1:1"]);
-    assert_eq!(out.status.code(), Some(255), "{}", said(&out));
-    assert!(said(&out).contains("Permission denied"), "{}", said(&out));
+    // Nor are these keys any good as the node user, where listening is allowed.
+    for key in [&key, &pending_key] {
+        let out = ssh(&gw, key, &ticket.user, &["-R", "127.0.0.1:1:127.0.0.1:1"]);
+        assert_eq!(out.status.code(), Some(255), "{}", said(&out));
+        assert!(said(&out).contains("Permission denied"), "{}", said(&out));
+    }
     // And a node's own key is not an enrollment login.
     let out = ssh(&gw, &node_key, &enroll, &[]);
     assert!(said(&out).contains("Permission denied"), "{}", said(&out));

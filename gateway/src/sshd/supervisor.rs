@@ -100,10 +100,6 @@ impl Supervisor {
     /// process group, so the client loses its connection and its listeners together. Call it after
     /// the registry no longer approves the node, or the next key sync writes the line back. Returns
     /// how many sessions were killed.
-    #[allow(
-        dead_code,
-        reason = "nodes reject/revoke call it once wired (issue 6 section 4); tested below"
-    )]
     pub fn cut_off(&self, key: &PublicKey, ports: &[u16]) -> Result<usize> {
         remove_key_lines(&self.settings, key)?;
         let fingerprint = key.fingerprint();

@@ -51,9 +51,9 @@ pub fn managed_enroll_user() -> Result<Option<String>> {
     Ok(Some(ENROLL_USER.to_string()))
 }
 
-/// The enrollment user for the system's sshd (`serve --system-sshd`): it must exist; as root the
+/// The enrollment user where it must exist (the system's sshd, `gateway install`): as root the
 /// gateway creates it, otherwise the error says how.
-pub fn system_enroll_user() -> Result<String> {
+pub fn required_enroll_user() -> Result<String> {
     ensure(ENROLL_USER, true)?;
     Ok(ENROLL_USER.to_string())
 }
