@@ -61,6 +61,13 @@ impl Logins {
         }
     }
 
+    /// Forgets logins whose sessions were killed (sshd logs nothing for them).
+    pub(super) fn forget(&mut self, peers: &[SocketAddr]) {
+        for peer in peers {
+            self.by_peer.remove(peer);
+        }
+    }
+
     /// The client addresses of live logins with `fingerprint`.
     pub(super) fn peers_of(&self, fingerprint: &str) -> Vec<SocketAddr> {
         (self.by_peer.iter())
@@ -113,5 +120,7 @@ mod tests {
         l.observe("Accepted key ED25519 SHA256:x found at /bin/cat \"/x\":1");
         l.observe("Received disconnect from 127.0.0.1 port 1:11: disconnected by user");
         assert_eq!(l.peers_of("SHA256:other").len(), 1);
+        l.forget(&["127.0.0.1:1".parse().unwrap()]);
+        assert!(l.peers_of("SHA256:other").is_empty());
     }
 }

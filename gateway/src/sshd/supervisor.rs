@@ -112,7 +112,9 @@ impl Supervisor {
                     state.logins.peers_of(&fingerprint),
                 )
             };
-            kill_sessions(&inodes, listener, self.listen.port(), &peers, ports)
+            let killed = kill_sessions(&inodes, listener, self.listen.port(), &peers, ports);
+            self.shared.lock().logins.forget(&peers);
+            killed
         };
         let first = sweep();
         std::thread::sleep(SECOND_SWEEP);
