@@ -15,7 +15,7 @@ use burrow_core::join::{enrollment_identity, JoinTicket};
 use crate::cli::Profile;
 use crate::gateway_api::ApiChannel;
 use crate::state::{AgentState, DataDir, Pins};
-use crate::tunnel::{Tunnel, TunnelConfig, TunnelError};
+use crate::tunnel::{Stream, Tunnel, TunnelConfig, TunnelError};
 
 /// How often a pending node asks whether it has been approved.
 const PENDING_POLL: Duration = Duration::from_secs(2);
@@ -109,7 +109,8 @@ pub fn join_pending(dir: &DataDir, state: &AgentState) -> anyhow::Result<AgentSt
 }
 
 /// Sends one signed pairing request. With `secret`, logs in with the enrollment key; without, with the
-/// node's own key (known to the gateway once pending or approved).
+/// node's own key (known to the gateway once pending or approved). Until approved it logs in as the
+/// enrollment user of the join string.
 pub fn request(
     state: &AgentState,
     identity: &Identity,
@@ -119,7 +120,7 @@ pub fn request(
         Some(s) => enrollment_identity(s),
         None => identity.clone(),
     };
-    let (tunnel, _incoming) = Tunnel::connect(&tunnel_config(&state.gateway, &ssh_key, Vec::new()))
+    let (tunnel, _incoming) = connect(state, &ssh_key, secret.is_some())
         .map_err(|e| match (e, secret) {
             (TunnelError::AuthRejected(_), Some(_)) => anyhow!(
                 "the gateway's sshd refused the join token's key: the token expired or was revoked"
@@ -154,6 +155,34 @@ pub fn request(
         .context("pairing refused")?;
     tunnel.shutdown();
     Ok(reply)
+}
+
+/// Logs in for a pairing request. The gateway's sshd lets enrollment logins (the join secret's key, a
+/// pending node's key) reach the API and nothing else, listening included, and only as the enrollment
+/// user; an approved node's key is known under the node user alone. A pending node may have been
+/// approved since it last asked, so its key is tried as the node user when the enrollment user
+/// refuses it.
+fn connect(
+    state: &AgentState,
+    key: &Identity,
+    enrolling: bool,
+) -> Result<(Tunnel, crossbeam_channel::Receiver<Stream>), TunnelError> {
+    let pins = &state.gateway;
+    let mut config = tunnel_config(pins, key, Vec::new());
+    let enroll_user = pins.enroll_user.as_ref().filter(|u| **u != pins.user);
+    match enroll_user {
+        Some(user) if enrolling || state.status != "approved" => {
+            config.user.clone_from(user);
+            match Tunnel::connect(&config) {
+                Err(TunnelError::AuthRejected(_)) if !enrolling => {
+                    config.user.clone_from(&pins.user);
+                    Tunnel::connect(&config)
+                }
+                other => other,
+            }
+        }
+        _ => Tunnel::connect(&config),
+    }
 }
 
 fn hostname() -> String {

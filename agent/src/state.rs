@@ -29,7 +29,12 @@ pub struct AgentState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pins {
     pub ssh: String,
+    /// Who the node logs in as once approved.
     pub user: String,
+    /// Who it logs in as to pair (join secret, or its own key while pending); `None` in states saved
+    /// from join strings without one, which mean `user`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enroll_user: Option<String>,
     pub host_key: String,
     pub gateway_key: String,
     pub api_port: u16,
@@ -40,6 +45,7 @@ impl Pins {
         Pins {
             ssh: t.ssh.clone(),
             user: t.user.clone(),
+            enroll_user: t.enroll_user.clone(),
             host_key: t.host_key.clone(),
             gateway_key: t.gateway_key.clone(),
             api_port: t.api_port,

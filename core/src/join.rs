@@ -1,8 +1,9 @@
 //! The join string: one line an operator copies from the gateway to a node.
 //!
 //! It carries everything the node needs to trust the gateway without trust-on-first-use: the sshd address
-//! and user, the sshd host-key fingerprint to pin, the gateway's Ed25519 signing key to pin, the API port
+//! and users, the sshd host-key fingerprint to pin, the gateway's Ed25519 signing key to pin, the API port
 //! on the gateway's loopback, and the join secret. Format: `burrow1.` + unpadded base64url of JSON.
+//! Fields added later are optional, so join strings of older gateways still decode.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -19,8 +20,13 @@ const PREFIX: &str = "burrow1.";
 pub struct JoinTicket {
     /// `host:port` of the gateway's sshd as nodes reach it.
     pub ssh: String,
-    /// The SSH user nodes log in as.
+    /// The SSH user approved nodes log in as.
     pub user: String,
+    /// The SSH user enrollment logins (the join secret's key, a pending node's own key) use: its sshd
+    /// settings let it reach the API port and nothing else, listening included. Absent (`None`) when
+    /// the gateway's sshd runs unprivileged and can log in only one user: then [`JoinTicket::user`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enroll_user: Option<String>,
     /// `SHA256:` fingerprint of the sshd host key.
     pub host_key: String,
     /// The gateway's Ed25519 signing key (base64).
@@ -56,6 +62,11 @@ impl JoinTicket {
             ));
         }
         Ok(ticket)
+    }
+
+    /// The user enrollment logins use: [`JoinTicket::enroll_user`], else [`JoinTicket::user`].
+    pub fn enrollment_user(&self) -> &str {
+        self.enroll_user.as_deref().unwrap_or(&self.user)
     }
 
     /// The pinned gateway signing key.
@@ -98,6 +109,7 @@ mod tests {
         JoinTicket {
             ssh: "203.0.113.7:2222".into(),
             user: "burrow".into(),
+            enroll_user: Some("burrow-enroll".into()),
             host_key: "SHA256:abc".into(),
             gateway_key: Identity::generate("g").public().to_base64(),
             api_port: 18789,
@@ -109,6 +121,20 @@ mod tests {
     fn round_trips() {
         let t = ticket();
         assert_eq!(JoinTicket::decode(&t.encode()).unwrap(), t);
+    }
+
+    /// Join strings of gateways before the enrollment user (no `enroll_user` field) still decode, and
+    /// enrollment then logs in as the node user, as it did.
+    #[test]
+    fn join_strings_without_an_enrollment_user_still_decode() {
+        let mut old = ticket();
+        old.enroll_user = None;
+        let json = serde_json::to_string(&old).unwrap();
+        assert!(!json.contains("enroll_user"), "{json}");
+        let decoded = JoinTicket::decode(&old.encode()).unwrap();
+        assert_eq!(decoded, old);
+        assert_eq!(decoded.enrollment_user(), "burrow");
+        assert_eq!(ticket().enrollment_user(), "burrow-enroll");
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! `gateway install`: the systemd unit `burrow-gateway.service` and `/etc/burrow/gateway.toml`, or
-//! with `--sshd-snippet` the sshd_config snippet for nodes logging in through the system's own sshd.
+//! `gateway install`: the systemd unit `burrow-gateway.service`, `/etc/burrow/gateway.toml` and (as
+//! root) the enrollment account `burrow-enroll`, or with `--sshd-snippet` the sshd_config snippet for
+//! nodes logging in through the system's own sshd.
 //!
 //! Nothing is copied: the unit runs the binary where it is (`--bin`, default this one). The config
 //! file gets the effective settings of this invocation (flags, `BURROW_*` variables, the config file
@@ -33,7 +34,11 @@ pub fn run(data_dir: &Path, log: log::LevelFilter, args: &InstallArgs) -> Result
         };
         print!(
             "{}",
-            system_sshd_snippet(&std::path::absolute(data_dir)?, &user)?
+            system_sshd_snippet(
+                &std::path::absolute(data_dir)?,
+                &user,
+                args.serve.api.port()
+            )?
         );
         return Ok(());
     }
@@ -43,6 +48,10 @@ pub fn run(data_dir: &Path, log: log::LevelFilter, args: &InstallArgs) -> Result
         Print::Config => install::Print::Config,
     });
     let plan = plan(data_dir, log, args)?;
+    if print.is_none() && rustix::process::getuid().is_root() {
+        // The service cannot: ProtectSystem=strict leaves /etc read-only to it.
+        crate::sshd::required_enroll_user()?;
+    }
     Ok(install::run(&SERVICE, &plan, print, args.force)?)
 }
 
@@ -145,13 +154,10 @@ fn config(data_dir: &Path, log: log::LevelFilter, s: &ServeArgs) -> String {
     config_file(header, data_dir, &log, &entries)
 }
 
-/// The `Match User` block that makes a system sshd treat node logins the way the managed sshd does.
-fn system_sshd_snippet(data_dir: &Path, user: &str) -> Result<String> {
-    if user.is_empty()
-        || !user
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-    {
+/// The `Match User` blocks that make a system sshd treat node and enrollment logins the way the
+/// managed sshd does.
+fn system_sshd_snippet(data_dir: &Path, user: &str, api_port: u16) -> Result<String> {
+    if !crate::sshd::plain_user(user) {
         bail!("user {user:?} cannot be written into sshd_config");
     }
     if user == "root" {
@@ -162,6 +168,11 @@ fn system_sshd_snippet(data_dir: &Path, user: &str) -> Result<String> {
              the gateway as that user and pass --user burrow"
         );
     }
+    let enroll = crate::sshd::ENROLL_USER;
+    let enroll_keys = data_dir.join("sshd").join("enroll_keys");
+    let enroll_block = crate::sshd::enroll_block(enroll, user, &enroll_keys, api_port)
+        .with_context(|| format!("{} in sshd_config", enroll_keys.display()))?;
+    let useradd = crate::sshd::useradd_command(enroll);
     let keys = data_dir.join("sshd").join("authorized_keys");
     let keys = match keys.to_str() {
         Some(k) if !k.contains(['"', '\n', '\r', '%']) => k.to_string(),
@@ -174,6 +185,10 @@ fn system_sshd_snippet(data_dir: &Path, user: &str) -> Result<String> {
         "\
 # burrow: nodes log in as {user} with the keys the gateway writes, and may only forward ports (each
 # key line adds restrict, permitlisten/permitopen and command=\"/bin/false\" on top of this block).
+# Join tokens and pending nodes log in as {enroll}, who may reach the API port on 127.0.0.1 and
+# nothing else (no listening at all); the gateway (user {user}) hands sshd their keys. Create it
+# first (as root; with UsePAM no sshd refuses a locked '!' password, '*' is not a lock):
+#   {useradd}
 # Written by `gateway install --sshd-snippet`. Save it as /etc/ssh/sshd_config.d/burrow.conf (Debian
 # includes that directory; a Match block in an included file ends with the file), or append it to
 # the END of /etc/ssh/sshd_config. Then: sshd -t && systemctl reload ssh
@@ -194,7 +209,7 @@ Match User {user}
     # Reap sessions of nodes that vanished, so their forwarded ports free up.
     ClientAliveInterval 15
     ClientAliveCountMax 3
-"
+{enroll_block}"
     ))
 }
 
@@ -393,7 +408,7 @@ mod tests {
     }
 
     #[test]
-    fn system_sshd_snippet_passes_sshd_t_and_applies_to_the_node_user_only() {
+    fn system_sshd_snippet_passes_sshd_t_and_applies_to_node_and_enrollment_users_only() {
         if !Path::new("/usr/sbin/sshd").is_file() {
             skipped("/usr/sbin/sshd not found (apt-get install -y openssh-server)");
             return;
@@ -402,7 +417,7 @@ mod tests {
         let host_key = dir.path().join("host_key");
         Identity::load_or_generate(&host_key, "test").unwrap();
         let data = Path::new("/var/lib/burrow/gateway");
-        let snippet = system_sshd_snippet(data, "burrow").unwrap();
+        let snippet = system_sshd_snippet(data, "burrow", 18789).unwrap();
         // As Debian ships it: the drop-in directory included first, global settings after it.
         let drop_in = dir.path().join("sshd_config.d");
         fs::create_dir(&drop_in).unwrap();
@@ -452,9 +467,38 @@ mod tests {
                 "missing {line:?} for another user"
             );
         }
-        assert!(system_sshd_snippet(data, "a b").is_err());
-        let err = system_sshd_snippet(data, "root").unwrap_err().to_string();
+        // Enrollment logins reach the API port and cannot listen anywhere; their keys come from the
+        // gateway's file, read as the gateway's user, never from the node user's file.
+        let enroll = effective(&config, crate::sshd::ENROLL_USER);
+        for line in [
+            "authorizedkeysfile none",
+            "authorizedkeyscommand /usr/bin/cat \"/var/lib/burrow/gateway/sshd/enroll_keys\"",
+            "authorizedkeyscommanduser burrow",
+            "allowtcpforwarding local",
+            "permitlisten none",
+            "permitopen 127.0.0.1:18789",
+            "permittty no",
+            "forcecommand /bin/false",
+        ] {
+            let line = line.replace("/usr/bin/cat", cat());
+            assert!(
+                enroll.lines().any(|l| l == line),
+                "missing {line:?} for the enrollment user in\n{enroll}"
+            );
+        }
+        assert!(snippet.contains(&crate::sshd::useradd_command(crate::sshd::ENROLL_USER)));
+        assert!(system_sshd_snippet(data, "a b", 1).is_err());
+        let err = system_sshd_snippet(data, "root", 1)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("lock root out"), "{err}");
-        assert!(system_sshd_snippet(Path::new("/srv/100%"), "burrow").is_err());
+        assert!(system_sshd_snippet(Path::new("/srv/100%"), "burrow", 1).is_err());
+    }
+
+    fn cat() -> &'static str {
+        ["/usr/bin/cat", "/bin/cat"]
+            .into_iter()
+            .find(|p| Path::new(p).is_file())
+            .unwrap()
     }
 }

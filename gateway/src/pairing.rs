@@ -34,12 +34,24 @@ const NONCE_TTL: Duration = Duration::from_secs(60);
 pub struct Contact {
     pub ssh_public: String,
     pub ssh_user: String,
+    /// Who enrollment keys and pending nodes log in as; `None`: `ssh_user` (unprivileged sshd).
+    pub enroll_user: Option<String>,
     pub host_fingerprint: String,
     pub api_port: u16,
 }
 
-/// Writes the sshd `authorized_keys` file.
-pub type KeySink = Box<dyn Fn(&[String]) -> anyhow::Result<()> + Send + Sync>;
+/// Writes sshd's key files.
+pub type KeySink = Box<dyn Fn(&KeyLines) -> anyhow::Result<()> + Send + Sync>;
+
+/// The `authorized_keys` lines the registry implies, by the account they are for.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct KeyLines {
+    /// Approved nodes: the node user.
+    pub nodes: Vec<String>,
+    /// Join tokens' enrollment keys and pending nodes: the enrollment user, whose sshd settings
+    /// forbid listening (see `sshd::users`).
+    pub enrollment: Vec<String>,
+}
 
 pub struct Pairing {
     identity: Identity,
@@ -118,6 +130,7 @@ impl Pairing {
         let ticket = JoinTicket {
             ssh: self.contact.ssh_public.clone(),
             user: self.contact.ssh_user.clone(),
+            enroll_user: self.contact.enroll_user.clone(),
             host_key: self.contact.host_fingerprint.clone(),
             gateway_key: self.identity.public().to_base64(),
             api_port: self.contact.api_port,
@@ -377,7 +390,7 @@ impl Pairing {
         &self.audit
     }
 
-    /// Rewrites sshd's `authorized_keys` from the registry.
+    /// Rewrites sshd's key files from the registry.
     pub fn sync_keys(&self) -> anyhow::Result<()> {
         let _serial = self.keys_lock.lock().unwrap_or_else(|e| e.into_inner());
         let lines = key_lines(&self.registry.read(), self.contact.api_port, now());
@@ -387,14 +400,16 @@ impl Pairing {
 
 /// The `authorized_keys` lines the registry implies. `command="/bin/false"` because `restrict` alone
 /// still lets a key run commands; `permitlisten` is literal, so agents must ask for `127.0.0.1`. Keys
-/// that may not listen at all get port 1 (privileged, serves nothing): without any `permitlisten`,
-/// `port-forwarding` would allow listening anywhere.
-pub fn key_lines(state: &crate::registry::State, api_port: u16, now: u64) -> Vec<String> {
+/// that may not listen at all are enrollment lines: their account's sshd settings forbid listening
+/// (`PermitListen none`), and they also get port 1 (privileged, serves nothing), which is what keeps
+/// them from listening where there is no enrollment account (an unprivileged sshd cannot bind it):
+/// without any `permitlisten`, `port-forwarding` would allow listening anywhere.
+pub fn key_lines(state: &crate::registry::State, api_port: u16, now: u64) -> KeyLines {
     let base = "restrict,port-forwarding,command=\"/bin/false\"";
     let open = format!("permitopen=\"127.0.0.1:{api_port}\"");
-    let mut lines = Vec::new();
+    let mut lines = KeyLines::default();
     for t in state.join_tokens.iter().filter(|t| t.enrollable(now)) {
-        lines.push(format!(
+        lines.enrollment.push(format!(
             "{base},permitlisten=\"127.0.0.1:1\",{open},expiry-time=\"{}\" {} burrow-enroll:{}",
             expiry_time(t.expires_at),
             t.enrollment_key,
@@ -403,11 +418,11 @@ pub fn key_lines(state: &crate::registry::State, api_port: u16, now: u64) -> Vec
     }
     for n in state.nodes.values() {
         match (n.approval, n.ports) {
-            (Approval::Approved, Some([a, b])) => lines.push(format!(
+            (Approval::Approved, Some([a, b])) => lines.nodes.push(format!(
                 "{base},permitlisten=\"127.0.0.1:{a}\",permitlisten=\"127.0.0.1:{b}\",{open} {} burrow-node:{}",
                 n.public_key, n.id
             )),
-            (Approval::Pending, _) if n.pending_until.is_some_and(|t| t > now) => lines.push(format!(
+            (Approval::Pending, _) if n.pending_until.is_some_and(|t| t > now) => lines.enrollment.push(format!(
                 "{base},permitlisten=\"127.0.0.1:1\",{open},expiry-time=\"{}\" {} burrow-pending:{}",
                 expiry_time(n.pending_until.unwrap_or(now)),
                 n.public_key,

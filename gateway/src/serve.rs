@@ -51,6 +51,11 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         binary: args.sshd.clone(),
         max_sessions_hint: 256,
         login_user: sshd::current_user()?,
+        enroll_user: match args.system_sshd {
+            true => Some(sshd::required_enroll_user()?),
+            false => sshd::managed_enroll_user()?,
+        },
+        api_port: api_addr.port(),
     };
     // Either way the gateway writes the node key lines to <data>/sshd/authorized_keys; with the
     // system's sshd, its `Match User` block (`gateway install --system-sshd`) points there.
@@ -75,6 +80,7 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
     let contact = Contact {
         ssh_public: ssh_public.clone(),
         ssh_user: settings.login_user.clone(),
+        enroll_user: settings.enroll_user.clone(),
         host_fingerprint: host_fingerprint.clone(),
         api_port: api_addr.port(),
     };
@@ -83,7 +89,7 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         identity.clone(),
         registry.clone(),
         contact,
-        Box::new(move |lines| sshd::write_authorized_keys(&key_settings, lines)),
+        Box::new(move |k| sshd::write_authorized_keys(&key_settings, &k.nodes, &k.enrollment)),
         audit_log.handle(),
     )?);
     let supervisor = match args.system_sshd {

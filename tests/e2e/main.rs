@@ -7,4 +7,5 @@ mod exec;
 mod pairing;
 mod recovery;
 mod security;
+mod sshd_access;
 mod util;

@@ -127,8 +127,8 @@ fn reused_token_wrong_pin_and_taken_name_are_refused_with_clear_messages() {
 }
 
 /// `serve --system-sshd`: no managed sshd; nodes log in through a separate sshd (standing in for the
-/// system's, configured like the `gateway install --system-sshd` block) whose Ed25519 host key the
-/// join string pins, even though that sshd offers an ECDSA host key first.
+/// system's, configured with the `gateway install --sshd-snippet` blocks, enrollment user included)
+/// whose Ed25519 host key the join string pins, even though that sshd offers an ECDSA host key first.
 #[test]
 fn system_sshd_mode_pairs_and_runs_commands() {
     use std::process::Command;
@@ -158,18 +158,36 @@ fn system_sshd_mode_pairs_and_runs_commands() {
     ]);
     let (_, status) = gw.api("GET", "/api/v1/status", None);
     assert_eq!(status["sshd"]["mode"], "system", "{status}");
-    let keys = gw.data().join("sshd/authorized_keys");
+    // The real snippet (`gateway install --sshd-snippet`) after the system's own settings. It refuses
+    // to lock root out, but the gateway under test runs as root, so its blocks are retargeted from a
+    // stand-in user to root (this sshd serves nobody else).
+    let snippet = gw.cli(&[
+        "install",
+        "--sshd-snippet",
+        "--user",
+        "burrow-stand-in",
+        "--api",
+        &gw.api.to_string(),
+    ]);
+    assert!(
+        snippet.status.success(),
+        "{}",
+        String::from_utf8_lossy(&snippet.stderr)
+    );
+    let snippet = String::from_utf8(snippet.stdout)
+        .unwrap()
+        .replace("User burrow-stand-in", "User root")
+        .replace(
+            "AuthorizedKeysCommandUser burrow-stand-in",
+            "AuthorizedKeysCommandUser root",
+        );
     let config = sys.path().join("sshd_config");
     std::fs::write(
         &config,
         format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {dir}/ecdsa\nHostKey {dir}/ed25519\n\
-             PidFile none\nUsePAM no\nStrictModes no\nAuthorizedKeysFile {keys}\n\
-             AuthenticationMethods publickey\nPasswordAuthentication no\nAllowTcpForwarding yes\n\
-             GatewayPorts no\nPermitTTY no\nX11Forwarding no\nForceCommand /bin/false\n\
-             ClientAliveInterval 15\nClientAliveCountMax 3\n",
+             PidFile none\nUsePAM no\nStrictModes no\n{snippet}",
             dir = sys.path().display(),
-            keys = keys.display()
         ),
     )
     .unwrap();

@@ -5,8 +5,14 @@
 //! gateway gave it, and no other process has that pipe: its inode (`pipe:[N]` in `/proc/<pid>/fd`) marks
 //! ours. `<dir>/sshd.pipes` records the inodes, so a gateway restarted after a SIGKILL can find the
 //! sessions its predecessor left behind.
+//!
+//! [`kill_sessions`] ends chosen sessions: those holding given TCP connections (a node's logins, see
+//! [`super::logins`]) or listening on given ports (its forwards). Each session is a process group of
+//! its own (setsid), so killing the group ends its privilege-separated children too.
 
+use std::collections::BTreeSet;
 use std::fs;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
 use rustix::process::{Pid, Signal};
@@ -80,6 +86,145 @@ pub(super) fn kill_stale_sessions(pipes_file: &Path) {
     let _ = fs::remove_file(pipes_file);
 }
 
+/// One line of `/proc/net/tcp{,6}`.
+struct TcpSocket {
+    local: SocketAddr,
+    remote: SocketAddr,
+    listening: bool,
+    inode: u64,
+}
+
+/// Every TCP socket of this network namespace, IPv4-mapped IPv6 addresses shown as IPv4.
+fn tcp_sockets() -> Vec<TcpSocket> {
+    let mut out = Vec::new();
+    for (file, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
+        let Ok(text) = fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 {
+                continue;
+            }
+            let (Some(local), Some(remote), Ok(inode)) =
+                (proc_addr(f[1], v6), proc_addr(f[2], v6), f[9].parse())
+            else {
+                continue;
+            };
+            out.push(TcpSocket {
+                local,
+                remote,
+                listening: f[3] == "0A",
+                inode,
+            });
+        }
+    }
+    out
+}
+
+/// `0100007F:0016` (the kernel prints each 32-bit word of the address in host byte order) → address.
+fn proc_addr(text: &str, v6: bool) -> Option<SocketAddr> {
+    let (addr, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let word = |i: usize| -> Option<[u8; 4]> {
+        Some(
+            u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16)
+                .ok()?
+                .to_ne_bytes(),
+        )
+    };
+    let ip = if v6 {
+        let mut bytes = [0u8; 16];
+        for i in 0..4 {
+            bytes[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+        }
+        let ip = Ipv6Addr::from(bytes);
+        ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4)
+    } else {
+        IpAddr::V4(Ipv4Addr::from(word(0)?))
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+fn unmapped(a: SocketAddr) -> SocketAddr {
+    match a.ip() {
+        IpAddr::V6(ip) => ip
+            .to_ipv4_mapped()
+            .map_or(a, |v4| SocketAddr::new(IpAddr::V4(v4), a.port())),
+        IpAddr::V4(_) => a,
+    }
+}
+
+/// The socket inodes a process holds (`socket:[N]` in `/proc/<pid>/fd`).
+fn socket_inodes(pid: Pid) -> Vec<u64> {
+    let Ok(fds) = fs::read_dir(format!("/proc/{}/fd", pid.as_raw_nonzero())) else {
+        return Vec::new();
+    };
+    fds.filter_map(|fd| {
+        let link = fs::read_link(fd.ok()?.path()).ok()?;
+        let text = link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?;
+        text.parse().ok()
+    })
+    .collect()
+}
+
+/// (process group, session) of a process.
+fn group_and_session(pid: Pid) -> Option<(i32, i32)> {
+    let stat = fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())).ok()?;
+    let mut f = stat.rsplit_once(')')?.1.split_whitespace();
+    let (_state, _ppid) = (f.next()?, f.next()?);
+    Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+}
+
+/// Kills every session of our sshd (processes holding one of the stderr pipes `inodes`) that holds a
+/// connection from one of `peers` to `sshd_port`, or listens on one of `ports`; never `listener`, the
+/// sshd that accepts new connections. Returns how many sessions were killed.
+pub(super) fn kill_sessions(
+    inodes: &[u64],
+    listener: Option<u32>,
+    sshd_port: u16,
+    peers: &[SocketAddr],
+    ports: &[u16],
+) -> usize {
+    let peers: Vec<SocketAddr> = peers.iter().copied().map(unmapped).collect();
+    let targets: BTreeSet<u64> = tcp_sockets()
+        .into_iter()
+        .filter(|s| {
+            let login = !s.listening && s.local.port() == sshd_port && peers.contains(&s.remote);
+            let forward = s.listening && ports.contains(&s.local.port());
+            login || forward
+        })
+        .map(|s| s.inode)
+        .collect();
+    if targets.is_empty() {
+        return 0;
+    }
+    let listener = listener.and_then(|p| i32::try_from(p).ok());
+    let mut groups = BTreeSet::new();
+    for holder in pipe_holders(inodes) {
+        if holder.comm != "sshd"
+            || !socket_inodes(holder.pid)
+                .iter()
+                .any(|i| targets.contains(i))
+        {
+            continue;
+        }
+        // A per-connection sshd leads its own session (setsid); the listener never qualifies.
+        match group_and_session(holder.pid) {
+            Some((group, session)) if group == session && Some(group) != listener && group > 1 => {
+                groups.insert(group);
+            }
+            _ => {}
+        }
+    }
+    for group in &groups {
+        if let Some(pid) = Pid::from_raw(*group) {
+            let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+        }
+    }
+    groups.len()
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Read;
@@ -88,6 +233,25 @@ mod tests {
     use super::super::tests::{all_gone, banner, children_of, settings, wait_until, TempDir};
     use super::super::{write_config, Supervisor};
     use super::*;
+
+    #[test]
+    fn proc_net_tcp_addresses_parse() {
+        let v4 = proc_addr("0100007F:0016", false).unwrap();
+        assert_eq!(v4, "127.0.0.1:22".parse().unwrap());
+        let v6 = proc_addr("00000000000000000000000001000000:1F90", true).unwrap();
+        assert_eq!(v6, "[::1]:8080".parse().unwrap());
+        let mapped = proc_addr("0000000000000000FFFF00000100007F:0016", true).unwrap();
+        assert_eq!(mapped, "127.0.0.1:22".parse().unwrap());
+        assert!(proc_addr("zz", false).is_none());
+        // This very test's listener shows up as listening, with its inode.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let found = tcp_sockets()
+            .into_iter()
+            .find(|s| s.listening && s.local.port() == port);
+        let me = Pid::from_raw(std::process::id() as i32).unwrap();
+        assert!(found.is_some_and(|s| socket_inodes(me).contains(&s.inode)));
+    }
 
     /// Regression guard for sessions that outlive a SIGKILLed gateway (pdeathsig only kills sshd).
     #[test]

@@ -1,6 +1,7 @@
 //! The handle on the managed sshd: [`Supervisor::start`] waits until sshd listens, [`Supervisor::status`]
-//! reports on it, [`Supervisor::stop`] (or drop) takes it down with all its sessions. The work happens
-//! on the `sshd-supervisor` thread (see [`super::watch`]).
+//! reports on it, [`Supervisor::cut_off`] ends one node's access, [`Supervisor::stop`] (or drop) takes
+//! it down with all its sessions. The work happens on the `sshd-supervisor` thread (see
+//! [`super::watch`]).
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
@@ -9,13 +10,17 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use burrow_core::identity::PublicKey;
 
-use super::sessions::kill_stale_sessions;
+use super::sessions::{kill_sessions, kill_stale_sessions};
 use super::watch::{self, FirstStart, Shared};
-use super::{ensure_privsep_dir, SshdSettings, SshdStatus};
+use super::{ensure_privsep_dir, remove_key_lines, SshdSettings, SshdStatus};
 
 /// How long [`Supervisor::start`] waits for sshd to listen.
 const READY_DEADLINE: Duration = Duration::from_secs(10);
+/// [`Supervisor::cut_off`] sweeps again after this long, for a login that read its key line just
+/// before the line went and whose log line the supervisor thread had not read yet.
+const SECOND_SWEEP: Duration = Duration::from_millis(300);
 
 /// Runs sshd and keeps it running; see the module doc. Stops on [`Supervisor::stop`] or drop.
 pub struct Supervisor {
@@ -25,6 +30,7 @@ pub struct Supervisor {
     wake: Option<OwnedFd>,
     thread: Option<JoinHandle<()>>,
     listen: SocketAddr,
+    settings: SshdSettings,
 }
 
 impl Supervisor {
@@ -45,13 +51,14 @@ impl Supervisor {
         let (wake_rx, wake_tx) = rustix::pipe::pipe().context("creating the sshd wake pipe")?;
         let shared = Arc::new(Shared::new());
         let listen = settings.listen;
-        let thread = watch::spawn(settings, shared.clone(), wake_rx)?;
+        let thread = watch::spawn(settings.clone(), shared.clone(), wake_rx)?;
         // From here on, dropping `supervisor` (any error below) stops the thread and kills sshd.
         let supervisor = Supervisor {
             shared,
             wake: Some(wake_tx),
             thread: Some(thread),
             listen,
+            settings,
         };
         let deadline = Instant::now() + READY_DEADLINE;
         let mut state = supervisor.shared.lock();
@@ -87,6 +94,35 @@ impl Supervisor {
         }
     }
 
+    /// Ends `key`'s access through this sshd at once, for a node being rejected or revoked: its
+    /// lines leave both key files (no new login), then every session that logged in with it or
+    /// listens on one of `ports` (its forwards, whichever key holds them) is killed with its
+    /// process group, so the client loses its connection and its listeners together. Call it after
+    /// the registry no longer approves the node, or the next key sync writes the line back. Returns
+    /// how many sessions were killed.
+    pub fn cut_off(&self, key: &PublicKey, ports: &[u16]) -> Result<usize> {
+        remove_key_lines(&self.settings, key)?;
+        let fingerprint = key.fingerprint();
+        let sweep = || {
+            let (inodes, listener, peers) = {
+                let state = self.shared.lock();
+                (
+                    state.inodes.clone(),
+                    state.pid,
+                    state.logins.peers_of(&fingerprint),
+                )
+            };
+            let killed = kill_sessions(&inodes, listener, self.listen.port(), &peers, ports);
+            self.shared.lock().logins.forget(&peers);
+            killed
+        };
+        let first = sweep();
+        std::thread::sleep(SECOND_SWEEP);
+        let killed = first + sweep();
+        log::info!("cut off {fingerprint}: {killed} sshd session(s) killed");
+        Ok(killed)
+    }
+
     /// Stops supervising and kills sshd with all its sessions (also done on drop).
     pub fn stop(mut self) {
         self.shutdown();
@@ -110,6 +146,7 @@ impl Drop for Supervisor {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
     use std::io::ErrorKind;
     use std::net::{TcpListener, TcpStream};
     use std::path::Path;
@@ -219,7 +256,7 @@ mod tests {
             "restrict,port-forwarding,command=\"/bin/false\",permitopen=\"127.0.0.1:1\" {}",
             node.public_line()
         );
-        write_authorized_keys(&s, &[line]).unwrap();
+        write_authorized_keys(&s, &[line], &[]).unwrap();
         let sshd = Supervisor::start(s.clone()).unwrap();
         let ssh = |key: &Path| {
             let out = Command::new("ssh")
@@ -248,6 +285,117 @@ mod tests {
         let stranger = dir.0.join("stranger_key");
         Identity::generate("stranger").save(&stranger).unwrap();
         assert_eq!(ssh(&stranger).0, Some(255));
+        sshd.stop();
+    }
+
+    /// Whether something listens on 127.0.0.1:`port`.
+    fn listening(port: u16) -> bool {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }
+
+    /// `ssh -N -R 127.0.0.1:<port>:127.0.0.1:1` as root with `key`: a node holding its forward.
+    fn forward(s: &SshdSettings, key: &Path, port: u16) -> std::process::Child {
+        Command::new("ssh")
+            .args(["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o"])
+            .args(["UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o"])
+            .args(["IdentitiesOnly=yes", "-o", "ExitOnForwardFailure=yes", "-i"])
+            .arg(key)
+            .args(["-N", "-R", &format!("127.0.0.1:{port}:127.0.0.1:1")])
+            .args(["-p", &s.listen.port().to_string(), "root@127.0.0.1"])
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// Regression: a rejected node kept its sshd session and listener indefinitely. `cut_off` ends
+    /// the sessions of the node's key (found by its login) and of its ports within 2 s, its key can
+    /// no longer log in, and another node's session is left alone.
+    #[test]
+    fn cut_off_kills_the_node_sessions_and_leaves_the_others() {
+        let dir = TempDir::new("cutoff");
+        let s = settings(&dir);
+        write_config(&s).unwrap();
+        let nodes: Vec<(Identity, std::path::PathBuf, u16)> = ["a", "b"]
+            .iter()
+            .map(|name| {
+                let id = Identity::generate(name);
+                let key = dir.0.join(format!("{name}_key"));
+                id.save(&key).unwrap();
+                (id, key, free_port())
+            })
+            .collect();
+        let lines: Vec<String> = (nodes.iter())
+            .map(|(id, _, port)| {
+                format!(
+                    "restrict,port-forwarding,command=\"/bin/false\",permitlisten=\"127.0.0.1:{port}\" {}",
+                    id.public_line()
+                )
+            })
+            .collect();
+        write_authorized_keys(&s, &lines, &[]).unwrap();
+        let sshd = Supervisor::start(s.clone()).unwrap();
+        let (a, b) = (&nodes[0], &nodes[1]);
+        let mut a_ssh = forward(&s, &a.1, a.2);
+        let mut b_ssh = forward(&s, &b.1, b.2);
+        wait_until("both nodes listen", || listening(a.2) && listening(b.2));
+        let a_fingerprint = a.0.public().fingerprint();
+        wait_until("a's login is in sshd's log", || {
+            sshd.shared.lock().logins.peers_of(&a_fingerprint).len() == 1
+        });
+
+        // By key alone (no ports given): the login is what finds the session.
+        let called = Instant::now();
+        assert_eq!(sshd.cut_off(&a.0.public(), &[]).unwrap(), 1);
+        let within = |child: &mut std::process::Child| {
+            while child.try_wait().unwrap().is_none() {
+                if called.elapsed() > Duration::from_secs(2) {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            true
+        };
+        assert!(
+            within(&mut a_ssh),
+            "a's ssh still connected 2 s after cut_off"
+        );
+        assert!(!listening(a.2), "a's forward outlived its session");
+        let keys = fs::read_to_string(s.authorized_keys_path()).unwrap();
+        assert!(!keys.contains(&a.0.public().openssh()) && keys.contains(&b.0.public().openssh()));
+        // It cannot come back: the key is refused (255) ...
+        let mut again = forward(&s, &a.1, a.2);
+        assert_eq!(again.wait().unwrap().code(), Some(255));
+        // ... while b never noticed.
+        assert!(b_ssh.try_wait().unwrap().is_none() && listening(b.2));
+
+        // By port alone (a key with no login): whoever holds the node's forward is cut.
+        let stranger = Identity::generate("stranger");
+        let called = Instant::now();
+        assert_eq!(sshd.cut_off(&stranger.public(), &[b.2]).unwrap(), 1);
+        let mut b_within = || {
+            while b_ssh.try_wait().unwrap().is_none() {
+                if called.elapsed() > Duration::from_secs(2) {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            true
+        };
+        assert!(
+            b_within(),
+            "b's ssh still connected 2 s after cut_off by port"
+        );
+        assert!(!listening(b.2));
+        assert!(sshd.status().running, "the listener itself was hit");
         sshd.stop();
     }
 

@@ -25,6 +25,7 @@ use burrow_core::atomic_file;
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::process::{Pid, PidfdFlags, Signal};
 
+use super::logins::Logins;
 use super::sessions::pipe_holders;
 use super::SshdSettings;
 
@@ -79,6 +80,10 @@ pub(super) struct State {
     pub(super) first: FirstStart,
     /// The current sshd's last stderr lines.
     pub(super) tail: VecDeque<String>,
+    /// Who is logged in with which key, from every sshd's log.
+    pub(super) logins: Logins,
+    /// Inodes of the stderr pipes of our sshds and their sessions (see `sessions`).
+    pub(super) inodes: Vec<u64>,
 }
 
 pub(super) enum FirstStart {
@@ -96,6 +101,8 @@ impl Shared {
                 restarts: 0,
                 first: FirstStart::Pending,
                 tail: VecDeque::new(),
+                logins: Logins::default(),
+                inodes: Vec::new(),
             }),
             changed: Condvar::new(),
         }
@@ -363,6 +370,7 @@ impl Run {
                 continue;
             }
             log_line(&line);
+            self.shared.lock().logins.observe(&line);
             if current {
                 self.shared.update(|s| {
                     if line.starts_with("Server listening on") {
@@ -443,6 +451,7 @@ impl Run {
     }
 
     fn save_pipes(&self) {
+        self.shared.lock().inodes = self.streams.iter().map(|s| s.inode).collect();
         let path = self.settings.pipes_path();
         let saved = if self.streams.is_empty() {
             fs::remove_file(&path).or_else(|e| match e.kind() {

@@ -1,0 +1,140 @@
+//! What each kind of key may do at the gateway's sshd, driven with OpenSSH's own client: enrollment
+//! keys (join tokens) and pending nodes' keys reach the API and cannot listen anywhere.
+
+use burrow_core::join::{enrollment_identity, JoinTicket};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use crate::util::{agent_join, Agent, Gateway};
+
+/// `ssh OPTIONS 127.0.0.1 true` with `key` as `user` to the gateway's sshd, with no config, agent or
+/// known_hosts of ours. Exit 1 is a login (the forced /bin/false), 255 a refusal.
+fn ssh(gw: &Gateway, key: &Path, user: &str, options: &[&str]) -> Output {
+    ssh_command(gw, key, user, options)
+        .args(["127.0.0.1", "true"])
+        .output()
+        .unwrap()
+}
+
+fn ssh_command(gw: &Gateway, key: &Path, user: &str, options: &[&str]) -> Command {
+    let mut cmd = Command::new("ssh");
+    cmd.args(["-F", "/dev/null", "-i"])
+        .arg(key)
+        .args(["-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none"])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"])
+        .args(["-o", "ExitOnForwardFailure=yes"])
+        .args(["-p", &gw.ssh.port().to_string(), "-l", user])
+        .args(options)
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn said(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Regression: enrollment keys derived from a join string could listen on `127.0.0.1:1` (sshd runs as
+/// root, and `permitlisten` can only allow). Now they log in as the enrollment user, whose sshd
+/// settings forbid listening, and are not valid for the node user at all.
+#[test]
+fn enrollment_key_cannot_listen() {
+    let gw = Gateway::start();
+    // A node online, so that there is a node port to try to squat.
+    let _node = Agent::start(&gw.join(&[]), "squatted");
+    gw.wait_status("squatted", "online");
+    let node_port = gw.node("squatted")["ports"][0].as_u64().unwrap();
+
+    let join = gw.join(&["--uses", "2"]);
+    let ticket = JoinTicket::decode(&join).unwrap();
+    let enroll = ticket
+        .enroll_user
+        .clone()
+        .expect("a gateway running as root has an enrollment user");
+    assert_ne!(enroll, ticket.user);
+    let key = gw.dir.path().join("enroll_key");
+    enrollment_identity(&ticket.secret).save(&key).unwrap();
+
+    // The enrollment key reaches the API port (what pairing needs): a real HTTP answer through -W.
+    let mut api = ssh_command(
+        &gw,
+        &key,
+        &enroll,
+        &["-W", &format!("127.0.0.1:{}", gw.api.port())],
+    )
+    .arg("127.0.0.1")
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    // stdin stays open until the answer is in: its end would half-close the channel first.
+    let mut request = api.stdin.take().unwrap();
+    request
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    api.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut answer)
+        .unwrap();
+    drop(request);
+    let out = api.wait_with_output().unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "{answer:?} {}",
+        said(&out)
+    );
+
+    // Positive control: the same command line with a node's own key on its own port does listen
+    // (exit 1 is the forced /bin/false after the forward was set up), so a refusal below is sshd's.
+    let node_key = _node.dir.path().join("data/agent.key");
+    let own = format!("127.0.0.1:{}:127.0.0.1:1", gw.node("squatted")["ports"][1]);
+    let out = ssh(&gw, &node_key, &ticket.user, &["-R", &own]);
+    assert_eq!(out.status.code(), Some(1), "control: {}", said(&out));
+
+    // A pending node's own key logs in the same way (to ask whether it was approved).
+    let pending = Agent::start(&gw.join(&["--manual"]), "waiting");
+    gw.wait_status("waiting", "pending");
+    let pending_key = pending.dir.path().join("data/agent.key");
+    for listen in [
+        "127.0.0.1:1".to_string(),
+        format!("127.0.0.1:{node_port}"),
+        format!("0.0.0.0:{}", node_port + 2),
+        format!("[::]:{}", node_port + 3),
+        format!("[::1]:{}", node_port + 4),
+    ] {
+        let spec = format!("{listen}:127.0.0.1:1");
+        for key in [&key, &pending_key] {
+            let out = ssh(&gw, key, &enroll, &["-R", &spec]);
+            assert_eq!(out.status.code(), Some(255), "-R {spec}: {}", said(&out));
+            assert!(
+                said(&out).contains("remote port forwarding failed"),
+                "-R {spec} with {} failed for another reason: {}",
+                key.display(),
+                said(&out)
+            );
+        }
+    }
+    // Nor are these keys any good as the node user, where listening is allowed.
+    for key in [&key, &pending_key] {
+        let out = ssh(&gw, key, &ticket.user, &["-R", "127.0.0.1:1:127.0.0.1:1"]);
+        assert_eq!(out.status.code(), Some(255), "{}", said(&out));
+        assert!(said(&out).contains("Permission denied"), "{}", said(&out));
+    }
+    // And a node's own key is not an enrollment login.
+    let out = ssh(&gw, &node_key, &enroll, &[]);
+    assert!(said(&out).contains("Permission denied"), "{}", said(&out));
+
+    // Pairing with that join string still works, end to end.
+    let out = agent_join(&join, "after-the-probes");
+    assert!(out.status.success(), "{}", said(&out));
+    assert!(gw.node("after-the-probes")["approved_at"].is_string());
+}
