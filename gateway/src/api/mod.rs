@@ -66,8 +66,18 @@ pub struct Api {
 impl Api {
     /// Binds the API (before anything else starts, so a taken port fails fast).
     pub fn bind(addr: SocketAddr) -> anyhow::Result<(Server, SocketAddr)> {
-        let server =
-            Server::http(addr).map_err(|e| anyhow::anyhow!("binding the API on {addr}: {e}"))?;
+        // Bounds that keep one client from holding memory, threads or workers (issue 6 §2; our
+        // tiny_http patch, gateway/vendor/tiny_http/PATCHES.md). Bodies up to MAX_BODY are read by
+        // the connection's thread before a worker sees the request, so stalled uploads hold no
+        // worker; larger ones are refused (413) before any byte is read.
+        let mut limits = tiny_http::Limits::default();
+        limits.max_body_bytes = Some(MAX_BODY);
+        limits.buffer_body_up_to = MAX_BODY as usize;
+        limits.max_connections = 4 * WORKERS;
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("binding the API on {addr}"))?;
+        let server = Server::from_listener_with_limits(listener, None, limits)
+            .map_err(|e| anyhow::anyhow!("serving the API on {addr}: {e}"))?;
         let local = server
             .server_addr()
             .to_ip()

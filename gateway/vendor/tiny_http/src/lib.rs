@@ -90,6 +90,17 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 #![allow(clippy::match_like_matches_macro)]
+// Vendoring only (burrow): upstream 0.12.0 code predates these lints of today's compiler and
+// clippy. They are style findings in code the patches do not touch; allowing them crate-wide keeps
+// PATCHES.md the whole diff from upstream. New code in the patches is clean without them.
+#![allow(
+    unused_imports,
+    dead_code,
+    clippy::doc_overindented_list_items,
+    clippy::unnecessary_map_or,
+    clippy::io_other_error,
+    clippy::needless_borrow
+)]
 
 #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
 use zeroize::Zeroizing;
@@ -99,8 +110,8 @@ use std::io::Error as IoError;
 use std::io::ErrorKind as IoErrorKind;
 use std::io::Result as IoResult;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
@@ -112,6 +123,7 @@ use util::MessagesQueue;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener};
+pub use limits::Limits;
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
@@ -119,6 +131,7 @@ pub use test::TestRequest;
 mod client;
 mod common;
 mod connection;
+mod limits;
 mod request;
 mod response;
 mod ssl;
@@ -243,6 +256,16 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Self::from_listener_with_limits(listener, ssl_config, Limits::default())
+    }
+
+    /// PATCH(limits): [`Server::from_listener`] with explicit bounds on what each client may make
+    /// the server hold (head size, read timeouts, body size, connections); see [`Limits`].
+    pub fn from_listener_with_limits<L: Into<Listener>>(
+        listener: L,
+        ssl_config: Option<SslConfig>,
+        limits: Limits,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = listener.into();
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
@@ -285,16 +308,30 @@ impl Server {
 
         let inside_close_trigger = close_trigger.clone();
         let inside_messages = messages.clone();
+        // PATCH(connection-cap): connections being served, one thread each.
+        let live = Arc::new(AtomicUsize::new(0));
         thread::spawn(move || {
             // a tasks pool is used to dispatch the connections into threads
             let tasks_pool = util::TaskPool::new();
+            let mut backoff = Duration::from_millis(5);
 
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
                 let new_client = match server.accept() {
+                    // PATCH(connection-cap): upstream spawned a thread for every connection, without
+                    // bound. Over the cap the client gets a short 503 and the socket is closed at
+                    // once; the write cannot block this thread (non-blocking, a few bytes).
+                    Ok((sock, _)) if live.load(Ordering::Acquire) >= limits.max_connections => {
+                        if sock.set_nonblocking(true).is_ok() {
+                            limits::refuse_connection(sock);
+                        }
+                        continue;
+                    }
                     Ok((sock, _)) => {
                         use util::RefinedTcpStream;
-                        let (read_closable, write_closable) = match ssl {
+                        // PATCH(accept-panic): splitting the socket needs a second fd; out of fds
+                        // this connection is dropped instead of panicking the accept thread.
+                        let halves = match ssl {
                             None => RefinedTcpStream::new(sock),
                             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
                             Some(ref ssl) => {
@@ -310,24 +347,42 @@ impl Server {
                             #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
                             Some(ref _ssl) => unreachable!(),
                         };
-
-                        Ok(ClientConnection::new(write_closable, read_closable))
+                        match halves {
+                            Ok((read_closable, write_closable)) => Ok(ClientConnection::new(
+                                write_closable,
+                                read_closable,
+                                limits.clone(),
+                            )),
+                            Err(e) => {
+                                log::error!("Dropping a new client: {}", e);
+                                continue;
+                            }
+                        }
                     }
                     Err(e) => Err(e),
                 };
 
                 match new_client {
                     Ok(client) => {
+                        backoff = Duration::from_millis(5);
                         let messages = inside_messages.clone();
                         let mut client = Some(client);
+                        let slot = ConnectionSlot::take(&live);
+                        let mut slot = Some(slot);
                         tasks_pool.spawn(Box::new(move || {
+                            // PATCH(connection-cap): the slot is given back when this
+                            // connection's thread is done with it.
+                            let _slot = slot.take();
                             if let Some(client) = client.take() {
                                 // Synchronization is needed for HTTPS requests to avoid a deadlock
                                 if client.secure() {
                                     let (sender, receiver) = mpsc::channel();
                                     for rq in client {
                                         messages.push(rq.with_notify_sender(sender.clone()).into());
-                                        receiver.recv().unwrap();
+                                        // PATCH(no-panic): was `unwrap()`.
+                                        if receiver.recv().is_err() {
+                                            break;
+                                        }
                                     }
                                 } else {
                                     for rq in client {
@@ -338,10 +393,19 @@ impl Server {
                         }));
                     }
 
+                    // PATCH(accept-panic): upstream handed the error to one `recv()` caller and
+                    // stopped accepting for good, so running out of file descriptors once (EMFILE,
+                    // e.g. from leaked connections) closed the listener forever. Errors of accept(2)
+                    // on a listening socket are transient (fds, memory, aborted handshakes): log, wait
+                    // a little (doubling up to 1 s, so a persistent one does not spin), go on.
                     Err(e) => {
-                        log::error!("Error accepting new client: {}", e);
-                        inside_messages.push(e.into());
-                        break;
+                        log::error!(
+                            "Error accepting new client: {} (retrying in {:?})",
+                            e,
+                            backoff
+                        );
+                        thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
                     }
                 }
             }
@@ -408,6 +472,22 @@ impl Server {
     /// This method allows graceful shutdown of server.
     pub fn unblock(&self) {
         self.messages.unblock();
+    }
+}
+
+/// PATCH(connection-cap): one connection's place under `Limits::max_connections`.
+struct ConnectionSlot(Arc<AtomicUsize>);
+
+impl ConnectionSlot {
+    fn take(live: &Arc<AtomicUsize>) -> ConnectionSlot {
+        live.fetch_add(1, Ordering::AcqRel);
+        ConnectionSlot(live.clone())
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

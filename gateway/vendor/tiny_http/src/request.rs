@@ -5,7 +5,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
 
 use crate::util::{EqualReader, FusedReader};
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
@@ -96,7 +98,8 @@ impl<R: Write> Write for NotifyOnDrop<R> {
 }
 impl<R> Drop for NotifyOnDrop<R> {
     fn drop(&mut self) {
-        self.sender.send(()).unwrap();
+        // PATCH(no-panic): was `unwrap()`; the connection thread may be gone already.
+        self.sender.send(()).ok();
     }
 }
 
@@ -108,6 +111,59 @@ pub enum RequestCreationError {
 
     /// Error while reading data from the socket during the creation of the `Request`.
     CreationIoError(IoError),
+
+    /// PATCH(content-length): a `Content-Length` that is not a number, or two that differ.
+    BadContentLength,
+
+    /// PATCH(content-length): a body larger than `Limits::max_body_bytes`.
+    BodyTooLarge,
+}
+
+/// PATCH(limits): the part of [`crate::Limits`] that shapes how a body is read, and the flag to
+/// raise when a body is left unread so the connection must close.
+pub(crate) struct BodyLimits {
+    pub max_body_bytes: Option<u64>,
+    pub buffer_body_up_to: usize,
+    pub drain_limit: usize,
+    pub close_connection: Arc<AtomicBool>,
+}
+
+impl Default for BodyLimits {
+    fn default() -> BodyLimits {
+        let limits = crate::Limits::default();
+        BodyLimits {
+            max_body_bytes: limits.max_body_bytes,
+            buffer_body_up_to: limits.buffer_body_up_to,
+            drain_limit: limits.drain_limit,
+            close_connection: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// PATCH(unread-body): a chunked body reader that, dropped before its end, marks the connection
+/// for closing (upstream left the rest of the body to be parsed as the next request).
+struct ChunkedBody<R: Read> {
+    decoder: Decoder<R>,
+    finished: bool,
+    close_connection: Arc<AtomicBool>,
+}
+
+impl<R: Read> Read for ChunkedBody<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.decoder.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            self.finished = true;
+        }
+        Ok(n)
+    }
+}
+
+impl<R: Read> Drop for ChunkedBody<R> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.close_connection.store(true, Ordering::Release);
+        }
+    }
 }
 
 impl From<IoError> for RequestCreationError {
@@ -133,8 +189,9 @@ pub fn new_request<R, W>(
     version: HTTPVersion,
     headers: Vec<Header>,
     remote_addr: Option<SocketAddr>,
-    mut source_data: R,
+    source_data: R,
     writer: W,
+    limits: &BodyLimits,
 ) -> Result<Request, RequestCreationError>
 where
     R: Read + Send + 'static,
@@ -152,11 +209,34 @@ where
         // header must be ignored (RFC2616 #4.4)
         None
     } else {
-        headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Content-Length"))
-            .and_then(|h| FromStr::from_str(h.value.as_str()).ok())
+        // PATCH(content-length): upstream took the first header and silently ignored one that
+        // did not parse (the body was then read as the next request). RFC 9112 §6.3: an invalid
+        // Content-Length, or several that differ, is an unrecoverable framing error.
+        let mut length: Option<usize> = None;
+        for h in headers.iter().filter(|h| h.field.equiv("Content-Length")) {
+            let value = h.value.as_str().trim();
+            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(RequestCreationError::BadContentLength);
+            }
+            // Too many digits for usize is certainly over any body limit.
+            let parsed = match usize::from_str(value) {
+                Ok(n) => n,
+                Err(_) => return Err(RequestCreationError::BodyTooLarge),
+            };
+            if length.is_some_and(|l| l != parsed) {
+                return Err(RequestCreationError::BadContentLength);
+            }
+            length = Some(parsed);
+        }
+        length
     };
+
+    // PATCH(content-length): refuse what the server will not take before reading any of it.
+    if let (Some(len), Some(max)) = (content_length, limits.max_body_bytes) {
+        if len as u64 > max {
+            return Err(RequestCreationError::BodyTooLarge);
+        }
+    }
 
     // true if the client sent a `Expect: 100-continue` header
     let expects_continue = {
@@ -191,34 +271,73 @@ where
     } else if let Some(content_length) = content_length {
         if content_length == 0 {
             Box::new(io::empty()) as Box<dyn Read + Send + 'static>
-        } else if content_length <= 1024 && !expects_continue {
+        } else if content_length <= limits.buffer_body_up_to && !expects_continue {
             // if the content-length is small enough, we just read everything into a buffer
 
-            let mut buffer = vec![0; content_length];
-            let mut offset = 0;
-
-            while offset != content_length {
-                let read = source_data.read(&mut buffer[offset..])?;
-                if read == 0 {
-                    // the socket returned EOF, but we were before the expected content-length
-                    // aborting
-                    let info = "Connection has been closed before we received enough data";
-                    let err = IoError::new(ErrorKind::ConnectionAborted, info);
-                    return Err(RequestCreationError::CreationIoError(err));
-                }
-
-                offset += read;
+            // PATCH(limits): the threshold is configurable (upstream: 1024), and the buffer
+            // grows with the bytes that arrive rather than being allocated at the announced length.
+            let mut buffer = Vec::new();
+            let mut source_data = source_data;
+            source_data
+                .by_ref()
+                .take(content_length as u64)
+                .read_to_end(&mut buffer)?;
+            if buffer.len() != content_length {
+                // the socket returned EOF, but we were before the expected content-length
+                // aborting
+                let info = "Connection has been closed before we received enough data";
+                let err = IoError::new(ErrorKind::ConnectionAborted, info);
+                return Err(RequestCreationError::CreationIoError(err));
             }
 
             Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>
         } else {
-            let (data_reader, _) = EqualReader::new(source_data, content_length); // TODO:
+            let (data_reader, _) = EqualReader::new(
+                source_data,
+                content_length,
+                limits.drain_limit,
+                limits.close_connection.clone(),
+            ); // TODO:
             Box::new(FusedReader::new(data_reader)) as Box<dyn Read + Send + 'static>
         }
     } else if transfer_encoding.is_some() {
         // if a transfer-encoding was specified, then "chunked" is ALWAYS applied
         // over the message (RFC2616 #3.6)
-        Box::new(FusedReader::new(Decoder::new(source_data))) as Box<dyn Read + Send + 'static>
+        // PATCH(limits): with a body limit, the raw chunked stream is capped too (chunk framing
+        // included, generously), since chunked_transfer keeps a chunk-size line in memory for
+        // as long as the client sends digits.
+        let source: Box<dyn Read + Send + 'static> = match limits.max_body_bytes {
+            Some(max) => {
+                Box::new(source_data.take(max.saturating_mul(2).saturating_add(64 * 1024)))
+            }
+            None => Box::new(source_data),
+        };
+        let mut body = ChunkedBody {
+            decoder: Decoder::new(source),
+            finished: false,
+            close_connection: limits.close_connection.clone(),
+        };
+        // PATCH(limits): small chunked bodies are buffered like small fixed-length ones.
+        if limits.buffer_body_up_to > 0 && !expects_continue {
+            let mut buffer = Vec::new();
+            body.by_ref()
+                .take(limits.buffer_body_up_to as u64 + 1)
+                .read_to_end(&mut buffer)?;
+            let over = |n: usize| limits.max_body_bytes.is_some_and(|max| n as u64 > max);
+            if buffer.len() <= limits.buffer_body_up_to {
+                if over(buffer.len()) {
+                    return Err(RequestCreationError::BodyTooLarge);
+                }
+                Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>
+            } else if over(buffer.len()) {
+                return Err(RequestCreationError::BodyTooLarge);
+            } else {
+                Box::new(Cursor::new(buffer).chain(FusedReader::new(body)))
+                    as Box<dyn Read + Send + 'static>
+            }
+        } else {
+            Box::new(FusedReader::new(body)) as Box<dyn Read + Send + 'static>
+        }
     } else {
         // if we have neither a Content-Length nor a Transfer-Encoding,
         // assuming that we have no data
@@ -435,7 +554,8 @@ impl Request {
     {
         let res = self.respond_impl(response);
         if let Some(sender) = self.notify_when_responded.take() {
-            sender.send(()).unwrap();
+            // PATCH(no-panic): was `unwrap()`; the connection thread may be gone already.
+            sender.send(()).ok();
         }
         res
     }
@@ -491,7 +611,8 @@ impl Drop for Request {
             let response = Response::empty(500);
             let _ = self.respond_impl(response); // ignoring any potential error
             if let Some(sender) = self.notify_when_responded.take() {
-                sender.send(()).unwrap();
+                // PATCH(no-panic): was `unwrap()`, a panic inside a destructor.
+                sender.send(()).ok();
             }
         }
     }

@@ -1,13 +1,19 @@
 use std::io::Read;
 use std::io::Result as IoResult;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::channel;
 use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+
+/// PATCH(unread-body): bytes of an unread body thrown away per read while draining.
+const DRAIN_CHUNK: usize = 8 * 1024;
 
 /// A `Reader` that reads exactly the number of bytes from a sub-reader.
 ///
 /// If the limit is reached, it returns EOF. If the limit is not reached
-/// when the destructor is called, the remaining bytes will be read and
-/// thrown away.
+/// when the destructor is called, up to `drain_limit` remaining bytes are read through a small fixed
+/// buffer and thrown away; if more remain (or a read failed), the connection is marked for closing
+/// through `close_connection`, since the next request would start inside this body.
 pub struct EqualReader<R>
 where
     R: Read,
@@ -15,19 +21,31 @@ where
     reader: R,
     size: usize,
     last_read_signal: Sender<IoResult<()>>,
+    // PATCH(unread-body): see the type's doc.
+    drain_limit: usize,
+    close_connection: Arc<AtomicBool>,
+    failed: bool,
 }
 
 impl<R> EqualReader<R>
 where
     R: Read,
 {
-    pub fn new(reader: R, size: usize) -> (EqualReader<R>, Receiver<IoResult<()>>) {
+    pub fn new(
+        reader: R,
+        size: usize,
+        drain_limit: usize,
+        close_connection: Arc<AtomicBool>,
+    ) -> (EqualReader<R>, Receiver<IoResult<()>>) {
         let (tx, rx) = channel();
 
         let r = EqualReader {
             reader,
             size,
             last_read_signal: tx,
+            drain_limit,
+            close_connection,
+            failed: false,
         };
 
         (r, rx)
@@ -54,7 +72,12 @@ where
                 self.size -= len;
                 Ok(len)
             }
-            err @ Err(_) => err,
+            Err(e) => {
+                // PATCH(unread-body): after a failed read (e.g. a timeout) the position in the
+                // stream is unknown; draining would only wait again.
+                self.failed = true;
+                Err(e)
+            }
         }
     }
 }
@@ -64,22 +87,30 @@ where
     R: Read,
 {
     fn drop(&mut self) {
-        let mut remaining_to_read = self.size;
-
-        while remaining_to_read > 0 {
-            let mut buf = vec![0; remaining_to_read];
-
-            match self.reader.read(&mut buf) {
+        // PATCH(unread-body): upstream allocated `vec![0; remaining]`, sized by the client's
+        // Content-Length: 2^62 aborted the process, 2^64-1 panicked the worker dropping the request.
+        // Now a fixed buffer, and at most `drain_limit` bytes: a client announcing more than that
+        // and not sending it (or sending it slowly) cannot hold the thread dropping the request.
+        if self.size > self.drain_limit || self.failed {
+            self.close_connection.store(true, Ordering::Release);
+            return;
+        }
+        let mut buf = [0; DRAIN_CHUNK];
+        while self.size > 0 {
+            let want = self.size.min(DRAIN_CHUNK);
+            match self.reader.read(&mut buf[..want]) {
                 Err(e) => {
+                    self.close_connection.store(true, Ordering::Release);
                     self.last_read_signal.send(Err(e)).ok();
                     break;
                 }
                 Ok(0) => {
+                    self.close_connection.store(true, Ordering::Release);
                     self.last_read_signal.send(Ok(())).ok();
                     break;
                 }
                 Ok(other) => {
-                    remaining_to_read -= other;
+                    self.size -= other;
                 }
             }
         }
@@ -98,7 +129,8 @@ mod tests {
         let mut org_reader = Cursor::new("hello world".to_string().into_bytes());
 
         {
-            let (mut equal_reader, _) = EqualReader::new(org_reader.by_ref(), 5);
+            let (mut equal_reader, _) =
+                EqualReader::new(org_reader.by_ref(), 5, 1024, Default::default());
 
             let mut string = String::new();
             equal_reader.read_to_string(&mut string).unwrap();
@@ -117,7 +149,8 @@ mod tests {
         let mut org_reader = Cursor::new("hello world".to_string().into_bytes());
 
         {
-            let (mut equal_reader, _) = EqualReader::new(org_reader.by_ref(), 5);
+            let (mut equal_reader, _) =
+                EqualReader::new(org_reader.by_ref(), 5, 1024, Default::default());
 
             let mut vec = [0];
             equal_reader.read_exact(&mut vec).unwrap();

@@ -1,6 +1,7 @@
 use std::io::Result as IoResult;
-use std::io::{Read, Write};
+use std::io::{Error as IoError, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::time::{Duration, Instant};
 
 use crate::connection::Connection;
 #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
@@ -12,12 +13,25 @@ pub(crate) enum Stream {
     Https(SslStream),
 }
 
-impl Clone for Stream {
-    fn clone(&self) -> Self {
+impl Stream {
+    // PATCH(accept-panic): was `impl Clone` with `try_clone().unwrap()`, which ran on the accept
+    // thread: out of file descriptors (EMFILE), it panicked and the listener was gone for good.
+    fn try_clone(&self) -> IoResult<Self> {
         match self {
-            Stream::Http(tcp_stream) => Stream::Http(tcp_stream.try_clone().unwrap()),
+            Stream::Http(tcp_stream) => tcp_stream.try_clone().map(Stream::Http),
             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-            Stream::Https(ssl_stream) => Stream::Https(ssl_stream.clone()),
+            Stream::Https(ssl_stream) => Ok(Stream::Https(ssl_stream.clone())),
+        }
+    }
+
+    // PATCH(read-timeouts): the socket's SO_RCVTIMEO, shared by both halves; writes are untouched.
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> IoResult<()> {
+        match self {
+            Stream::Http(tcp_stream) => tcp_stream.set_read_timeout(timeout),
+            // Not wired for TLS streams in this patch (the TLS wrappers hold the socket behind
+            // their own lock and are not built here); they keep upstream's behaviour.
+            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            Stream::Https(_) => Ok(()),
         }
     }
 }
@@ -86,30 +100,55 @@ pub struct RefinedTcpStream {
     stream: Stream,
     close_read: bool,
     close_write: bool,
+    // PATCH(read-timeouts): what bounds the next socket read, and the SO_RCVTIMEO last set.
+    read_limit: ReadLimit,
+    applied_timeout: Option<Duration>,
+}
+
+/// PATCH(read-timeouts): how long a read on the socket may wait for the peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ReadLimit {
+    /// Upstream behaviour: wait forever.
+    None,
+    /// The request head must be complete by then (a total deadline, so a client that trickles a
+    /// byte at a time cannot keep it open).
+    Deadline(Instant),
+    /// Each read of a body may wait this long for data (inactivity, so large uploads still work).
+    Idle(Duration),
 }
 
 impl RefinedTcpStream {
-    pub(crate) fn new<S>(stream: S) -> (RefinedTcpStream, RefinedTcpStream)
+    // PATCH(accept-panic): fallible (cloning the socket needs a file descriptor).
+    pub(crate) fn new<S>(stream: S) -> IoResult<(RefinedTcpStream, RefinedTcpStream)>
     where
         S: Into<Stream>,
     {
         let stream: Stream = stream.into();
 
-        let (read, write) = (stream.clone(), stream);
+        let (read, write) = (stream.try_clone()?, stream);
 
         let read = RefinedTcpStream {
             stream: read,
             close_read: true,
             close_write: false,
+            read_limit: ReadLimit::None,
+            applied_timeout: None,
         };
 
         let write = RefinedTcpStream {
             stream: write,
             close_read: false,
             close_write: true,
+            read_limit: ReadLimit::None,
+            applied_timeout: None,
         };
 
-        (read, write)
+        Ok((read, write))
+    }
+
+    /// PATCH(read-timeouts): bounds the following reads; see [`ReadLimit`].
+    pub(crate) fn set_read_limit(&mut self, limit: ReadLimit) {
+        self.read_limit = limit;
     }
 
     /// Returns true if this struct wraps around a secure connection.
@@ -137,7 +176,31 @@ impl Drop for RefinedTcpStream {
 
 impl Read for RefinedTcpStream {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
-        self.stream.read(buf)
+        // PATCH(read-timeouts): upstream read with no timeout at all, so a client that stopped
+        // sending held its connection thread (head) or the worker reading its body forever.
+        let timeout = match self.read_limit {
+            ReadLimit::None => None,
+            ReadLimit::Idle(idle) => Some(idle),
+            ReadLimit::Deadline(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(IoError::new(ErrorKind::TimedOut, "request head timed out"));
+                }
+                Some(left)
+            }
+        };
+        if timeout != self.applied_timeout {
+            self.stream.set_read_timeout(timeout)?;
+            self.applied_timeout = timeout;
+        }
+        match self.stream.read(buf) {
+            // An expired SO_RCVTIMEO reads as EAGAIN on Unix; callers (and the 408 answer) look
+            // for `TimedOut`.
+            Err(e) if timeout.is_some() && e.kind() == ErrorKind::WouldBlock => {
+                Err(IoError::new(ErrorKind::TimedOut, "client stopped sending"))
+            }
+            other => other,
+        }
     }
 }
 

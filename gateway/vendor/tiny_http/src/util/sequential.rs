@@ -110,37 +110,56 @@ impl<W: Write + Send> Iterator for SequentialWriterBuilder<W> {
     }
 }
 
+impl<R: Read + Send> SequentialReader<R> {
+    /// PATCH(read-timeouts): waits for this reader's turn, then gives access to the stream, so the
+    /// connection can say how long the reads that follow may wait (head deadline, body idle).
+    pub fn with_inner<T>(&mut self, f: impl FnOnce(&mut R) -> T) -> IoResult<T> {
+        if let SequentialReaderInner::Waiting(ref mut recv) = self.inner {
+            // PATCH(no-panic): was `recv().unwrap()`; a predecessor gone without handing the
+            // stream on (it panicked) now ends this connection instead of panicking a worker.
+            let reader = recv.recv().map_err(|_| stream_gone())?;
+            self.inner = SequentialReaderInner::MyTurn(reader);
+        }
+        match self.inner {
+            SequentialReaderInner::MyTurn(ref mut reader) => Ok(f(reader)),
+            _ => Err(stream_gone()),
+        }
+    }
+}
+
+// PATCH(no-panic): the error that replaces upstream's `unwrap`s on the hand-over channels.
+fn stream_gone() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::BrokenPipe,
+        "connection stream was dropped by an earlier request",
+    )
+}
+
 impl<R: Read + Send> Read for SequentialReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
-        let mut reader = match self.inner {
-            SequentialReaderInner::MyTurn(ref mut reader) => return reader.read(buf),
-            SequentialReaderInner::Waiting(ref mut recv) => recv.recv().unwrap(),
-            SequentialReaderInner::Empty => unreachable!(),
-        };
+        self.with_inner(|reader| reader.read(buf))?
+    }
+}
 
-        let result = reader.read(buf);
-        self.inner = SequentialReaderInner::MyTurn(reader);
-        result
+impl<W: Write + Send> SequentialWriter<W> {
+    // PATCH(no-panic): upstream `unwrap`ped both the turn signal and the lock; a predecessor that
+    // panicked mid-write (poisoned lock) made every later response on the connection panic too.
+    // The previous writer signals on drop, so a closed channel also means "your turn".
+    fn my_turn(&mut self) -> IoResult<std::sync::MutexGuard<'_, W>> {
+        if let Some(v) = self.trigger.take() {
+            let _ = v.recv();
+        }
+        self.writer.lock().map_err(|_| stream_gone())
     }
 }
 
 impl<W: Write + Send> Write for SequentialWriter<W> {
     fn write(&mut self, buf: &[u8]) -> IoResult<usize> {
-        if let Some(v) = self.trigger.as_mut() {
-            v.recv().unwrap()
-        }
-        self.trigger = None;
-
-        self.writer.lock().unwrap().write(buf)
+        self.my_turn()?.write(buf)
     }
 
     fn flush(&mut self) -> IoResult<()> {
-        if let Some(v) = self.trigger.as_mut() {
-            v.recv().unwrap()
-        }
-        self.trigger = None;
-
-        self.writer.lock().unwrap().flush()
+        self.my_turn()?.flush()
     }
 }
 
@@ -156,8 +175,10 @@ where
                 self.next.send(reader).ok();
             }
             SequentialReaderInner::Waiting(recv) => {
-                let reader = recv.recv().unwrap();
-                self.next.send(reader).ok();
+                // PATCH(no-panic): was `recv().unwrap()`, a panic inside a destructor.
+                if let Ok(reader) = recv.recv() {
+                    self.next.send(reader).ok();
+                }
             }
             SequentialReaderInner::Empty => (),
         }

@@ -69,7 +69,11 @@ impl TaskPool {
     pub fn spawn(&self, code: Box<dyn FnMut() + Send>) {
         let mut queue = self.sharing.todo.lock().unwrap();
 
-        if self.sharing.waiting_tasks.load(Ordering::Acquire) == 0 {
+        // PATCH(stalled-connections): was `== 0`. An idle thread that has been notified but has
+        // not yet taken its task still counts as waiting, so a second task queued right after went
+        // to the same thread and waited behind the first — forever if the first connection stalls.
+        // Every queued task needs its own waiting thread. (Both counts change under `todo`'s lock.)
+        if self.sharing.waiting_tasks.load(Ordering::Acquire) <= queue.len() {
             self.add_thread(Some(code));
         } else {
             queue.push_back(code);
@@ -80,7 +84,9 @@ impl TaskPool {
     fn add_thread(&self, initial_fn: Option<Box<dyn FnMut() + Send>>) {
         let sharing = self.sharing.clone();
 
-        thread::spawn(move || {
+        // PATCH(accept-panic): was `thread::spawn`, which panics (here: on the accept thread) when
+        // the system refuses another thread; the task (a connection) is dropped instead.
+        let spawned = thread::Builder::new().spawn(move || {
             let sharing = sharing;
             let _active_guard = Registration::new(&sharing.active_tasks);
 
@@ -124,6 +130,9 @@ impl TaskPool {
                 task();
             }
         });
+        if let Err(e) = spawned {
+            log::error!("Could not start a connection thread: {}", e);
+        }
     }
 }
 
