@@ -71,8 +71,23 @@ pub struct Api {
 impl Api {
     /// Binds the API (before anything else starts, so a taken port fails fast).
     pub fn bind(addr: SocketAddr) -> anyhow::Result<(Server, SocketAddr)> {
-        let server =
-            Server::http(addr).map_err(|e| anyhow::anyhow!("binding the API on {addr}: {e}"))?;
+        // Bounds that keep one client from holding memory, threads or workers (issue 6 §2; our
+        // tiny_http patch, gateway/vendor/tiny_http/PATCHES.md). Bodies up to the largest route
+        // limit are read by the connection's thread before a worker sees the request, so stalled
+        // uploads hold no worker. The body limit itself is the route's (413 with the API's JSON,
+        // from the declared length before any byte is read: `dispatch`), so tiny_http sets none.
+        let mut limits = tiny_http::Limits::default();
+        limits.max_body_bytes = None;
+        limits.buffer_body_up_to = routes::MAX_BODY_LIMIT;
+        // A client refused for a body a few times too large (a 1 MiB command) still gets to read its
+        // 413 instead of a broken pipe: its body is drained (fixed buffer, on the connection's
+        // thread) rather than the connection closed under it.
+        limits.drain_limit = 4 << 20;
+        limits.max_connections = 4 * WORKERS;
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("binding the API on {addr}"))?;
+        let server = Server::from_listener_with_limits(listener, None, limits)
+            .map_err(|e| anyhow::anyhow!("serving the API on {addr}: {e}"))?;
         let local = server
             .server_addr()
             .to_ip()

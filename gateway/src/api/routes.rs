@@ -98,6 +98,9 @@ const FORM: usize = 64 << 10;
 /// protocol's frame limit (`burrow_core::protocol::MAX_FRAME`, 1 MiB) with room for the envelope.
 pub const EXEC_BODY: usize = 512 << 10;
 
+/// The largest `body_limit` of any route.
+pub const MAX_BODY_LIMIT: usize = EXEC_BODY;
+
 pub const ROUTES: &[Route] = &[
     Route {
         method: "GET",
@@ -274,6 +277,14 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn max_body_limit_is_the_largest_route_limit() {
+        assert_eq!(
+            ROUTES.iter().map(|r| r.body_limit).max(),
+            Some(MAX_BODY_LIMIT)
+        );
     }
 
     #[test]
