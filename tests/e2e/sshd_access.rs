@@ -123,6 +123,15 @@ fn enrollment_key_cannot_listen() {
             );
         }
     }
+    // Their one channel is the API: a node's port (where a relay would sit) is refused.
+    let other = ssh(
+        &gw,
+        &key,
+        &enroll,
+        &["-W", &format!("127.0.0.1:{node_port}")],
+    );
+    assert_eq!(other.status.code(), Some(255), "{}", said(&other));
+    assert!(said(&other).contains("prohibited"), "{}", said(&other));
     // Nor are these keys any good as the node user, where listening is allowed.
     for key in [&key, &pending_key] {
         let out = ssh(&gw, key, &ticket.user, &["-R", "127.0.0.1:1:127.0.0.1:1"]);
