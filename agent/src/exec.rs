@@ -1,5 +1,5 @@
 //! Running one command for the gateway: spawn it in its own process group, stream its stdout and
-//! stderr as protocol frames within the request's output credit, enforce its timeout, and say how it
+//! stderr as protocol frames within each stream's credit, enforce its timeout, and say how it
 //! ended. [`crate::service`] owns the connection; this module owns one request's processes.
 //!
 //! # Threads of one request
@@ -39,7 +39,7 @@ use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, Scope};
 use std::time::{Duration, Instant};
 
-use burrow_core::protocol::{ExecSpec, ExitStatus, Message, INITIAL_WINDOW, MAX_CHUNK};
+use burrow_core::protocol::{stream, ExecSpec, ExitStatus, Message, INITIAL_WINDOW, MAX_CHUNK};
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::pipe::{pipe_with, PipeFlags};
@@ -66,8 +66,9 @@ pub struct Control {
 }
 
 struct State {
-    /// Payload bytes the agent may still send (u64: the gateway may grant more than 4 GiB in total).
-    credit: u64,
+    /// Payload bytes the agent may still send on stdout and stderr (each stream has its own window;
+    /// u64: the gateway may grant more than 4 GiB in total).
+    credit: [u64; 2],
     cancelled: bool,
     /// The connection is gone: send nothing more, kill the group.
     lost: bool,
@@ -89,11 +90,11 @@ enum End {
 }
 
 impl Control {
-    /// A fresh request with [`INITIAL_WINDOW`] bytes of credit.
+    /// A fresh request with [`INITIAL_WINDOW`] bytes of credit on each output stream.
     pub fn new() -> Control {
         Control {
             state: Mutex::new(State {
-                credit: INITIAL_WINDOW.into(),
+                credit: [INITIAL_WINDOW.into(); 2],
                 cancelled: false,
                 lost: false,
                 killed: false,
@@ -104,9 +105,14 @@ impl Control {
         }
     }
 
-    /// The gateway handed on output: `bytes` more may be sent.
-    pub fn add_credit(&self, bytes: u32) {
-        self.update(|s| s.credit = s.credit.saturating_add(bytes.into()));
+    /// The gateway handed on output of `stream`: `bytes` more may be sent on it. Credit for a stream
+    /// this request does not send on is ignored.
+    pub fn add_credit(&self, stream: u32, bytes: u32) {
+        if let Some(i) = Stream::of(stream) {
+            self.update(|s| {
+                s.credit[i as usize] = s.credit[i as usize].saturating_add(bytes.into())
+            });
+        }
     }
 
     /// The gateway wants the request stopped; its process group is killed.
@@ -176,13 +182,14 @@ impl Control {
 
     /// Takes up to `want` bytes of credit, blocking while there is none. `None`: send nothing more
     /// (the connection is gone, or the group was killed and the credit is spent).
-    fn take_credit(&self, want: usize) -> Option<usize> {
-        let (mut state, _) = self.wait_for(None, |s| s.lost || s.credit > 0 || s.killed);
-        if state.lost || state.credit == 0 {
+    fn take_credit(&self, stream: Stream, want: usize) -> Option<usize> {
+        let i = stream as usize;
+        let (mut state, _) = self.wait_for(None, |s| s.lost || s.credit[i] > 0 || s.killed);
+        if state.lost || state.credit[i] == 0 {
             return None;
         }
-        let n = state.credit.min(want as u64);
-        state.credit -= n;
+        let n = state.credit[i].min(want as u64);
+        state.credit[i] -= n;
         Some(n as usize)
     }
 }
@@ -385,10 +392,28 @@ fn reap(child: &Mutex<Child>, control: &Control) {
     control.update(|s| s.reaped = Some(status.ok()));
 }
 
+/// The two output streams, as indexes into the credit windows.
 #[derive(Clone, Copy)]
 enum Stream {
-    Stdout,
-    Stderr,
+    Stdout = 0,
+    Stderr = 1,
+}
+
+impl Stream {
+    fn of(id: u32) -> Option<Stream> {
+        match id {
+            stream::STDOUT => Some(Stream::Stdout),
+            stream::STDERR => Some(Stream::Stderr),
+            _ => None,
+        }
+    }
+
+    fn id(self) -> u32 {
+        match self {
+            Stream::Stdout => stream::STDOUT,
+            Stream::Stderr => stream::STDERR,
+        }
+    }
 }
 
 /// Forwards one pipe to the gateway until it closes, the stop pipe fires, or sending must end.
@@ -413,15 +438,15 @@ fn pump<P: Read + AsFd>(
     while let Some(n) = read_chunk(&mut pipe, stop, &mut buf) {
         let mut rest = &buf[..n];
         while !rest.is_empty() {
-            let Some(allowed) = control.take_credit(rest.len()) else {
+            let Some(allowed) = control.take_credit(stream, rest.len()) else {
                 // Dropping the pipe is fine: the group is being killed, or nobody is listening.
                 return;
             };
             let (now, later) = rest.split_at(allowed);
-            let data = now.to_vec();
-            let frame = match stream {
-                Stream::Stdout => Message::Stdout { id, data },
-                Stream::Stderr => Message::Stderr { id, data },
+            let frame = Message::Data {
+                id,
+                stream: stream.id(),
+                data: now.to_vec(),
             };
             if !sink(frame) {
                 control.connection_lost();

@@ -17,7 +17,7 @@ use crate::cli::Profile;
 use crate::gateway_api::{ApiChannel, ApiError};
 use crate::metrics::Sampler;
 use crate::pairing::{self, tunnel_config};
-use crate::service::{serve, ServiceContext};
+use crate::service::{serve, HandshakeSlots, Liveness, ServiceContext, MAX_UNAUTHENTICATED};
 use crate::state::{AgentState, DataDir};
 use crate::tunnel::Tunnel;
 
@@ -44,6 +44,7 @@ pub fn run(dir: &DataDir, join: Option<&str>, profile: &Profile) -> anyhow::Resu
         identity: identity.clone(),
         gateway_key,
         max_concurrent: 64,
+        liveness: Liveness::default(),
     });
     let mut sampler = Sampler::new();
     let mut backoff = BACKOFF_MIN;
@@ -89,15 +90,25 @@ fn session(
             .name("accept".into())
             .spawn(move || {
                 let mut conns: Vec<JoinHandle<()>> = Vec::new();
+                // Anyone on the gateway host can connect: only a few may be unauthenticated at once.
+                let slots = HandshakeSlots::new(MAX_UNAUTHENTICATED);
                 // Ends when the tunnel dies and drops its sender.
                 for (n, stream) in incoming.into_iter().enumerate() {
+                    let Some(slot) = slots.try_take() else {
+                        log::warn!(
+                            "closing connection {n} at once: {MAX_UNAUTHENTICATED} others are still in their handshake"
+                        );
+                        // Dropping the stream closes its channel.
+                        drop(stream);
+                        continue;
+                    };
                     let ctx = ctx.clone();
                     let (reader, writer) = stream.split();
                     let spawned =
                         std::thread::Builder::new()
                             .name(format!("conn-{n}"))
                             .spawn(move || {
-                                if let Err(e) = serve(reader, writer, ctx) {
+                                if let Err(e) = serve(reader, writer, ctx, slot) {
                                     log::warn!("gateway connection ended: {e:#}");
                                 }
                             });

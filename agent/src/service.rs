@@ -1,40 +1,63 @@
 //! The agent's command service: the protocol server for one gateway connection arriving through the
-//! reverse tunnel. It proves the agent's key and checks the gateway's ([`burrow_core::handshake`]), then
-//! serves `Exec`, `Credit`, `Cancel` and `Ping` until the connection ends; [`crate::exec`] runs each
-//! command.
+//! reverse tunnel. It runs the v2 handshake ([`burrow_core::secure`]: the agent proves its key, the
+//! gateway proves the pinned key, both derive the session keys), then serves the sealed `Exec`,
+//! `Credit`, `Cancel` and `Ping` frames until the connection ends; [`crate::exec`] runs each command.
+//!
+//! # Unauthenticated connections
+//!
+//! Anyone on the gateway host can connect to the node's port. A connection must finish the handshake
+//! within [`HANDSHAKE_TIMEOUT`], and at most [`MAX_UNAUTHENTICATED`] may be in their handshake at once
+//! ([`HandshakeSlots`]; the accept loop closes extra ones at once), so idle connections cannot pile up
+//! threads on a small node.
+//!
+//! # Liveness
+//!
+//! The read side has a read timeout ([`Liveness::tick`]). When nothing has arrived from the gateway
+//! for [`Liveness::ping_after`] the agent pings it; when nothing has arrived for
+//! [`Liveness::dead_after`] the connection is dropped. A path that passes the agent's output but
+//! stalls the gateway's frames (its `Cancel` and `Credit`) is thereby cut within
+//! `dead_after + tick` (50 s by default); the gateway does the same the other way (`Bus::probe`).
 //!
 //! # Threads
 //!
 //! - The caller's thread reads and dispatches frames. It never waits for a command, so `Credit` and
 //!   `Cancel` are handled while commands run.
-//! - `svc-writer` owns the write half: every frame goes through it via a bounded channel, so frames never
-//!   interleave and a slow link backpressures the commands producing output (not the agent's memory).
+//! - `svc-writer` owns the write half and the channel's `Sealer`: every frame goes through it via a
+//!   bounded channel, so frames never interleave and a slow link backpressures the commands producing
+//!   output (not the agent's memory).
 //! - `exec-<id>` per request (plus its helpers, see [`crate::exec`]).
 //!
 //! # Shutdown
 //!
-//! When the read side ends (clean close, error or a protocol violation), every request is told the
-//! connection is lost: its process group is killed and it sends nothing more. A request thread blocked on
-//! the full channel is woken by dropping the `shutdown` sender, which nothing ever sends on. The request
-//! threads are joined, then the last channel sender is dropped and the writer drains and is joined. The
-//! writer itself can only be woken by its transport: a write blocked on a peer that keeps the connection
-//! open but stops reading ends when the tunnel closes the channel.
+//! When the read side ends (clean close, error, a frame that fails to open, a protocol violation or
+//! the liveness bound), every request is told the connection is lost: its process group is killed and
+//! it sends nothing more. A request thread blocked on the full channel is woken by dropping the
+//! `shutdown` sender, which nothing ever sends on. The request threads are joined, then the last
+//! channel sender is dropped and the writer drains and is joined. The writer itself can only be woken
+//! by its transport: a write blocked on a peer that keeps the connection open but stops reading ends
+//! when the tunnel closes the channel.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use burrow_core::handshake::handshake;
 use burrow_core::identity::{Identity, PublicKey};
-use burrow_core::protocol::{read_message, ExecSpec, Message, Role};
+use burrow_core::protocol::{bye, ExecSpec, Message, Role};
+use burrow_core::secure::{handshake, Opener, Sealer};
 use crossbeam_channel::{bounded, select, Receiver, Sender, TryRecvError};
 
 use crate::exec::{self, Control};
 
 /// Frames queued for the writer: at most this many output chunks (32 KiB each) wait in memory.
 const OUTBOX_DEPTH: usize = 64;
+/// A connection that has not finished the handshake by then is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections allowed in their handshake at once; the accept loop closes extra ones at once.
+pub const MAX_UNAUTHENTICATED: usize = 8;
 
 /// What every connection needs to know.
 pub struct ServiceContext {
@@ -44,35 +67,130 @@ pub struct ServiceContext {
     pub gateway_key: PublicKey,
     /// Requests that may run at once on one connection; more are answered with `Failed`.
     pub max_concurrent: usize,
+    /// When to ping a quiet gateway and when to give up on it.
+    pub liveness: Liveness,
+}
+
+/// The liveness bounds of an authenticated connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    /// Ping the gateway when nothing came from it for this long.
+    pub ping_after: Duration,
+    /// Drop the connection when nothing came from it for this long.
+    pub dead_after: Duration,
+    /// How often the reader wakes to check (its read timeout).
+    pub tick: Duration,
+}
+
+impl Default for Liveness {
+    /// The gateway's own bounds (`health.rs`): a ping after 15 s of quiet, dropped after 45 s.
+    fn default() -> Liveness {
+        Liveness {
+            ping_after: Duration::from_secs(15),
+            dead_after: Duration::from_secs(45),
+            tick: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A reader with a settable read timeout (the tunnel's stream, or a socket in tests): the handshake
+/// deadline and the liveness checks need one.
+pub trait TimedRead: Read {
+    /// Reads fail with `TimedOut` or `WouldBlock` after `timeout` without a byte (`None`: never).
+    fn set_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()>;
+}
+
+impl TimedRead for crate::tunnel::StreamReader {
+    fn set_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.set_read_timeout(timeout);
+        Ok(())
+    }
+}
+
+impl TimedRead for std::os::unix::net::UnixStream {
+    fn set_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.set_read_timeout(timeout)
+    }
+}
+
+/// Counts connections still in their handshake, up to a cap.
+#[derive(Clone)]
+pub struct HandshakeSlots {
+    taken: Arc<AtomicUsize>,
+    max: usize,
+}
+
+/// One connection's place among the unauthenticated ones; given back when dropped.
+pub struct Slot(Arc<AtomicUsize>);
+
+impl HandshakeSlots {
+    /// At most `max` connections in their handshake at once.
+    pub fn new(max: usize) -> HandshakeSlots {
+        HandshakeSlots {
+            taken: Arc::new(AtomicUsize::new(0)),
+            max,
+        }
+    }
+
+    /// A slot, or `None` when `max` connections are already in their handshake.
+    pub fn try_take(&self) -> Option<Slot> {
+        self.taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(self.taken.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Serves one gateway connection until it closes: runs the handshake as [`Role::Agent`] accepting only
-/// `ctx.gateway_key`, then dispatches requests. Returns `Ok(())` on clean close, `Err` on handshake or
-/// protocol failure (the caller logs it). All processes started on this connection are killed (process
-/// group) when it ends.
-pub fn serve<R, W>(mut reader: R, mut writer: W, ctx: Arc<ServiceContext>) -> anyhow::Result<()>
+/// `ctx.gateway_key` within [`HANDSHAKE_TIMEOUT`] (giving `slot` back once it is over), then
+/// dispatches requests. Returns `Ok(())` on clean close, `Err` on handshake or protocol failure (the
+/// caller logs it). All processes started on this connection are killed (process group) when it ends.
+pub fn serve<R, W>(
+    mut reader: R,
+    mut writer: W,
+    ctx: Arc<ServiceContext>,
+    slot: Slot,
+) -> anyhow::Result<()>
 where
-    R: Read + Send + 'static,
+    R: TimedRead + Send + 'static,
     W: Write + Send + 'static,
 {
     // No thread exists before the peer has proved the pinned key: a refused peer leaves nothing behind.
-    let mut both = Duplex {
-        reader: &mut reader,
-        writer: &mut writer,
+    let channel = {
+        let mut both = Duplex {
+            reader: &mut reader,
+            writer: &mut writer,
+            deadline: Instant::now() + HANDSHAKE_TIMEOUT,
+        };
+        handshake(&mut both, &ctx.identity, Role::Agent, |key| {
+            *key == ctx.gateway_key
+        })
+        .context("handshake with the gateway")?
     };
-    handshake(&mut both, &ctx.identity, Role::Agent, |key| {
-        *key == ctx.gateway_key
-    })
-    .context("handshake with the gateway")?;
+    drop(slot);
+    reader
+        .set_timeout(Some(ctx.liveness.tick))
+        .context("setting the connection's read timeout")?;
+    let mut opener = channel.opener;
+    let sealer = channel.sealer;
 
     let (frames, queued) = bounded(OUTBOX_DEPTH);
     let writer = thread::Builder::new()
         .name("svc-writer".into())
-        .spawn(move || write_frames(writer, queued))
+        .spawn(move || write_frames(writer, sealer, queued))
         .context("starting the writer thread")?;
     let (shutdown, shutdown_seen) = bounded::<()>(0);
     let mut connection = Connection {
         max_concurrent: ctx.max_concurrent,
+        liveness: ctx.liveness,
         outbox: Outbox {
             frames,
             shutdown: shutdown_seen,
@@ -80,7 +198,7 @@ where
         requests: Registry::default(),
         threads: Vec::new(),
     };
-    let result = connection.read_loop(&mut reader);
+    let result = connection.read_loop(&mut reader, &mut opener);
 
     drop(shutdown);
     connection.shut_down();
@@ -98,14 +216,24 @@ where
     result
 }
 
-/// Gives the handshake, which wants one `Read + Write` stream, both halves of the connection.
+/// Gives the handshake, which wants one `Read + Write` stream, both halves of the connection, and
+/// holds every read to the handshake's deadline (so a peer trickling bytes cannot stretch it).
 struct Duplex<'a, R, W> {
     reader: &'a mut R,
     writer: &'a mut W,
+    deadline: Instant,
 }
 
-impl<R: Read, W> Read for Duplex<'_, R, W> {
+impl<R: TimedRead, W> Read for Duplex<'_, R, W> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the handshake did not finish within {HANDSHAKE_TIMEOUT:?}"),
+            ));
+        }
+        self.reader.set_timeout(Some(left))?;
         self.reader.read(buf)
     }
 }
@@ -152,6 +280,7 @@ impl Outbox {
 
 struct Connection {
     max_concurrent: usize,
+    liveness: Liveness,
     outbox: Outbox,
     requests: Registry,
     /// Request threads, joined as they finish and at shutdown.
@@ -159,29 +288,76 @@ struct Connection {
 }
 
 impl Connection {
-    fn read_loop(&mut self, reader: &mut impl Read) -> anyhow::Result<()> {
+    fn read_loop(&mut self, reader: &mut impl Read, opener: &mut Opener) -> anyhow::Result<()> {
+        let live = self.liveness;
+        let mut last_rx = Instant::now();
+        let mut last_ping: Option<Instant> = None;
         loop {
-            let message = match read_message(reader) {
+            let message = match opener.read_message(reader) {
                 Ok(message) => message,
+                Err(e) if e.is_timeout() => {
+                    let quiet = last_rx.elapsed();
+                    if quiet >= live.dead_after {
+                        bail!(
+                            "nothing from the gateway for {}s (liveness bound {}s): dropping the connection",
+                            quiet.as_secs(),
+                            live.dead_after.as_secs()
+                        );
+                    }
+                    if quiet >= live.ping_after
+                        && last_ping.is_none_or(|t| t.elapsed() >= live.ping_after)
+                    {
+                        self.reply(Message::Ping(u64::from(rand_u32())))?;
+                        last_ping = Some(Instant::now());
+                    }
+                    continue;
+                }
                 Err(burrow_core::Error::Closed) => return Ok(()),
                 Err(e) => return Err(e).context("reading from the gateway"),
             };
+            last_rx = Instant::now();
+            last_ping = None;
             match message {
                 Message::Ping(value) => self.reply(Message::Pong(value))?,
-                Message::Exec { id, spec } => self.start(id, spec)?,
+                Message::Pong(_) => {}
+                Message::Exec { id, job, spec } => {
+                    log::debug!("request {id}: job {job}");
+                    self.start(id, spec)?
+                }
                 // Credit and Cancel may cross the request's last frame on the wire: not an error.
-                Message::Credit { id, bytes } => {
+                Message::Credit { id, stream, bytes } => {
                     if let Some(control) = lock(&self.requests).get(&id) {
-                        control.add_credit(bytes);
+                        control.add_credit(stream, bytes);
                     }
                 }
                 Message::Cancel { id } => match lock(&self.requests).get(&id) {
                     Some(control) => control.cancel(),
                     None => log::debug!("cancel for request {id}, which is not running"),
                 },
+                Message::Bye { code, reason } => {
+                    if code == bye::REVOKED {
+                        log::error!("the gateway revoked this node: {reason}");
+                    } else {
+                        log::warn!("the gateway closed the link ({code}): {reason}");
+                    }
+                    return Ok(());
+                }
+                // Streams of other purposes come with later features: refuse them cleanly.
+                Message::Open { id, stream, .. } => self.reply(Message::Reset {
+                    id,
+                    stream,
+                    reason: "this agent does not serve streams of that purpose".into(),
+                })?,
+                Message::Data { id, .. }
+                | Message::Eof { id, .. }
+                | Message::Reset { id, .. }
+                | Message::Resize { id, .. }
+                | Message::Signal { id, .. } => {
+                    log::debug!("request {id}: ignoring {}", message.kind_name())
+                }
                 other => bail!(
                     "protocol error: unexpected {} from the gateway",
-                    kind_name(&other)
+                    other.kind_name()
                 ),
             }
         }
@@ -279,11 +455,14 @@ fn join_request(thread: JoinHandle<()>) {
     }
 }
 
-fn write_frames<W: Write>(mut writer: W, queued: Receiver<Message>) -> anyhow::Result<()> {
+fn write_frames<W: Write>(
+    mut writer: W,
+    mut sealer: Sealer,
+    queued: Receiver<Message>,
+) -> anyhow::Result<()> {
     for message in queued.iter() {
-        writer
-            .write_all(&message.encode())
-            .context("writing to the gateway")?;
+        let frame = sealer.seal(&message).context("sealing a frame")?;
+        writer.write_all(&frame).context("writing to the gateway")?;
         // Flush when nothing else is waiting: no added latency when idle, fewer flushes under load.
         if queued.is_empty() {
             writer.flush().context("writing to the gateway")?;
@@ -292,21 +471,9 @@ fn write_frames<W: Write>(mut writer: W, queued: Receiver<Message>) -> anyhow::R
     Ok(())
 }
 
-/// Names a message for an error without printing its payload (which may be megabytes of output).
-fn kind_name(message: &Message) -> &'static str {
-    match message {
-        Message::Hello { .. } => "Hello",
-        Message::Auth { .. } => "Auth",
-        Message::Exec { .. } => "Exec",
-        Message::Stdout { .. } => "Stdout",
-        Message::Stderr { .. } => "Stderr",
-        Message::Exit { .. } => "Exit",
-        Message::Failed { .. } => "Failed",
-        Message::Credit { .. } => "Credit",
-        Message::Cancel { .. } => "Cancel",
-        Message::Ping(_) => "Ping",
-        Message::Pong(_) => "Pong",
-    }
+/// A ping value; only echoed back.
+fn rand_u32() -> u32 {
+    u32::from_be_bytes(burrow_core::random_bytes())
 }
 
 #[cfg(test)]

@@ -76,7 +76,7 @@ pub struct PairReply {
 }
 
 /// `POST /api/v1/agent/heartbeat` body.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {
     /// The port the agent's reverse forward is listening on now.
     pub port: u16,

@@ -34,6 +34,20 @@ pub enum Error {
     /// A peer broke the wire protocol (bad frame, unexpected message, wrong version).
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A sealed frame failed to open: altered, injected, replayed, reordered or cut short. The
+    /// connection must be dropped.
+    #[error("a frame failed authentication (altered, injected, replayed or reordered): {0}")]
+    Integrity(&'static str),
+    /// A message would make a frame larger than the peer accepts.
+    #[error("{what} of {size} bytes exceeds the {max} byte limit of one frame")]
+    TooLarge {
+        /// What was being encoded.
+        what: &'static str,
+        /// Its encoded size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The peer closed the connection.
     #[error("connection closed by peer")]
     Closed,
@@ -62,5 +76,11 @@ impl Error {
             context: context.into(),
             source,
         }
+    }
+
+    /// Whether this is a read that timed out (the stream's read timeout), which a caller may retry.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Io { source, .. }
+            if matches!(source.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut))
     }
 }

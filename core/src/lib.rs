@@ -2,8 +2,9 @@
 //!
 //! - [`identity`]: Ed25519 keys as OpenSSH files, lines and `SHA256:` fingerprints.
 //! - [`join`]: the one-line join string and the enrollment key derived from its secret.
-//! - [`protocol`] and [`handshake`]: the framed, multiplexed, mutually authenticated wire protocol
-//!   spoken through each node's reverse tunnel.
+//! - [`protocol`] and [`secure`]: the framed, multiplexed wire protocol spoken through each node's
+//!   reverse tunnel, and the secure channel (signed X25519 handshake, sealed frames) that carries it.
+//! - [`handshake`]: the signed challenges of pairing and the agent's API calls.
 //! - [`api`]: JSON bodies of the agent-facing API (pairing, heartbeats).
 //! - [`atomic_file`]: crash-safe state files.
 //! - `settings` (feature `settings`): both binaries' flags, filled in from a TOML file and `BURROW_*`
@@ -25,6 +26,7 @@ pub mod identity;
 pub mod install;
 pub mod join;
 pub mod protocol;
+pub mod secure;
 #[cfg(feature = "settings")]
 pub mod settings;
 

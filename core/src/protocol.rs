@@ -1,48 +1,132 @@
-//! The gateway ↔ agent wire protocol, spoken over each node's reverse-forwarded port.
+//! The gateway ↔ agent wire protocol, version 2: a secure channel spoken over each node's
+//! reverse-forwarded port on the gateway host's 127.0.0.1.
 //!
-//! # Framing
+//! That port is reachable by every local user of the gateway host, and a reconnecting agent may listen
+//! on its second port while someone else holds the first. So the protocol does not trust the path: it
+//! authenticates both ends *and binds every later frame to that handshake*. Version 1 authenticated the
+//! peers but carried the frames after the handshake in the clear, which let a relay inject `Exec`.
+//! burrow is 0.x with no deployed fleets: there is no v1 compatibility, and a peer that offers any
+//! version other than [`VERSION`] is refused (no downgrade).
 //!
-//! Every message is one frame:
+//! # Handshake ([`crate::secure::handshake`])
+//!
+//! 1. Both ends send [`Message::Hello`] at once, in a plaintext frame: protocol version, role, Ed25519
+//!    identity key, a fresh ephemeral X25519 public key and a fresh 32-byte nonce.
+//! 2. Each checks the peer's version (exactly [`VERSION`]), role (the other one) and identity key (the
+//!    agent accepts only the gateway key pinned at join time, the gateway only the key registered for
+//!    the node it dialed) before it computes anything.
+//! 3. **Transcript** `T = "burrow-v2-transcript\0" ‖ u32 len ‖ gateway Hello ‖ u32 len ‖ agent Hello`
+//!    (the exact frame bodies, so versions, roles, keys and nonces are all in it), `H = SHA-256(T)`.
+//! 4. **Key schedule**: `ss = X25519(my ephemeral secret, peer ephemeral public)` (an all-zero result,
+//!    from a low-order point, is refused); `HKDF-SHA256(salt = H, ikm = ss)` expanded with
+//!    `info = "burrow-v2 gateway->agent" ‖ H` and `"burrow-v2 agent->gateway" ‖ H` gives two 32-byte
+//!    ChaCha20-Poly1305 keys, one per direction. The ephemeral secrets are dropped after this.
+//! 5. Each sends [`Message::Auth`] as its **first sealed frame**: an Ed25519 signature by its identity
+//!    key over `"burrow-v2-auth\0" ‖ role byte ‖ H`. Verifying it proves the peer holds the identity key
+//!    *and* took part in this very exchange of ephemeral keys; decrypting it proves it derived the same
+//!    session keys.
+//!
+//! # Sealed framing ([`crate::secure::Sealer`], [`crate::secure::Opener`])
 //!
 //! ```text
-//! u32 length (big endian, counts everything after itself) | u8 kind | u32 request id | payload
+//! plaintext frame (Hello only):  u32 length | body
+//! sealed frame (everything else): u32 length | ChaCha20-Poly1305(body) | 16-byte tag
+//! body:                           u8 kind | u32 request id | payload
 //! ```
 //!
-//! `length` is at most [`MAX_FRAME`]; a larger or unknown frame is a protocol error and the connection is
-//! dropped. Payloads are raw bytes (process output is not text) or, for structured messages, JSON.
+//! `length` (big endian) counts everything after itself. A body is at most [`MAX_FRAME`] bytes, so a
+//! sealed frame's length is at most `MAX_FRAME + 16`; [`Message::encode_body`] refuses to build a larger
+//! one (callers get [`crate::Error::TooLarge`] instead of a frame the peer would refuse). The nonce of
+//! the n-th sealed frame in a direction is `0u32 ‖ n as u64` (big endian): a counter, never sent, never
+//! reused; a counter that would wrap ends the connection. The 4-byte length prefix is the AEAD's
+//! associated data. Hence an altered byte anywhere (prefix, ciphertext or tag), an injected frame, a
+//! replayed one, a reordered pair or a frame cut short fails to open, and the receiver drops the
+//! connection: nothing that fails to open is ever acted upon.
 //!
-//! # Session
+//! # Requests and streams
 //!
-//! 1. Both ends send [`Message::Hello`] at once: protocol version, role, Ed25519 key, 32-byte nonce.
-//! 2. Each then sends [`Message::Auth`]: a signature over both nonces and both keys
-//!    (see [`crate::handshake`]). The agent accepts requests only from the gateway key pinned at join
-//!    time; the gateway accepts only the key registered for the node behind that port. Fresh nonces on
-//!    both sides make a recorded handshake worthless.
-//! 3. Requests are multiplexed by request id (chosen by the gateway, non-zero). For `Exec` the agent
-//!    answers with any number of `Stdout`/`Stderr` frames and exactly one `Exit` (or `Failed`).
+//! Requests are multiplexed by request id (chosen by the gateway, non-zero; 0 is for connection-level
+//! messages). [`Message::Exec`] carries the request id and the gateway-chosen **job id** (globally
+//! unique, what the API shows). Bytes move on **streams** of a request, numbered per request:
+//!
+//! - Well-known streams, opened by `Exec` itself: [`stream::STDIN`] (gateway → agent, if the spec asks
+//!   for one), [`stream::STDOUT`], [`stream::STDERR`] (agent → gateway). Ids below
+//!   [`stream::FIRST_OPENED`] are reserved for such streams.
+//! - Streams opened with [`Message::Open`] and a [`Purpose`] (a file, a node service, …): the gateway
+//!   picks even ids, the agent odd ids, both at least [`stream::FIRST_OPENED`], so they never collide.
+//! - [`Message::Data`] carries bytes, [`Message::Eof`] half-closes (the sender sends no more on that
+//!   stream; the other direction stays open), [`Message::Reset`] aborts both directions.
+//!   [`Message::Resize`] and [`Message::Signal`] act on a request's pty and process.
+//! - An exec request ends with exactly one [`Message::Exit`] or [`Message::Failed`] from the agent;
+//!   [`Message::Cancel`] from the gateway stops it.
 //!
 //! # Flow control
 //!
-//! Each request starts with [`INITIAL_WINDOW`] bytes of output credit. The agent never sends more
-//! `Stdout`/`Stderr` payload than the credit it holds; the gateway returns credit with `Credit` as it hands
-//! output on. A chatty command therefore blocks on its own pipe instead of flooding the connection, and
-//! other requests on the same node keep flowing.
+//! Every stream direction starts with [`INITIAL_WINDOW`] bytes of credit. A sender never puts more
+//! `Data` payload on a stream than the credit it holds; the receiver returns credit with
+//! [`Message::Credit`] (per stream) as it hands the bytes on. A chatty command blocks on its own pipe
+//! instead of flooding the connection, and other requests on the same node keep flowing. Credit is a
+//! `u32` increment per frame and accumulates without limit, so no window size is baked into the wire.
+//!
+//! # Connection-level messages
+//!
+//! [`Message::Ping`]/[`Message::Pong`] for liveness (each side pings a quiet peer and drops a connection
+//! on which nothing arrived within its bound), [`Message::Heartbeat`] (agent → gateway: version and
+//! metrics) and [`Message::Bye`] (gateway → agent: why the gateway ends the link, e.g. [`bye::REVOKED`],
+//! after which the agent stops retrying).
+//!
+//! # What a relay can and cannot do
+//!
+//! Someone holding the port between the gateway and the agent (a local user of the gateway host) sees
+//! the two Hellos (identity keys, ephemeral public keys, nonces), then only ciphertext and frame lengths:
+//! how much output flows and when. It cannot read commands or output, cannot inject, replay, reorder,
+//! alter or drop a single frame without the connection being dropped (so it cannot forge or suppress a
+//! `Cancel` or `Credit` quietly: see liveness), and cannot complete a handshake of its own with either
+//! side (it has neither identity key; substituting its own ephemeral keys breaks both signatures). It
+//! can always cut the connection, or stall it; both are detected (closed connection, liveness bound).
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::api::Heartbeat;
 
-/// The protocol version sent in `Hello`; peers with another version are refused.
-pub const VERSION: u16 = 1;
-/// Largest frame (kind + id + payload) a peer may send.
+pub(crate) mod codec;
+#[cfg(test)]
+pub(crate) mod tests;
+
+pub use codec::{read_plain, write_plain};
+
+/// The protocol version sent in `Hello`; peers with any other version are refused.
+pub const VERSION: u16 = 2;
+/// Largest frame body (kind + id + payload) a peer may send, before sealing.
 pub const MAX_FRAME: usize = 1 << 20;
-/// Largest output chunk the agent puts in one `Stdout`/`Stderr` frame.
+/// Largest output chunk the agent puts in one `Data` frame.
 pub const MAX_CHUNK: usize = 32 * 1024;
-/// Output credit each request starts with.
+/// Credit each stream direction starts with.
 pub const INITIAL_WINDOW: u32 = 256 * 1024;
+
+/// Stream ids within a request.
+pub mod stream {
+    /// Gateway → agent: the command's standard input (only if the request asks for one).
+    pub const STDIN: u32 = 0;
+    /// Agent → gateway: the command's standard output, opened by `Exec`.
+    pub const STDOUT: u32 = 1;
+    /// Agent → gateway: the command's standard error, opened by `Exec`.
+    pub const STDERR: u32 = 2;
+    /// The lowest id a `Open` may use; lower ids are well-known streams of the request.
+    pub const FIRST_OPENED: u32 = 16;
+}
+
+/// Codes of [`Message::Bye`].
+pub mod bye {
+    /// The node was revoked or rejected: stop retrying.
+    pub const REVOKED: &str = "revoked";
+    /// The gateway is shutting down: retry later.
+    pub const SHUTDOWN: &str = "shutdown";
+    /// The gateway replaces this link by a newer one of the same node.
+    pub const REPLACED: &str = "replaced";
+}
 
 /// Which side of the connection a peer claims to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +135,33 @@ pub enum Role {
     Gateway,
     /// An agent, which serves them.
     Agent,
+}
+
+impl Role {
+    /// The other side.
+    pub fn peer(self) -> Role {
+        match self {
+            Role::Gateway => Role::Agent,
+            Role::Agent => Role::Gateway,
+        }
+    }
+}
+
+/// What a stream opened with [`Message::Open`] carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A command's standard input.
+    Stdin,
+    /// A command's standard output.
+    Stdout,
+    /// A command's standard error.
+    Stderr,
+    /// A file's contents (path and mode in the params).
+    File,
+    /// A connection to a service on the node (address in the params).
+    Service,
+    /// A purpose this build does not know; the receiver answers with `Reset`.
+    Other(u8),
 }
 
 /// What to run on a node.
@@ -86,44 +197,95 @@ pub struct ExitStatus {
 }
 
 /// One protocol message with its request id.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Message {
-    /// Opens the handshake.
+    /// Opens the handshake; the only message sent in a plaintext frame.
     Hello {
         /// Protocol version ([`VERSION`]).
         version: u16,
         /// The sender's role.
         role: Role,
-        /// The sender's Ed25519 public key.
+        /// The sender's Ed25519 identity key.
         key: [u8; 32],
+        /// The sender's ephemeral X25519 public key, fresh for this connection.
+        ephemeral: [u8; 32],
         /// Fresh random nonce.
         nonce: [u8; 32],
     },
-    /// Proves the key from `Hello` (see [`crate::handshake`]).
+    /// The first sealed frame each way: proves the identity key from `Hello` over the transcript.
     Auth {
-        /// Ed25519 signature over the handshake transcript.
+        /// Ed25519 signature (see the module doc).
         signature: [u8; 64],
     },
-    /// Gateway → agent: run a command.
+    /// Gateway → agent: run a command; opens its `STDOUT` and `STDERR` streams.
     Exec {
         /// Request id.
         id: u32,
+        /// The gateway-chosen job id (globally unique; the id the API shows), at most 255 bytes.
+        job: String,
         /// What to run.
         spec: ExecSpec,
     },
-    /// Agent → gateway: standard output bytes.
-    Stdout {
+    /// Opens stream `stream` of request `id`.
+    Open {
         /// Request id.
         id: u32,
+        /// The new stream's id (even from the gateway, odd from the agent, ≥ `FIRST_OPENED`).
+        stream: u32,
+        /// What it carries.
+        purpose: Purpose,
+        /// Purpose-specific parameters (JSON text, possibly empty).
+        params: String,
+    },
+    /// Bytes on a stream, within the credit the sender holds.
+    Data {
+        /// Request id.
+        id: u32,
+        /// Stream id.
+        stream: u32,
         /// Raw bytes.
         data: Vec<u8>,
     },
-    /// Agent → gateway: standard error bytes.
-    Stderr {
+    /// More credit for the peer's sending on a stream.
+    Credit {
         /// Request id.
         id: u32,
-        /// Raw bytes.
-        data: Vec<u8>,
+        /// Stream id.
+        stream: u32,
+        /// Bytes of payload the peer may send in addition.
+        bytes: u32,
+    },
+    /// Half-close: the sender sends no more `Data` on this stream.
+    Eof {
+        /// Request id.
+        id: u32,
+        /// Stream id.
+        stream: u32,
+    },
+    /// Aborts a stream in both directions.
+    Reset {
+        /// Request id.
+        id: u32,
+        /// Stream id.
+        stream: u32,
+        /// Why, for humans.
+        reason: String,
+    },
+    /// Gateway → agent: the request's pty has a new size.
+    Resize {
+        /// Request id.
+        id: u32,
+        /// Rows.
+        rows: u16,
+        /// Columns.
+        cols: u16,
+    },
+    /// Gateway → agent: deliver a signal to the request's process group.
+    Signal {
+        /// Request id.
+        id: u32,
+        /// Signal number.
+        signal: i32,
     },
     /// Agent → gateway: the command ended; the last frame of a request.
     Exit {
@@ -139,17 +301,19 @@ pub enum Message {
         /// Why, for humans.
         message: String,
     },
-    /// Gateway → agent: more output credit for a request.
-    Credit {
-        /// Request id.
-        id: u32,
-        /// Bytes of payload the agent may send in addition.
-        bytes: u32,
-    },
     /// Gateway → agent: stop a request (its process group is killed).
     Cancel {
         /// Request id.
         id: u32,
+    },
+    /// Agent → gateway: version and metrics, on connect and every 30 s.
+    Heartbeat(Heartbeat),
+    /// Gateway → agent: the gateway ends the link, and why.
+    Bye {
+        /// Machine-readable reason (see [`bye`]).
+        code: String,
+        /// For humans.
+        reason: String,
     },
     /// Liveness probe; answered with `Pong` carrying the same value.
     Ping(u64),
@@ -157,271 +321,27 @@ pub enum Message {
     Pong(u64),
 }
 
-mod kind {
-    pub const HELLO: u8 = 1;
-    pub const AUTH: u8 = 2;
-    pub const EXEC: u8 = 3;
-    pub const STDOUT: u8 = 4;
-    pub const STDERR: u8 = 5;
-    pub const EXIT: u8 = 6;
-    pub const FAILED: u8 = 7;
-    pub const CREDIT: u8 = 8;
-    pub const CANCEL: u8 = 9;
-    pub const PING: u8 = 10;
-    pub const PONG: u8 = 11;
-}
-
 impl Message {
-    /// Encodes the message as one frame.
-    pub fn encode(&self) -> Vec<u8> {
-        let (kind, id, payload): (u8, u32, Vec<u8>) = match self {
-            Message::Hello {
-                version,
-                role,
-                key,
-                nonce,
-            } => {
-                let mut p = version.to_be_bytes().to_vec();
-                p.push(match role {
-                    Role::Gateway => 1,
-                    Role::Agent => 2,
-                });
-                p.extend_from_slice(key);
-                p.extend_from_slice(nonce);
-                (kind::HELLO, 0, p)
-            }
-            Message::Auth { signature } => (kind::AUTH, 0, signature.to_vec()),
-            Message::Exec { id, spec } => (kind::EXEC, *id, json(spec)),
-            Message::Stdout { id, data } => (kind::STDOUT, *id, data.clone()),
-            Message::Stderr { id, data } => (kind::STDERR, *id, data.clone()),
-            Message::Exit { id, status } => (kind::EXIT, *id, json(status)),
-            Message::Failed { id, message } => (kind::FAILED, *id, message.as_bytes().to_vec()),
-            Message::Credit { id, bytes } => (kind::CREDIT, *id, bytes.to_be_bytes().to_vec()),
-            Message::Cancel { id } => (kind::CANCEL, *id, Vec::new()),
-            Message::Ping(v) => (kind::PING, 0, v.to_be_bytes().to_vec()),
-            Message::Pong(v) => (kind::PONG, 0, v.to_be_bytes().to_vec()),
-        };
-        let len = 1 + 4 + payload.len();
-        let mut frame = Vec::with_capacity(4 + len);
-        frame.extend_from_slice(&(len as u32).to_be_bytes());
-        frame.push(kind);
-        frame.extend_from_slice(&id.to_be_bytes());
-        frame.extend_from_slice(&payload);
-        frame
-    }
-
-    /// Decodes one frame body (everything after the length prefix).
-    pub fn decode(body: &[u8]) -> Result<Message> {
-        if body.len() < 5 {
-            return Err(proto("frame shorter than its header"));
-        }
-        let kind = body[0];
-        let id = u32::from_be_bytes(body[1..5].try_into().expect("4 bytes"));
-        let p = &body[5..];
-        let msg = match kind {
-            kind::HELLO => {
-                if p.len() != 2 + 1 + 32 + 32 {
-                    return Err(proto("Hello has the wrong length"));
-                }
-                let role = match p[2] {
-                    1 => Role::Gateway,
-                    2 => Role::Agent,
-                    other => return Err(proto(format!("unknown role {other}"))),
-                };
-                Message::Hello {
-                    version: u16::from_be_bytes([p[0], p[1]]),
-                    role,
-                    key: p[3..35].try_into().expect("32 bytes"),
-                    nonce: p[35..67].try_into().expect("32 bytes"),
-                }
-            }
-            kind::AUTH => Message::Auth {
-                signature: p
-                    .try_into()
-                    .map_err(|_| proto("Auth signature is not 64 bytes"))?,
-            },
-            kind::EXEC => Message::Exec {
-                id,
-                spec: from_json(p, "Exec")?,
-            },
-            kind::STDOUT => Message::Stdout {
-                id,
-                data: p.to_vec(),
-            },
-            kind::STDERR => Message::Stderr {
-                id,
-                data: p.to_vec(),
-            },
-            kind::EXIT => Message::Exit {
-                id,
-                status: from_json(p, "Exit")?,
-            },
-            kind::FAILED => Message::Failed {
-                id,
-                message: String::from_utf8_lossy(p).into_owned(),
-            },
-            kind::CREDIT => Message::Credit {
-                id,
-                bytes: u32::from_be_bytes(
-                    p.try_into().map_err(|_| proto("Credit is not 4 bytes"))?,
-                ),
-            },
-            kind::CANCEL => Message::Cancel { id },
-            kind::PING | kind::PONG => {
-                let v = u64::from_be_bytes(p.try_into().map_err(|_| proto("Ping is not 8 bytes"))?);
-                if kind == kind::PING {
-                    Message::Ping(v)
-                } else {
-                    Message::Pong(v)
-                }
-            }
-            other => return Err(proto(format!("unknown frame kind {other}"))),
-        };
-        Ok(msg)
-    }
-}
-
-/// Reads one message; `Err(Error::Closed)` on a clean end of stream between frames.
-pub fn read_message<R: Read + ?Sized>(reader: &mut R) -> Result<Message> {
-    let mut len = [0u8; 4];
-    let mut got = 0;
-    while got < 4 {
-        match reader.read(&mut len[got..]) {
-            Ok(0) if got == 0 => return Err(Error::Closed),
-            Ok(0) => return Err(proto("stream ended inside a frame header")),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io("reading frame", e)),
-        }
-    }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(proto(format!(
-            "frame of {len} bytes exceeds the {MAX_FRAME} byte limit"
-        )));
-    }
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            proto("stream ended inside a frame")
-        } else {
-            Error::io("reading frame", e)
-        }
-    })?;
-    Message::decode(&body)
-}
-
-/// Writes one message and flushes.
-pub fn write_message<W: Write + ?Sized>(writer: &mut W, message: &Message) -> Result<()> {
-    writer
-        .write_all(&message.encode())
-        .and_then(|()| writer.flush())
-        .map_err(|e| Error::io("writing frame", e))
-}
-
-fn json<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("wire types serialize")
-}
-
-fn from_json<T: for<'de> Deserialize<'de>>(payload: &[u8], what: &str) -> Result<T> {
-    serde_json::from_slice(payload).map_err(|e| proto(format!("bad {what} payload: {e}")))
-}
-
-fn proto(message: impl Into<String>) -> Error {
-    Error::Protocol(message.into())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn samples() -> Vec<Message> {
-        vec![
-            Message::Hello {
-                version: VERSION,
-                role: Role::Agent,
-                key: [7; 32],
-                nonce: [9; 32],
-            },
-            Message::Auth { signature: [3; 64] },
-            Message::Exec {
-                id: 5,
-                spec: ExecSpec {
-                    argv: Some(vec!["uname".into(), "-a".into()]),
-                    timeout_s: 60,
-                    ..ExecSpec::default()
-                },
-            },
-            Message::Stdout {
-                id: 5,
-                data: vec![0, 0xff, 0xfe, b'\n'],
-            },
-            Message::Stderr {
-                id: 6,
-                data: vec![],
-            },
-            Message::Exit {
-                id: 5,
-                status: ExitStatus {
-                    exit_code: None,
-                    signal: Some(9),
-                    timed_out: true,
-                    duration_ms: 10,
-                },
-            },
-            Message::Failed {
-                id: 2,
-                message: "no such file".into(),
-            },
-            Message::Credit { id: 5, bytes: 4096 },
-            Message::Cancel { id: 5 },
-            Message::Ping(42),
-            Message::Pong(42),
-        ]
-    }
-
-    #[test]
-    fn every_message_round_trips() {
-        let mut stream = Vec::new();
-        for m in samples() {
-            write_message(&mut stream, &m).unwrap();
-        }
-        let mut reader = &stream[..];
-        for m in samples() {
-            assert_eq!(read_message(&mut reader).unwrap(), m);
-        }
-        assert!(matches!(read_message(&mut reader), Err(Error::Closed)));
-    }
-
-    #[test]
-    fn oversized_frame_is_refused_before_allocation() {
-        let frame = (u32::MAX).to_be_bytes();
-        let err = read_message(&mut &frame[..]).unwrap_err();
-        assert!(err.to_string().contains("exceeds"), "{err}");
-    }
-
-    #[test]
-    fn truncated_frames_are_errors_not_panics() {
-        for m in samples() {
-            let frame = m.encode();
-            for cut in 1..frame.len() {
-                assert!(read_message(&mut &frame[..cut]).is_err());
-            }
-        }
-    }
-
-    /// A cheap stand-in for the fuzzer: random bytes must never panic the decoder.
-    #[test]
-    fn random_bytes_never_panic() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        for _ in 0..20_000 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            let len = (seed % 80) as usize;
-            let bytes: Vec<u8> = (0..len).map(|i| (seed >> (i % 56)) as u8).collect();
-            let _ = Message::decode(&bytes);
-            let _ = read_message(&mut &bytes[..]);
+    /// The message's kind, for logs and errors (never its payload, which may be megabytes of output).
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "Hello",
+            Message::Auth { .. } => "Auth",
+            Message::Exec { .. } => "Exec",
+            Message::Open { .. } => "Open",
+            Message::Data { .. } => "Data",
+            Message::Credit { .. } => "Credit",
+            Message::Eof { .. } => "Eof",
+            Message::Reset { .. } => "Reset",
+            Message::Resize { .. } => "Resize",
+            Message::Signal { .. } => "Signal",
+            Message::Exit { .. } => "Exit",
+            Message::Failed { .. } => "Failed",
+            Message::Cancel { .. } => "Cancel",
+            Message::Heartbeat(_) => "Heartbeat",
+            Message::Bye { .. } => "Bye",
+            Message::Ping(_) => "Ping",
+            Message::Pong(_) => "Pong",
         }
     }
 }

@@ -1,19 +1,30 @@
 //! The audit trail: who paired, approved, rejected and ran what, as JSON lines appended to
-//! `audit.log` with fsync. Each line carries the SHA-256 of the previous one, so an edited, removed
-//! or reordered line breaks the chain and `gateway audit verify` (or [`verify`]) finds it offline.
+//! `audit.log` (0600) with fsync. Each line carries the SHA-256 of the previous one, so an edited,
+//! removed or reordered line breaks the chain and `gateway audit verify` (or [`verify`]) finds it
+//! offline; `chain` owns the format.
 //!
 //! One writer thread ("audit-writer") owns the file; request handlers only send it entries, so an
-//! fsync never sits on a request's path.
+//! fsync never sits on a request's path. The chain advances only after a line is durably written: a
+//! failed append is cut off again and the next entry takes its place in the chain.
+//!
+//! The gateway never refuses to start over its audit log: a torn last line (power cut mid-append) is
+//! moved to `audit.log.torn-<time>`, and a log that fails verification further up is kept as it is
+//! (evidence) with an error in the gateway's log, the chain continuing after its last entry.
 
-use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Write};
+mod chain;
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use crossbeam_channel::{bounded, Sender};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
+
+pub use chain::verify;
+use chain::Link;
 
 /// A cheap handle for recording entries.
 #[derive(Clone)]
@@ -27,45 +38,109 @@ pub struct AuditLog {
     thread: Option<JoinHandle<()>>,
 }
 
-const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// The append-only file under the writer: an append is durable once this returns Ok.
+trait Durable {
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+    /// Cuts the file back to `len` bytes after a failed append.
+    fn cut(&mut self, len: u64) -> std::io::Result<()>;
+}
+
+impl Durable for File {
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.write_all(bytes)?;
+        self.sync_data()
+    }
+
+    fn cut(&mut self, len: u64) -> std::io::Result<()> {
+        self.set_len(len)?;
+        self.sync_data()
+    }
+}
+
+/// The writer's side of the chain: the file, its durable length, the last durable link.
+struct Writer<F> {
+    file: F,
+    len: u64,
+    link: Link,
+    shown: PathBuf,
+}
+
+impl<F: Durable> Writer<F> {
+    fn write(&mut self, entry: Value) {
+        let (line, next) = self.link.seal(entry);
+        match self.file.append(line.as_bytes()) {
+            Ok(()) => {
+                self.len += line.len() as u64;
+                self.link = next;
+            }
+            Err(e) => {
+                // Not acknowledged: keep it in the gateway's log, and take any partial line back
+                // out so the next entry starts on a line of its own.
+                log::error!(
+                    "writing audit log {}: {e}; entry not recorded: {}",
+                    self.shown.display(),
+                    line.trim_end()
+                );
+                if let Err(e) = self.file.cut(self.len) {
+                    log::error!("cutting a failed append off {}: {e}", self.shown.display());
+                }
+            }
+        }
+    }
+}
+
+/// Checks the log at start and sets a torn tail aside; returns where the chain continues.
+fn recover(path: &Path) -> anyhow::Result<Link> {
+    let scan = chain::scan(path)?;
+    if let Some((offset, len)) = scan.torn {
+        let aside = chain::set_torn_tail_aside(path, offset)?;
+        log::warn!(
+            "audit log {} ended in a torn line ({len} bytes, an append cut short, never \
+             acknowledged): moved it to {} and continued the chain after seq {}",
+            path.display(),
+            aside.display(),
+            scan.resume.seq
+        );
+    }
+    if let Some(bad) = &scan.bad {
+        log::error!(
+            "audit log {} fails verification at {bad}; kept as it is, new entries continue \
+             after seq {} (check it with `gateway audit verify`)",
+            path.display(),
+            scan.resume.seq
+        );
+    }
+    Ok(scan.resume)
+}
 
 impl AuditLog {
     pub fn open(path: &Path) -> anyhow::Result<AuditLog> {
-        let (mut seq, mut prev) = (0u64, GENESIS.to_string());
-        if path.exists() {
-            let (n, last) = verify(path).with_context(|| {
-                format!(
-                    "{} fails verification; move it away to start a new chain",
-                    path.display()
-                )
-            })?;
-            seq = n as u64;
-            prev = last;
-        }
-        let mut file = OpenOptions::new()
+        let link = match path.exists() {
+            true => recover(path)?,
+            false => Link::genesis(),
+        };
+        let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(path)
             .with_context(|| format!("opening {}", path.display()))?;
+        // `mode` applies at creation only (and through the umask): also tighten an older file.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("setting permissions of {}", path.display()))?;
+        let len = file.metadata()?.len();
+        let mut writer = Writer {
+            file,
+            len,
+            link,
+            shown: path.to_path_buf(),
+        };
         let (tx, rx) = bounded::<Value>(1024);
-        let shown: PathBuf = path.to_path_buf();
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || {
-                for mut entry in rx {
-                    seq += 1;
-                    entry["seq"] = json!(seq);
-                    entry["prev"] = json!(prev);
-                    let body = serde_json::to_string(&entry).expect("entry serializes");
-                    let hash = burrow_core::join::hex(&Sha256::digest(body.as_bytes()));
-                    let line = format!("{}, \"hash\": \"{hash}\"}}\n", &body[..body.len() - 1]);
-                    if let Err(e) = file
-                        .write_all(line.as_bytes())
-                        .and_then(|()| file.sync_data())
-                    {
-                        log::error!("writing audit log {}: {e}", shown.display());
-                    }
-                    prev = hash;
+                for entry in rx {
+                    writer.write(entry);
                 }
             })
             .context("spawning the audit writer")?;
@@ -109,68 +184,5 @@ impl Audit {
     }
 }
 
-/// Checks the whole chain; returns the number of entries and the last hash.
-pub fn verify(path: &Path) -> anyhow::Result<(usize, String)> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut prev = GENESIS.to_string();
-    let mut count = 0;
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line?;
-        let n = i + 1;
-        let mut entry: Value =
-            serde_json::from_str(&line).with_context(|| format!("line {n} is not JSON"))?;
-        let hash = entry
-            .as_object_mut()
-            .and_then(|o| o.remove("hash"))
-            .and_then(|h| h.as_str().map(str::to_string))
-            .with_context(|| format!("line {n} has no hash"))?;
-        if entry["prev"] != json!(prev) {
-            bail!(
-                "line {n}: chain broken (prev does not match line {})",
-                n - 1
-            );
-        }
-        let body = line
-            .rsplit_once(", \"hash\"")
-            .map(|(b, _)| format!("{b}}}"))
-            .with_context(|| format!("line {n} is not in canonical form"))?;
-        if burrow_core::join::hex(&Sha256::digest(body.as_bytes())) != hash {
-            bail!("line {n}: contents do not match its hash (edited?)");
-        }
-        prev = hash;
-        count = n;
-    }
-    Ok((count, prev))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chain_verifies_and_detects_edits() {
-        let dir = std::env::temp_dir().join(format!("burrow-audit-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("audit.log");
-        for round in 0..2 {
-            let log = AuditLog::open(&path).unwrap();
-            let a = log.handle();
-            a.record(
-                "alice",
-                "exec",
-                "pi-1",
-                json!({"command": format!("uptime {round}")}),
-            );
-            a.record("bob", "node.approve", "pi-2", json!({}));
-            drop(a);
-        }
-        assert_eq!(verify(&path).unwrap().0, 4);
-        let text = std::fs::read_to_string(&path)
-            .unwrap()
-            .replace("bob", "eve");
-        std::fs::write(&path, text).unwrap();
-        assert!(verify(&path).unwrap_err().to_string().contains("line 2"));
-        assert!(AuditLog::open(&path).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
+mod tests;

@@ -1,21 +1,24 @@
-//! The command bus: one authenticated connection per online node, through its reverse-forwarded port,
-//! multiplexing many requests by id.
+//! The command bus: one secure channel per online node ([`burrow_core::secure`]), through its
+//! reverse-forwarded port, multiplexing many requests by id.
 //!
-//! Each link has one reader thread ("link-<node>") that demultiplexes frames to the waiting jobs, and a
-//! writer mutex so frames from concurrent jobs never interleave. Output credit is returned as a job's
-//! consumer takes output, so a slow HTTP client stalls only its own command on the node, never the
-//! link. Dials are made from short-lived threads ("dial-<node>"), at most one per node at a time.
+//! Each link has one reader thread ("link-<node>") that owns the channel's `Opener` and demultiplexes
+//! frames to the waiting jobs, and a writer mutex around the socket and the `Sealer`, so frames from
+//! concurrent jobs never interleave and their nonces stay in order. Output credit is returned per
+//! stream as a job's consumer takes output, so a slow HTTP client stalls only its own command on the
+//! node, never the link. Dials are made from short-lived threads ("dial-<node>"), at most one per node
+//! at a time, and only to the node's two registered ports: never to a port a node merely reports.
 
 use std::collections::{HashMap, HashSet};
+use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use burrow_core::handshake::handshake;
 use burrow_core::identity::{Identity, PublicKey};
-use burrow_core::protocol::{read_message, write_message, ExecSpec, ExitStatus, Message, Role};
+use burrow_core::protocol::{stream, ExecSpec, ExitStatus, Message, Role};
+use burrow_core::secure::{handshake, Opener, Sealer};
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 
 use crate::refusal::{Kind, Refusal};
@@ -35,7 +38,10 @@ pub enum Event {
 
 struct Link {
     node: String,
-    writer: Mutex<TcpStream>,
+    writer: Mutex<(TcpStream, Sealer)>,
+    /// A clone of the socket, to shut the link down without waiting for the writer mutex (a write may
+    /// be blocked on a peer that stopped reading).
+    closer: TcpStream,
     jobs: Mutex<HashMap<u32, Sender<Event>>>,
     next_id: AtomicU32,
     last_rx: Mutex<Instant>,
@@ -44,13 +50,33 @@ struct Link {
 impl Link {
     fn send(&self, message: &Message) -> Result<(), Refusal> {
         let mut w = lock(&self.writer);
-        write_message(&mut *w, message).map_err(|e| {
-            let _ = w.shutdown(Shutdown::Both);
-            Refusal::new(
-                Kind::Unavailable,
-                format!("link to {} failed: {e}", self.node),
-            )
-        })
+        let (socket, sealer) = &mut *w;
+        // Sealing first: a message too large for one frame is the caller's fault, not the link's.
+        let frame = sealer.seal(message).map_err(|e| match e {
+            burrow_core::Error::TooLarge { .. } => Refusal::new(Kind::TooLarge, e.to_string()),
+            e => {
+                self.close();
+                Refusal::new(
+                    Kind::Unavailable,
+                    format!("link to {} failed: {e}", self.node),
+                )
+            }
+        })?;
+        socket
+            .write_all(&frame)
+            .and_then(|()| socket.flush())
+            .map_err(|e| {
+                self.close();
+                Refusal::new(
+                    Kind::Unavailable,
+                    format!("link to {} failed: {e}", self.node),
+                )
+            })
+    }
+
+    /// Ends the link; its reader thread sees the socket close and tells every job.
+    fn close(&self) {
+        let _ = self.closer.shutdown(Shutdown::Both);
     }
 }
 
@@ -64,7 +90,10 @@ pub struct Bus {
 
 /// A command in flight. Dropping it before it ends cancels it on the node.
 pub struct Job {
+    /// The request id on the node's link.
     pub id: u32,
+    /// The gateway-chosen job id sent in `Exec` (see [`new_job_id`]).
+    pub job: String,
     link: Arc<Link>,
     rx: Receiver<Event>,
     done: bool,
@@ -79,16 +108,20 @@ impl Job {
             Err(RecvTimeoutError::Timeout) => return None,
             Err(RecvTimeoutError::Disconnected) => Event::Lost("link closed".into()),
         };
-        match &event {
-            Event::Stdout(d) | Event::Stderr(d) => {
-                // The consumer has taken this output: let the agent send as much again.
-                let _ = self.link.send(&Message::Credit {
-                    id: self.id,
-                    bytes: d.len() as u32,
-                });
+        let (stream, taken) = match &event {
+            Event::Stdout(d) => (stream::STDOUT, d.len()),
+            Event::Stderr(d) => (stream::STDERR, d.len()),
+            _ => {
+                self.done = true;
+                return Some(event);
             }
-            _ => self.done = true,
-        }
+        };
+        // The consumer has taken this output: let the agent send as much again on that stream.
+        let _ = self.link.send(&Message::Credit {
+            id: self.id,
+            stream,
+            bytes: taken as u32,
+        });
         Some(event)
     }
 }
@@ -97,6 +130,7 @@ impl Drop for Job {
     fn drop(&mut self) {
         lock(&self.link.jobs).remove(&self.id);
         if !self.done {
+            log::debug!("job {} on {}: cancelled", self.job, self.link.node);
             let _ = self.link.send(&Message::Cancel { id: self.id });
         }
     }
@@ -117,8 +151,8 @@ impl Bus {
         lock(&self.links).contains_key(node)
     }
 
-    /// Starts a command on a node.
-    pub fn exec(&self, node: &str, spec: ExecSpec) -> Result<Job, Refusal> {
+    /// Starts a command on a node as job `job` (from [`new_job_id`]).
+    pub fn exec(&self, node: &str, job: String, spec: ExecSpec) -> Result<Job, Refusal> {
         let link = lock(&self.links).get(node).cloned();
         let Some(link) = link else {
             return Err(self.why_unavailable(node));
@@ -126,13 +160,19 @@ impl Bus {
         let id = link.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = unbounded();
         lock(&link.jobs).insert(id, tx);
+        let message = Message::Exec {
+            id,
+            job: job.clone(),
+            spec,
+        };
         let job = Job {
             id,
+            job,
             link: link.clone(),
             rx,
             done: false,
         };
-        link.send(&Message::Exec { id, spec })?;
+        link.send(&message)?;
         Ok(job)
     }
 
@@ -140,11 +180,12 @@ impl Bus {
         let state = self.registry.read();
         match state.nodes.get(node).map(|n| n.approval) {
             None => Refusal::new(Kind::NotFound, format!("no node {node:?}")),
-            Some(Approval::Pending) => {
-                Refusal::new(Kind::Conflict, format!("node {node:?} is pending approval"))
-            }
+            Some(Approval::Pending) => Refusal::new(
+                Kind::NodePending,
+                format!("node {node:?} is pending approval"),
+            ),
             Some(Approval::Rejected) => {
-                Refusal::new(Kind::Conflict, format!("node {node:?} was rejected"))
+                Refusal::new(Kind::NodeRejected, format!("node {node:?} was rejected"))
             }
             Some(Approval::Approved) => {
                 let seen = self
@@ -153,7 +194,7 @@ impl Bus {
                     .last_seen
                     .map_or_else(|| "never".to_string(), rfc3339);
                 Refusal::new(
-                    Kind::Unavailable,
+                    Kind::NodeOffline,
                     format!("node {node:?} is offline (last seen {seen})"),
                 )
             }
@@ -196,42 +237,48 @@ impl Bus {
                 .ok_or_else(|| anyhow::anyhow!("node has no ports"))?;
             (PublicKey::from_openssh(&n.public_key)?, ports)
         };
-        let mut candidates = Vec::new();
-        if let Some(p) = self.registry.live(node).port {
-            candidates.push(p);
-        }
-        for p in ports {
-            if !candidates.contains(&p) {
-                candidates.push(p);
-            }
-        }
+        // Only the two ports assigned at approval, which sshd lets no other key listen on. The port a
+        // node reports in its heartbeat is never dialed: any node token holder can set it.
         let mut last_err = anyhow::anyhow!("no port answered");
-        for port in candidates {
+        for port in ports {
             match self.handshake_on(node, port, &key) {
-                Ok(stream) => return self.attach(node, stream),
+                Ok((stream, sealer, opener)) => return self.attach(node, stream, sealer, opener),
                 Err(e) => last_err = e,
             }
         }
         Err(last_err)
     }
 
-    fn handshake_on(&self, node: &str, port: u16, key: &PublicKey) -> anyhow::Result<TcpStream> {
+    fn handshake_on(
+        &self,
+        node: &str,
+        port: u16,
+        key: &PublicKey,
+    ) -> anyhow::Result<(TcpStream, Sealer, Opener)> {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        handshake(&mut stream, &self.identity, Role::Gateway, |k| k == key)
+        let channel = handshake(&mut stream, &self.identity, Role::Gateway, |k| k == key)
             .map_err(|e| anyhow::anyhow!("handshake with {node} on port {port}: {e}"))?;
         stream.set_read_timeout(None)?;
-        Ok(stream)
+        Ok((stream, channel.sealer, channel.opener))
     }
 
-    fn attach(self: &Arc<Self>, node: &str, stream: TcpStream) -> anyhow::Result<()> {
+    fn attach(
+        self: &Arc<Self>,
+        node: &str,
+        stream: TcpStream,
+        sealer: Sealer,
+        opener: Opener,
+    ) -> anyhow::Result<()> {
         let reader = stream.try_clone()?;
+        let closer = stream.try_clone()?;
         let port = stream.peer_addr()?.port();
         let link = Arc::new(Link {
             node: node.to_string(),
-            writer: Mutex::new(stream),
+            writer: Mutex::new((stream, sealer)),
+            closer,
             jobs: Mutex::new(HashMap::new()),
             next_id: AtomicU32::new(1),
             last_rx: Mutex::new(Instant::now()),
@@ -248,21 +295,30 @@ impl Bus {
         let bus = self.clone();
         let handle = std::thread::Builder::new()
             .name(format!("link-{node}"))
-            .spawn(move || bus.read_link(&link, reader))?;
+            .spawn(move || bus.read_link(&link, reader, opener))?;
         self.keep(handle);
         Ok(())
     }
 
-    fn read_link(&self, link: &Arc<Link>, mut reader: TcpStream) {
+    fn read_link(&self, link: &Arc<Link>, mut reader: TcpStream, mut opener: Opener) {
         let reason = loop {
-            let message = match read_message(&mut reader) {
+            // Nothing that fails to open is acted upon: the first bad frame ends the link.
+            let message = match opener.read_message(&mut reader) {
                 Ok(m) => m,
                 Err(e) => break e.to_string(),
             };
             *lock(&link.last_rx) = Instant::now();
             let (id, event, last) = match message {
-                Message::Stdout { id, data } => (id, Event::Stdout(data), false),
-                Message::Stderr { id, data } => (id, Event::Stderr(data), false),
+                Message::Data {
+                    id,
+                    stream: stream::STDOUT,
+                    data,
+                } => (id, Event::Stdout(data), false),
+                Message::Data {
+                    id,
+                    stream: stream::STDERR,
+                    data,
+                } => (id, Event::Stderr(data), false),
                 Message::Exit { id, status } => (id, Event::Exit(status), true),
                 Message::Failed { id, message } => (id, Event::Failed(message), true),
                 Message::Ping(v) => {
@@ -270,7 +326,12 @@ impl Bus {
                     continue;
                 }
                 Message::Pong(_) => continue,
-                other => break format!("unexpected message from agent: {other:?}"),
+                // Streams and heartbeats on the link come with later features.
+                Message::Data { .. }
+                | Message::Eof { .. }
+                | Message::Reset { .. }
+                | Message::Heartbeat(_) => continue,
+                other => break format!("unexpected {} from the agent", other.kind_name()),
             };
             let mut jobs = lock(&link.jobs);
             if let Some(tx) = jobs.get(&id) {
@@ -307,7 +368,7 @@ impl Bus {
                     link.node,
                     quiet.as_secs()
                 );
-                let _ = lock(&link.writer).shutdown(Shutdown::Both);
+                link.close();
             } else if quiet >= ping_after {
                 let _ = link.send(&Message::Ping(now()));
             }
@@ -317,7 +378,7 @@ impl Bus {
     /// Closes every link and joins every thread.
     pub fn shutdown(&self) {
         for link in lock(&self.links).values() {
-            let _ = lock(&link.writer).shutdown(Shutdown::Both);
+            link.close();
         }
         let threads: Vec<_> = lock(&self.threads).drain(..).collect();
         for t in threads {
@@ -332,6 +393,11 @@ impl Bus {
         threads.retain(|t| !t.is_finished());
         threads.push(handle);
     }
+}
+
+/// A fresh job id: 128 random bits as hex, globally unique without coordination.
+pub fn new_job_id() -> String {
+    burrow_core::join::hex(&burrow_core::random_bytes::<16>())
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

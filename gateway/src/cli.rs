@@ -46,6 +46,18 @@ pub enum Command {
     Exec(ExecArgs),
     /// Write a hardened systemd unit and the config file, then print how to start the service.
     Install(InstallArgs),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check an audit log's hash chain offline; names the first bad entry and exits non-zero.
+    Verify {
+        /// The log to check [default: audit.log in the data dir].
+        file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -77,6 +89,10 @@ pub struct ServeArgs {
     /// Allow the API to listen on a non-loopback address without TLS.
     #[arg(long, env = "BURROW_INSECURE")]
     pub insecure: bool,
+    /// Output an exec answered whole (not streamed) keeps per stream and node, in bytes; the rest
+    /// is dropped and counted (`truncated`, `dropped_bytes`). Streamed output has no cap.
+    #[arg(long, env = "BURROW_MAX_ANSWER_BYTES", value_name = "BYTES", default_value_t = crate::api::DEFAULT_ANSWER_LIMIT)]
+    pub max_answer_bytes: usize,
 }
 
 /// Where `gateway install` writes, and what goes into the config file it writes.

@@ -51,6 +51,11 @@ fn run(cli: cli::Cli) -> anyhow::Result<u8> {
         }
         Command::Exec(args) => return Ok(client::exec(dir, args)?.clamp(0, 255) as u8),
         Command::Install(args) => install::run(dir, cli.log, &args)?,
+        Command::Audit(cli::AuditCommand::Verify { file }) => {
+            let path = file.unwrap_or_else(|| dir.join("audit.log"));
+            let n = audit::verify(&path)?;
+            println!("{}: {n} entries, chain intact", path.display());
+        }
     }
     Ok(0)
 }

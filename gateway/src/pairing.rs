@@ -60,6 +60,9 @@ pub struct Pairing {
     registry: std::sync::Arc<Registry>,
     contact: Contact,
     keys: KeySink,
+    /// Held across reading the registry and writing `authorized_keys`, so writes land in the order
+    /// their reads were taken and the file never goes back to an older registry.
+    keys_lock: Mutex<()>,
     audit: Audit,
     nonces: Mutex<HashMap<[u8; 32], Instant>>,
 }
@@ -78,6 +81,7 @@ impl Pairing {
             registry,
             contact,
             keys,
+            keys_lock: Mutex::new(()),
             audit,
             nonces: Mutex::new(HashMap::new()),
         };
@@ -389,6 +393,7 @@ impl Pairing {
 
     /// Rewrites sshd's key files from the registry.
     pub fn sync_keys(&self) -> anyhow::Result<()> {
+        let _serial = self.keys_lock.lock().unwrap_or_else(|e| e.into_inner());
         let lines = key_lines(&self.registry.read(), self.contact.api_port, now());
         (self.keys)(&lines)
     }

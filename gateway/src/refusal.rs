@@ -3,7 +3,8 @@
 
 use std::fmt;
 
-/// The class of a refusal.
+/// The class of a refusal: one stable machine code and one HTTP status each, used alike by JSON
+/// answers (`{"error": …, "code": …}`) and NDJSON `error` events. Codes are API: never rename one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// Malformed or invalid input.
@@ -12,16 +13,89 @@ pub enum Kind {
     Unauthorized,
     /// Valid credentials, not allowed.
     Forbidden,
-    /// No such thing.
+    /// No such thing (or no such route).
     NotFound,
+    /// The route exists, but not with this method.
+    MethodNotAllowed,
+    /// The request (body, or the command it carries) is larger than the route accepts.
+    TooLarge,
     /// Clashes with existing state (name held by another key).
     Conflict,
-    /// The node or a service is not reachable now.
+    /// The node is approved but not linked now.
+    NodeOffline,
+    /// The node waits for an operator's approval.
+    NodePending,
+    /// The node was rejected by an operator.
+    NodeRejected,
+    /// The link to the node went down while the request was on it.
+    NodeLost,
+    /// The node refused or could not start the command (policy, spawn failure).
+    ExecFailed,
+    /// A service of the gateway is not reachable now.
     Unavailable,
     /// Something took too long.
     Timeout,
     /// A bug or an I/O failure on the gateway.
     Internal,
+}
+
+impl Kind {
+    /// Every kind, for tests and documentation.
+    #[cfg(test)]
+    pub const ALL: [Kind; 15] = [
+        Kind::BadRequest,
+        Kind::Unauthorized,
+        Kind::Forbidden,
+        Kind::NotFound,
+        Kind::MethodNotAllowed,
+        Kind::TooLarge,
+        Kind::Conflict,
+        Kind::NodeOffline,
+        Kind::NodePending,
+        Kind::NodeRejected,
+        Kind::NodeLost,
+        Kind::ExecFailed,
+        Kind::Unavailable,
+        Kind::Timeout,
+        Kind::Internal,
+    ];
+
+    /// The HTTP status of an answer refused for this reason.
+    pub fn status(self) -> u16 {
+        match self {
+            Kind::BadRequest | Kind::ExecFailed => 400,
+            Kind::Unauthorized => 401,
+            Kind::Forbidden => 403,
+            Kind::NotFound => 404,
+            Kind::MethodNotAllowed => 405,
+            Kind::Conflict | Kind::NodePending | Kind::NodeRejected => 409,
+            Kind::TooLarge => 413,
+            Kind::Internal => 500,
+            Kind::NodeOffline | Kind::NodeLost | Kind::Unavailable => 503,
+            Kind::Timeout => 504,
+        }
+    }
+
+    /// The stable machine code (`"code"` in every error answer and event).
+    pub fn code(self) -> &'static str {
+        match self {
+            Kind::BadRequest => "bad_request",
+            Kind::Unauthorized => "unauthorized",
+            Kind::Forbidden => "forbidden",
+            Kind::NotFound => "not_found",
+            Kind::MethodNotAllowed => "method_not_allowed",
+            Kind::TooLarge => "too_large",
+            Kind::Conflict => "conflict",
+            Kind::NodeOffline => "node_offline",
+            Kind::NodePending => "node_pending",
+            Kind::NodeRejected => "node_rejected",
+            Kind::NodeLost => "node_lost",
+            Kind::ExecFailed => "exec_failed",
+            Kind::Unavailable => "unavailable",
+            Kind::Timeout => "timeout",
+            Kind::Internal => "internal",
+        }
+    }
 }
 
 /// A refusal with a message for humans.
@@ -66,4 +140,24 @@ pub fn not_found(m: impl Into<String>) -> Refusal {
 }
 pub fn conflict(m: impl Into<String>) -> Refusal {
     Refusal::new(Kind::Conflict, m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Codes are API: each is unique, snake_case, and every error status is a 4xx or 5xx.
+    #[test]
+    fn every_kind_has_a_unique_code_and_an_error_status() {
+        let mut seen = std::collections::HashSet::new();
+        for kind in Kind::ALL {
+            let code = kind.code();
+            assert!(seen.insert(code), "{code} used twice");
+            assert!(
+                code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{code}"
+            );
+            assert!((400..600).contains(&kind.status()), "{code}");
+        }
+    }
 }

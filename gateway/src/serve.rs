@@ -107,6 +107,7 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         pairing: pairing.clone(),
         bus: bus.clone(),
         started: Instant::now(),
+        answer_limit: args.max_answer_bytes,
         sshd_status: Box::new(move || match status_of.as_ref().map(|w| w.upgrade()) {
             None => json!({"mode": "system"}),
             Some(Some(sup)) => {

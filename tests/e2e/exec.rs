@@ -121,7 +121,10 @@ fn concurrent_commands_on_one_node_do_not_block_each_other() {
     );
     let (status, out) = slow.join().unwrap();
     assert_eq!(status, 200);
-    assert_eq!(out["stdout"].as_str().unwrap().len(), 3_000_000 + 5);
+    // A whole answer keeps the first MiB per stream (`serve --max-answer-bytes`) and counts the rest.
+    assert_eq!(out["stdout"].as_str().unwrap().len(), 1 << 20);
+    assert_eq!(out["truncated"], true);
+    assert_eq!(out["dropped_bytes"]["stdout"], 3_000_000 + 5 - (1 << 20));
 }
 
 #[test]

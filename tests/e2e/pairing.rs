@@ -206,3 +206,30 @@ fn system_sshd_mode_pairs_and_runs_commands() {
         "{out}"
     );
 }
+
+/// Regression: concurrent pairing requests shared one temp file name for `authorized_keys`, so some
+/// got 500 (and their agent exited) after the gateway had already approved them.
+#[test]
+fn twenty_agents_pair_at_once_with_one_token() {
+    let gw = Gateway::start();
+    let join = gw.join(&["--uses", "20"]);
+    let agents: Vec<Agent> = (0..20)
+        .map(|i| Agent::start(&join, &format!("crowd-{i}")))
+        .collect();
+    wait_until(Duration::from_secs(60), "20 nodes online", || {
+        let (_, list) = gw.api("GET", "/api/v1/nodes", None);
+        let online = list["nodes"]
+            .as_array()
+            .map_or(0, |n| n.iter().filter(|n| n["status"] == "online").count());
+        online == 20
+    });
+    for a in &agents {
+        assert!(
+            !a.proc.log_text().contains("agent: error"),
+            "{}",
+            a.proc.log_text()
+        );
+    }
+    let (_, list) = gw.api("GET", "/api/v1/nodes", None);
+    assert_eq!(list["nodes"].as_array().unwrap().len(), 20, "{list}");
+}

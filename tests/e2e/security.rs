@@ -4,9 +4,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use burrow_core::handshake::handshake;
 use burrow_core::identity::Identity;
-use burrow_core::protocol::{read_message, write_message, ExecSpec, Message, Role};
+use burrow_core::protocol::{write_plain, ExecSpec, Message, Role};
+use burrow_core::secure::handshake;
 use serde_json::json;
 
 use crate::util::{Agent, Gateway};
@@ -73,6 +73,7 @@ impl Write for Recorder {
 fn exec_frame(path: &std::path::Path) -> Message {
     Message::Exec {
         id: 1,
+        job: "e2e-job".into(),
         spec: ExecSpec {
             command: Some(format!("touch {}", path.display())),
             timeout_s: 10,
@@ -98,7 +99,7 @@ fn local_clients_on_the_forwarded_port_cannot_run_anything() {
     let mut s = connect();
     s.write_all(b"GET / HTTP/1.1\r\n\r\n\x00\x00\x00\x05garbage")
         .unwrap();
-    let _ = write_message(&mut s, &exec_frame(&marker));
+    let _ = write_plain(&mut s, &exec_frame(&marker));
     assert!(closes(&mut s), "agent kept a garbage connection open");
 
     // 2. A handshake with a key that is not the pinned gateway key.
@@ -111,7 +112,7 @@ fn local_clients_on_the_forwarded_port_cannot_run_anything() {
     );
     assert!(
         err.is_err() || {
-            let _ = write_message(&mut s, &exec_frame(&marker));
+            let _ = write_plain(&mut s, &exec_frame(&marker));
             closes(&mut s)
         }
     );
@@ -124,13 +125,16 @@ fn local_clients_on_the_forwarded_port_cannot_run_anything() {
         inner: connect(),
         sent: Vec::new(),
     };
-    handshake(&mut rec, &gateway_key, Role::Gateway, |_| true).unwrap();
+    let mut channel = handshake(&mut rec, &gateway_key, Role::Gateway, |_| true).unwrap();
+    channel
+        .sealer
+        .write_message(&mut rec, &exec_frame(&control))
+        .unwrap();
     let recorded = rec.sent.clone();
-    write_message(&mut rec, &exec_frame(&control)).unwrap();
     loop {
-        match read_message(&mut rec).unwrap() {
+        match channel.opener.read_message(&mut rec).unwrap() {
             Message::Exit { .. } => break,
-            Message::Stdout { .. } | Message::Stderr { .. } => {}
+            Message::Data { .. } => {}
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -139,8 +143,10 @@ fn local_clients_on_the_forwarded_port_cannot_run_anything() {
         "the positive control did not run: the test could not detect a breach"
     );
     let mut s = connect();
+    // The recording holds the Hello, the sealed Auth and the sealed Exec: replayed on a new
+    // connection (new ephemeral keys on the agent's side), none of it opens.
     s.write_all(&recorded).unwrap();
-    let _ = write_message(&mut s, &exec_frame(&marker));
+    let _ = write_plain(&mut s, &exec_frame(&marker));
     assert!(closes(&mut s), "agent accepted a replayed handshake");
 
     assert!(!marker.exists(), "a command ran without authentication");

@@ -104,8 +104,9 @@ impl Drop for Proc {
 
 /// A running gateway with its own data dir, API and sshd ports.
 pub struct Gateway {
-    pub dir: tempfile::TempDir,
+    // `proc` before `dir`: fields drop in order, and the log (printed on a failing test) lives in `dir`.
     pub proc: Proc,
+    pub dir: tempfile::TempDir,
     pub api: SocketAddr,
     pub ssh: SocketAddr,
     extra: Vec<String>,
@@ -173,6 +174,12 @@ impl Gateway {
 
     /// Stops this gateway and starts a new one on the same data dir and ports.
     pub fn restart(self) -> Gateway {
+        self.restart_after(|_| {})
+    }
+
+    /// Stops this gateway, runs `offline` on its data dir, then starts it again as `restart` does.
+    pub fn restart_after(self, offline: impl FnOnce(&Path)) -> Gateway {
+        let data = self.data();
         let Gateway {
             dir,
             mut proc,
@@ -183,6 +190,7 @@ impl Gateway {
         } = self;
         proc.terminate();
         drop(proc);
+        offline(&data);
         Gateway::start_in(dir, api, ssh, extra)
     }
 
@@ -289,8 +297,8 @@ impl Gateway {
 
 /// A running agent with its own data dir.
 pub struct Agent {
-    pub dir: tempfile::TempDir,
     pub proc: Proc,
+    pub dir: tempfile::TempDir,
 }
 
 impl Agent {

@@ -22,8 +22,9 @@ fn output_streams_before_exit() {
     gateway.exec(1, command("echo a; sleep 2; echo b"));
     assert_eq!(
         gateway.recv(),
-        Message::Stdout {
+        Message::Data {
             id: 1,
+            stream: stream::STDOUT,
             data: b"a\n".to_vec()
         }
     );
@@ -142,7 +143,11 @@ fn output_stops_at_the_credit_and_resumes_on_credit() {
     let mut got = 0;
     while got < window {
         match gateway.recv() {
-            Message::Stdout { id: 1, data } => {
+            Message::Data {
+                id: 1,
+                stream: stream::STDOUT,
+                data,
+            } => {
                 assert!(data.len() <= MAX_CHUNK && data.iter().all(|&b| b == 0));
                 got += data.len();
             }
@@ -156,6 +161,7 @@ fn output_stops_at_the_credit_and_resumes_on_credit() {
     }
     gateway.send(&Message::Credit {
         id: 1,
+        stream: stream::STDOUT,
         bytes: (TOTAL - window) as u32,
     });
     let rest = gateway.collect(1);

@@ -4,12 +4,15 @@
 //! `serve` on the other; [`crate::exec`]'s tests use it too.
 
 use super::*;
-use burrow_core::protocol::{write_message, ExitStatus};
+use burrow_core::protocol::{stream, write_plain, ExitStatus};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 pub(crate) struct TestGateway {
     stream: UnixStream,
+    sealer: Sealer,
+    opener: Opener,
     agent: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -36,15 +39,25 @@ fn spawn_agent(
     gateway_key: PublicKey,
     max_concurrent: usize,
 ) -> (UnixStream, JoinHandle<anyhow::Result<()>>) {
+    spawn_agent_with(gateway_key, max_concurrent, Liveness::default())
+}
+
+fn spawn_agent_with(
+    gateway_key: PublicKey,
+    max_concurrent: usize,
+    liveness: Liveness,
+) -> (UnixStream, JoinHandle<anyhow::Result<()>>) {
     let (gateway_end, agent_end) = UnixStream::pair().unwrap();
     let ctx = Arc::new(ServiceContext {
         identity: Identity::generate("node"),
         gateway_key,
         max_concurrent,
+        liveness,
     });
+    let slot = HandshakeSlots::new(1).try_take().unwrap();
     let agent = thread::spawn(move || {
         let reader = agent_end.try_clone().unwrap();
-        serve(reader, agent_end, ctx)
+        serve(reader, agent_end, ctx, slot)
     });
     // A hung test fails with a message instead of hanging the suite.
     gateway_end
@@ -61,15 +74,25 @@ impl TestGateway {
     pub fn start_with(max_concurrent: usize) -> TestGateway {
         let gateway = Identity::generate("gateway");
         let (mut stream, agent) = spawn_agent(gateway.public(), max_concurrent);
-        handshake(&mut stream, &gateway, Role::Gateway, |_| true).unwrap();
+        let channel = handshake(&mut stream, &gateway, Role::Gateway, |_| true).unwrap();
         TestGateway {
             stream,
+            sealer: channel.sealer,
+            opener: channel.opener,
             agent: Some(agent),
         }
     }
 
     pub fn send(&mut self, message: &Message) {
-        write_message(&mut self.stream, message).unwrap();
+        self.sealer
+            .write_message(&mut self.stream, message)
+            .unwrap();
+    }
+
+    /// Seals a raw frame body (one no `Message` encodes to) and sends it.
+    pub fn send_body(&mut self, body: &[u8]) {
+        let frame = self.sealer.seal_body(body).unwrap();
+        self.stream.write_all(&frame).unwrap();
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) {
@@ -77,32 +100,31 @@ impl TestGateway {
     }
 
     pub fn recv(&mut self) -> Message {
-        read_message(&mut self.stream).expect("a frame from the agent")
+        self.opener
+            .read_message(&mut self.stream)
+            .expect("a frame from the agent")
     }
 
     /// Waits at most `wait` for a frame; `None` if none came.
     pub fn recv_within(&mut self, wait: Duration) -> Option<Message> {
         self.stream.set_read_timeout(Some(wait)).unwrap();
-        let got = read_message(&mut self.stream);
+        let got = self.opener.read_message(&mut self.stream);
         self.stream
             .set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
         match got {
             Ok(message) => Some(message),
-            Err(burrow_core::Error::Io { source, .. })
-                if matches!(
-                    source.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                None
-            }
+            Err(e) if e.is_timeout() => None,
             Err(e) => panic!("reading from the agent: {e}"),
         }
     }
 
     pub fn exec(&mut self, id: u32, spec: ExecSpec) {
-        self.send(&Message::Exec { id, spec });
+        self.send(&Message::Exec {
+            id,
+            job: format!("test-job-{id}"),
+            spec,
+        });
     }
 
     /// Collects request `id`'s frames up to its last one; any other request's frame is a failure.
@@ -110,8 +132,16 @@ impl TestGateway {
         let mut outcome = Outcome::default();
         loop {
             match self.recv() {
-                Message::Stdout { id: i, data } if i == id => outcome.stdout.extend(data),
-                Message::Stderr { id: i, data } if i == id => outcome.stderr.extend(data),
+                Message::Data {
+                    id: i,
+                    stream: stream::STDOUT,
+                    data,
+                } if i == id => outcome.stdout.extend(data),
+                Message::Data {
+                    id: i,
+                    stream: stream::STDERR,
+                    data,
+                } if i == id => outcome.stderr.extend(data),
                 Message::Exit { id: i, status } if i == id => {
                     outcome.status = Some(status);
                     return outcome;
@@ -193,7 +223,11 @@ pub(crate) fn first_number(gateway: &mut TestGateway, id: u32) -> (i32, Vec<u8>)
     let mut stdout = Vec::new();
     while !stdout.contains(&b'\n') {
         match gateway.recv() {
-            Message::Stdout { id: i, data } if i == id => stdout.extend(data),
+            Message::Data {
+                id: i,
+                stream: stream::STDOUT,
+                data,
+            } if i == id => stdout.extend(data),
             other => panic!("expected the pid on stdout, got {other:?}"),
         }
     }
@@ -222,10 +256,11 @@ fn other_gateway_key_is_refused_and_runs_nothing() {
     let impostor = Identity::generate("impostor");
     assert!(handshake(&mut stream, &impostor, Role::Gateway, |_| true).is_err());
     // Whatever it sends next must not run.
-    let _ = write_message(
+    let _ = write_plain(
         &mut stream,
         &Message::Exec {
             id: 1,
+            job: "j".into(),
             spec: command(&format!("touch {}", marker.display())),
         },
     );
@@ -242,15 +277,18 @@ fn garbage_after_handshake_ends_the_connection_and_its_commands() {
     // A length prefix far beyond MAX_FRAME.
     gateway.send_raw(&[0xff; 16]);
     let err = gateway.finish().unwrap_err();
-    assert!(format!("{err:#}").contains("exceeds"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("failed authentication"),
+        "{err:#}"
+    );
     assert!(wait_until(Duration::from_secs(5), || live_members(group).is_empty()));
 }
 
 #[test]
 fn malformed_exec_payload_is_a_protocol_error() {
     let mut gateway = TestGateway::start();
-    // kind 3 (Exec), id 1, payload "{"
-    gateway.send_raw(&[0, 0, 0, 6, 3, 0, 0, 0, 1, b'{']);
+    // kind 3 (Exec), id 1, empty job id, payload "{": sealed, so it gets as far as the decoder.
+    gateway.send_body(&[3, 0, 0, 0, 1, 0, b'{']);
     let err = gateway.finish().unwrap_err();
     assert!(format!("{err:#}").contains("bad Exec payload"), "{err:#}");
 }
@@ -259,14 +297,15 @@ fn malformed_exec_payload_is_a_protocol_error() {
 fn second_hello_is_a_protocol_error() {
     let mut gateway = TestGateway::start();
     gateway.send(&Message::Hello {
-        version: 1,
+        version: burrow_core::protocol::VERSION,
         role: Role::Gateway,
         key: [1; 32],
+        ephemeral: [3; 32],
         nonce: [2; 32],
     });
     // The agent hangs up: the gateway end sees the stream close.
     assert!(matches!(
-        read_message(&mut gateway.stream),
+        gateway.opener.read_message(&mut gateway.stream),
         Err(burrow_core::Error::Closed)
     ));
     let err = gateway.finish().unwrap_err();
@@ -297,16 +336,28 @@ fn chatty_command_does_not_block_a_quick_one() {
             "echo hi never finished"
         );
         match gateway.recv() {
-            Message::Stdout { id: 1, data } => {
+            Message::Data {
+                id: 1,
+                stream: stream::STDOUT,
+                data,
+            } => {
                 chatty += data.len();
                 let bytes = data.len() as u32;
-                gateway.send(&Message::Credit { id: 1, bytes });
+                gateway.send(&Message::Credit {
+                    id: 1,
+                    stream: stream::STDOUT,
+                    bytes,
+                });
                 if quick.is_none() && chatty > 1_000_000 {
                     gateway.exec(2, command("echo hi"));
                     quick = Some(Outcome::default());
                 }
             }
-            Message::Stdout { id: 2, data } => quick.as_mut().unwrap().stdout.extend(data),
+            Message::Data {
+                id: 2,
+                stream: stream::STDOUT,
+                data,
+            } => quick.as_mut().unwrap().stdout.extend(data),
             Message::Exit { id: 2, status } => quick.as_mut().unwrap().status = Some(status),
             other => panic!("unexpected {other:?}"),
         }
@@ -337,7 +388,11 @@ fn refusals_are_failed_frames() {
         matches!(gateway.recv(), Message::Failed { id: 2, message } if message.contains("too many"))
     );
     // Credit and Cancel for unknown ids cross finished requests on the wire: ignored.
-    gateway.send(&Message::Credit { id: 9, bytes: 1 });
+    gateway.send(&Message::Credit {
+        id: 9,
+        stream: stream::STDOUT,
+        bytes: 1,
+    });
     gateway.send(&Message::Cancel { id: 9 });
     gateway.send(&Message::Ping(1));
     assert_eq!(gateway.recv(), Message::Pong(1));
@@ -345,4 +400,131 @@ fn refusals_are_failed_frames() {
     assert_eq!(gateway.collect(1).exit().signal, Some(9));
     // The slot is free again, and the id may be reused.
     assert_eq!(gateway.run(command("echo again")).stdout, b"again\n");
+}
+
+/// Copies `from` to `to` until either end closes; while `drop` is set, reads and discards instead.
+fn relay_one_way(
+    mut from: UnixStream,
+    mut to: UnixStream,
+    drop: Arc<AtomicBool>,
+) -> JoinHandle<()> {
+    thread::spawn(move || {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if !drop.load(Ordering::Acquire) && to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Both);
+        let _ = from.shutdown(std::net::Shutdown::Both);
+    })
+}
+
+/// A relay that passes the agent's output but stalls the gateway's frames (its `Cancel`, `Credit`,
+/// `Ping`s) must not keep a command running: the agent drops the connection within its liveness
+/// bound (`dead_after + tick`) and kills the command.
+#[test]
+fn relay_dropping_the_gateways_frames_is_cut_within_the_liveness_bound() {
+    let liveness = Liveness {
+        ping_after: Duration::from_millis(300),
+        dead_after: Duration::from_secs(1),
+        tick: Duration::from_millis(100),
+    };
+    let gateway = Identity::generate("gateway");
+    let (agent_side, agent) = spawn_agent_with(gateway.public(), 8, liveness);
+    let (mut gw, relay_side) = UnixStream::pair().unwrap();
+    gw.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let stall = Arc::new(AtomicBool::new(false));
+    let to_agent = relay_one_way(
+        relay_side.try_clone().unwrap(),
+        agent_side.try_clone().unwrap(),
+        stall.clone(),
+    );
+    let to_gateway = relay_one_way(agent_side, relay_side, Arc::new(AtomicBool::new(false)));
+
+    let channel = handshake(&mut gw, &gateway, Role::Gateway, |_| true).unwrap();
+    let mut g = TestGateway {
+        stream: gw,
+        sealer: channel.sealer,
+        opener: channel.opener,
+        agent: Some(agent),
+    };
+    g.exec(1, command("echo $$; sleep 100"));
+    let (group, _) = first_number(&mut g, 1);
+    stall.store(true, Ordering::Release);
+    let stalled = Instant::now();
+    g.send(&Message::Cancel { id: 1 });
+    // The agent's own pings still reach the gateway: the path looks alive from this side.
+    assert!(matches!(g.recv(), Message::Ping(_)));
+    let agent = g.agent.take().unwrap();
+    let err = agent.join().unwrap().unwrap_err();
+    let took = stalled.elapsed();
+    assert!(format!("{err:#}").contains("liveness bound"), "{err:#}");
+    assert!(
+        took < liveness.dead_after + liveness.tick + Duration::from_secs(1),
+        "cut after {took:?}"
+    );
+    assert!(wait_until(Duration::from_secs(5), || live_members(group).is_empty()));
+    drop(g);
+    to_agent.join().unwrap();
+    to_gateway.join().unwrap();
+}
+
+/// Idle or trickling connections that never finish the handshake are dropped after
+/// `HANDSHAKE_TIMEOUT`, so they cannot hold a thread (and a slot) forever.
+#[test]
+fn unfinished_handshake_is_dropped_after_the_timeout() {
+    let (silent, silent_agent) = spawn_agent(Identity::generate("gateway").public(), 8);
+    let (mut trickle, trickle_agent) = spawn_agent(Identity::generate("gateway").public(), 8);
+    let started = Instant::now();
+    let trickler = thread::spawn(move || {
+        // One byte of a Hello every 200 ms: each read is quick, the whole never completes in time.
+        for b in [0u8, 0, 0, 99, 1, 0, 0, 0, 0, 0, 2].iter().cycle().take(60) {
+            if trickle.write_all(&[*b]).is_err() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    });
+    for agent in [silent_agent, trickle_agent] {
+        let err = agent.join().unwrap().unwrap_err();
+        assert!(format!("{err:#}").contains("handshake"), "{err:#}");
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= HANDSHAKE_TIMEOUT && took < HANDSHAKE_TIMEOUT + Duration::from_secs(2),
+        "{took:?}"
+    );
+    drop(silent);
+    trickler.join().unwrap();
+}
+
+#[test]
+fn handshake_slots_cap_unauthenticated_connections() {
+    let slots = HandshakeSlots::new(MAX_UNAUTHENTICATED);
+    let taken: Vec<Slot> = (0..MAX_UNAUTHENTICATED)
+        .map(|_| slots.try_take().expect("a free slot"))
+        .collect();
+    assert!(slots.try_take().is_none(), "one more than the cap");
+    drop(taken.into_iter().next());
+    assert!(
+        slots.try_take().is_some(),
+        "a slot given back is free again"
+    );
+}
+
+/// The gateway may end the link with a reason; the agent logs it and ends the connection cleanly.
+#[test]
+fn bye_ends_the_connection() {
+    let mut gateway = TestGateway::start();
+    gateway.send(&Message::Bye {
+        code: bye::REVOKED.into(),
+        reason: "revoked by the test".into(),
+    });
+    let agent = gateway.agent.take().unwrap();
+    agent.join().unwrap().unwrap();
 }

@@ -4,41 +4,26 @@
 use burrow_core::api::{Heartbeat, HeartbeatReply, HelloRequest, SignedRequest};
 use serde_json::json;
 
-use super::{authenticate, parse_body, Call, Ctx, Reply};
+use super::routes::Req;
+use super::{parse_body, Ctx, Reply};
 use crate::pairing::NODE_TOKEN_TTL;
-use crate::refusal::{forbidden, Kind, Refusal};
+use crate::refusal::{forbidden, Refusal};
 use crate::registry::{now, Approval};
 use crate::tokens::Role;
 
-pub fn route(ctx: &Ctx, call: &Call, method: &str, action: &str) -> Result<Reply, Refusal> {
-    if method != "POST" {
-        return Err(Refusal::new(
-            Kind::BadRequest,
-            format!("{method} is not allowed here; use POST"),
-        ));
-    }
-    match action {
-        "hello" => {
-            let body: HelloRequest = parse_body(&call.body)?;
-            Ok(Reply::Json(200, json!(ctx.pairing.hello(&body.nonce)?)))
-        }
-        "pair" => {
-            let body: SignedRequest = parse_body(&call.body)?;
-            Ok(Reply::Json(200, json!(ctx.pairing.pair(&body)?)))
-        }
-        "heartbeat" => heartbeat(ctx, call),
-        other => Err(Refusal::new(
-            Kind::NotFound,
-            format!("no agent route {other:?}"),
-        )),
-    }
+pub fn hello(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
+    let body: HelloRequest = parse_body(&req.call.body)?;
+    Ok(Reply::Json(200, json!(ctx.pairing.hello(&body.nonce)?)))
 }
 
-fn heartbeat(ctx: &Ctx, call: &Call) -> Result<Reply, Refusal> {
-    let who = authenticate(ctx, call)?;
-    if who.role != Role::Node {
-        return Err(forbidden("heartbeats need a node token"));
-    }
+pub fn pair(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
+    let body: SignedRequest = parse_body(&req.call.body)?;
+    Ok(Reply::Json(200, json!(ctx.pairing.pair(&body)?)))
+}
+
+/// The route's permission already made sure the token is a node's.
+pub fn heartbeat(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
+    let who = req.who()?;
     let approved = ctx
         .registry
         .read()
@@ -48,7 +33,7 @@ fn heartbeat(ctx: &Ctx, call: &Call) -> Result<Reply, Refusal> {
     if !approved {
         return Err(forbidden(format!("node {:?} is not approved", who.subject)));
     }
-    let beat: Heartbeat = parse_body(&call.body)?;
+    let beat: Heartbeat = parse_body(&req.call.body)?;
     let t = now();
     ctx.registry.set_live(&who.subject, |l| {
         l.last_seen = Some(t);

@@ -1,12 +1,16 @@
 //! The REST API: tiny_http with a pool of named worker threads, bearer-JWT auth, JSON in and out.
 //!
-//! Handlers are plain functions from a [`Call`] (method, path, headers, body) to a [`Reply`], so they
-//! are testable without sockets; this module owns the sockets, the routing table and the one error
-//! shape, `{"error": "...", "code": "..."}`. A panicking handler becomes a 500, not a dead worker.
+//! Handlers are plain functions from a request (method, path, headers, body) to a [`Reply`], so they
+//! are testable without sockets; every one is a row of the route table ([`routes`]). This module owns
+//! the sockets, the order of checks (route, body size, token, handler) and the one error shape,
+//! `{"error": "...", "code": "..."}`. A panicking handler becomes a 500, not a dead worker.
 
 mod agent;
 mod exec;
 mod nodes;
+pub mod routes;
+
+pub use exec::DEFAULT_ANSWER_LIMIT;
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -23,10 +27,9 @@ use crate::bus::Bus;
 use crate::pairing::Pairing;
 use crate::refusal::{Kind, Refusal};
 use crate::registry::Registry;
-use crate::tokens::{Role, Verified};
+use crate::tokens::Verified;
+use routes::{Caller, Lookup, Permission, Req, Route, ROUTES};
 
-/// Largest request body accepted.
-const MAX_BODY: u64 = 1 << 20;
 /// Worker threads; an exec holds one for the command's duration.
 const WORKERS: usize = 32;
 
@@ -39,6 +42,8 @@ pub struct Ctx {
     /// The sshd supervisor's status, as JSON.
     pub sshd_status: Box<dyn Fn() -> Value + Send + Sync>,
     pub contact: Value,
+    /// Bytes per stream kept in an exec answered whole (`serve --max-answer-bytes`).
+    pub answer_limit: usize,
 }
 
 /// One HTTP request, detached from its socket.
@@ -112,45 +117,116 @@ fn serve(ctx: &Ctx, mut request: Request) {
             .find(|h| h.field.equiv(name))
             .map(|h| h.value.as_str().to_string())
     };
-    let mut call = Call {
+    let call = Call {
         method: request.method().as_str().to_uppercase(),
         path: request.url().to_string(),
         authorization: header("Authorization"),
         accept: header("Accept"),
         body: Vec::new(),
     };
-    let reply = match request
-        .as_reader()
-        .take(MAX_BODY + 1)
-        .read_to_end(&mut call.body)
-    {
-        Err(e) => Err(Refusal::new(Kind::BadRequest, format!("reading body: {e}"))),
-        Ok(n) if n as u64 > MAX_BODY => {
-            Err(Refusal::new(Kind::BadRequest, "request body over 1 MiB"))
-        }
-        Ok(_) => catch_unwind(AssertUnwindSafe(|| route(ctx, &call))).unwrap_or_else(|_| {
-            log::error!("handler for {} {} panicked", call.method, call.path);
-            Err(Refusal::new(
-                Kind::Internal,
-                "internal error (handler panicked)",
-            ))
-        }),
-    };
-    let reply = reply.unwrap_or_else(|r| error_reply(&r));
+    let declared = request.body_length();
+    let reply = dispatch(ctx, call, declared, request.as_reader());
     let result = match reply {
         Reply::Json(status, value) => {
             let body = serde_json::to_vec(&value).expect("JSON serializes");
-            request.respond(
-                Response::from_data(body)
-                    .with_status_code(status)
-                    .with_header(content_type("application/json")),
-            )
+            let mut response = Response::from_data(body)
+                .with_status_code(status)
+                .with_header(content_type("application/json"));
+            if let Some(allow) = value.get("allow").and_then(Value::as_str) {
+                if status == 405 {
+                    response.add_header(
+                        Header::from_bytes(&b"Allow"[..], allow.as_bytes()).expect("valid header"),
+                    );
+                }
+            }
+            request.respond(response)
         }
         Reply::Stream(lines) => stream(request, lines),
     };
     if let Err(e) = result {
         log::debug!("writing response: {e}");
     }
+}
+
+/// Routes one request: table lookup (404/405), body size against the route's limit (413, from the
+/// declared length before anything is read, then from what arrives), the route's permission, then
+/// the handler (a panic there becomes a 500). An unread body is drained by tiny_http, not buffered.
+pub fn dispatch(ctx: &Ctx, mut call: Call, declared: Option<usize>, body: &mut dyn Read) -> Reply {
+    let path = call.path.split('?').next().unwrap_or("").to_string();
+    let (route, params) = match routes::find(ROUTES, &call.method, &path) {
+        Lookup::Route(route, params) => (route, params),
+        Lookup::MethodNotAllowed(allowed) => {
+            let allow = allowed.join(", ");
+            let refusal = Refusal::new(
+                Kind::MethodNotAllowed,
+                format!("{} is not allowed on {path}; use {allow}", call.method),
+            );
+            let mut body = error_body(&refusal);
+            body["allow"] = Value::from(allow);
+            return Reply::Json(refusal.kind.status(), body);
+        }
+        Lookup::NotFound => {
+            return error_reply(&Refusal::new(Kind::NotFound, format!("no route {path}")))
+        }
+    };
+    if let Err(r) = read_body(route, declared, body, &mut call.body) {
+        return error_reply(&r);
+    }
+    authorize(ctx, route, &call)
+        .and_then(|caller| run_handler(ctx, route, &call, params, caller))
+        .unwrap_or_else(|r| error_reply(&r))
+}
+
+fn read_body(
+    route: &Route,
+    declared: Option<usize>,
+    body: &mut dyn Read,
+    into: &mut Vec<u8>,
+) -> Result<(), Refusal> {
+    if let Some(len) = declared {
+        routes::check_body(route, len as u64)?;
+    }
+    let limit = route.body_limit as u64;
+    let n = body
+        .take(limit + 1)
+        .read_to_end(into)
+        .map_err(|e| Refusal::new(Kind::BadRequest, format!("reading body: {e}")))?;
+    routes::check_body(route, n as u64)
+}
+
+fn authorize(ctx: &Ctx, route: &Route, call: &Call) -> Result<Caller, Refusal> {
+    if route.permission == Permission::Public {
+        return Ok(Caller { token: None });
+    }
+    let who = authenticate(ctx, call)?;
+    if !route.permission.allows(who.role) {
+        return Err(Refusal::new(
+            Kind::Forbidden,
+            format!("role {} may not do this", who.role.as_str()),
+        ));
+    }
+    Ok(Caller { token: Some(who) })
+}
+
+fn run_handler(
+    ctx: &Ctx,
+    route: &Route,
+    call: &Call,
+    params: Vec<&str>,
+    caller: Caller,
+) -> Result<Reply, Refusal> {
+    let req = Req {
+        call,
+        params,
+        caller,
+    };
+    catch_unwind(AssertUnwindSafe(|| (route.handler)(ctx, &req))).unwrap_or_else(|_| {
+        log::error!("handler for {} {} panicked", call.method, call.path);
+        Err(Refusal::new(
+            Kind::Internal,
+            "internal error (handler panicked)",
+        ))
+    })
 }
 
 /// Writes NDJSON as HTTP/1.1 chunks, one flushed chunk per line. tiny_http's own chunked writer
@@ -180,62 +256,16 @@ fn content_type(value: &str) -> Header {
     Header::from_bytes(&b"Content-Type"[..], value.as_bytes()).expect("valid header")
 }
 
-/// The one error shape.
-pub fn error_reply(r: &Refusal) -> Reply {
-    let (status, code) = match r.kind {
-        Kind::BadRequest => (400, "bad_request"),
-        Kind::Unauthorized => (401, "unauthorized"),
-        Kind::Forbidden => (403, "forbidden"),
-        Kind::NotFound => (404, "not_found"),
-        Kind::Conflict => (409, "conflict"),
-        Kind::Unavailable => (503, "unavailable"),
-        Kind::Timeout => (504, "timeout"),
-        Kind::Internal => (500, "internal"),
-    };
-    if status == 500 {
+/// The one error shape, `{"error": …, "code": …}`, of answers and of NDJSON `error` events.
+pub fn error_body(r: &Refusal) -> Value {
+    if r.kind == Kind::Internal {
         log::error!("internal error: {}", r.message);
     }
-    Reply::Json(status, json!({"error": r.message, "code": code}))
+    json!({"error": r.message, "code": r.kind.code()})
 }
 
-/// The routing table.
-pub fn route(ctx: &Ctx, call: &Call) -> Result<Reply, Refusal> {
-    let path = call.path.split('?').next().unwrap_or("");
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
-    let method = call.method.as_str();
-    match (method, segments.as_slice()) {
-        ("GET", ["healthz"]) => Ok(Reply::Json(200, json!({"status": "ok"}))),
-        (_, ["api", "v1", "agent", action]) => agent::route(ctx, call, method, action),
-        (_, ["api", "v1", ..]) => {
-            let who = authenticate(ctx, call)?;
-            match (method, &segments[2..]) {
-                ("GET", ["status"]) => nodes::status(ctx, require(&who, Role::can_read)?),
-                ("GET", ["nodes"]) => nodes::list(ctx, require(&who, Role::can_read)?),
-                ("GET", ["nodes", id]) => nodes::show(ctx, require(&who, Role::can_read)?, id),
-                ("POST", ["nodes", id, "approve"]) => {
-                    nodes::approve(ctx, require(&who, Role::can_admin)?, id)
-                }
-                ("POST", ["nodes", id, "reject"]) => {
-                    nodes::reject(ctx, require(&who, Role::can_admin)?, id)
-                }
-                ("POST", ["nodes", id, "exec"]) => {
-                    exec::exec(ctx, require(&who, Role::can_exec)?, id, call)
-                }
-                ("POST", ["join-tokens"]) => {
-                    nodes::create_join(ctx, require(&who, Role::can_admin)?, &call.body)
-                }
-                ("POST", ["tokens"]) => {
-                    nodes::create_token(ctx, require(&who, Role::can_admin)?, &call.body)
-                }
-                (_, ["status" | "nodes" | "join-tokens" | "tokens", ..]) => Err(Refusal::new(
-                    Kind::BadRequest,
-                    format!("{method} is not allowed on {path}"),
-                )),
-                _ => Err(Refusal::new(Kind::NotFound, format!("no route {path}"))),
-            }
-        }
-        _ => Err(Refusal::new(Kind::NotFound, format!("no route {path}"))),
-    }
+pub fn error_reply(r: &Refusal) -> Reply {
+    Reply::Json(r.kind.status(), error_body(r))
 }
 
 /// Checks the bearer token: EdDSA signature by this gateway, not expired, not revoked.
@@ -263,17 +293,6 @@ pub fn authenticate(ctx: &Ctx, call: &Call) -> Result<Verified, Refusal> {
         return Err(Refusal::new(Kind::Unauthorized, "token was revoked"));
     }
     Ok(verified)
-}
-
-fn require(who: &Verified, allowed: fn(Role) -> bool) -> Result<&Verified, Refusal> {
-    if allowed(who.role) {
-        Ok(who)
-    } else {
-        Err(Refusal::new(
-            Kind::Forbidden,
-            format!("role {} may not do this", who.role.as_str()),
-        ))
-    }
 }
 
 /// Parses a JSON body into `T`, with a 400 that says what is wrong.

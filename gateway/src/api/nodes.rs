@@ -5,12 +5,13 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::routes::Req;
 use super::{parse_body, Ctx, Reply};
 use crate::refusal::{bad_request, not_found, Refusal};
 use crate::registry::{rfc3339, Approval, NodeRecord};
-use crate::tokens::{Role, Verified};
+use crate::tokens::Role;
 
-pub fn status(ctx: &Ctx, _who: &Verified) -> Result<Reply, Refusal> {
+pub fn status(ctx: &Ctx, _req: &Req) -> Result<Reply, Refusal> {
     let (mut online, mut offline, mut pending, mut rejected) = (0, 0, 0, 0);
     for n in ctx.registry.read().nodes.values() {
         match (n.approval, ctx.bus.is_linked(&n.id)) {
@@ -33,7 +34,7 @@ pub fn status(ctx: &Ctx, _who: &Verified) -> Result<Reply, Refusal> {
     ))
 }
 
-pub fn list(ctx: &Ctx, _who: &Verified) -> Result<Reply, Refusal> {
+pub fn list(ctx: &Ctx, _req: &Req) -> Result<Reply, Refusal> {
     let nodes: Vec<Value> = ctx
         .registry
         .read()
@@ -44,7 +45,8 @@ pub fn list(ctx: &Ctx, _who: &Verified) -> Result<Reply, Refusal> {
     Ok(Reply::Json(200, json!({ "nodes": nodes })))
 }
 
-pub fn show(ctx: &Ctx, _who: &Verified, id: &str) -> Result<Reply, Refusal> {
+pub fn show(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
+    let id = req.param(0);
     let state = ctx.registry.read();
     let node = state
         .nodes
@@ -53,13 +55,13 @@ pub fn show(ctx: &Ctx, _who: &Verified, id: &str) -> Result<Reply, Refusal> {
     Ok(Reply::Json(200, node_json(ctx, node)))
 }
 
-pub fn approve(ctx: &Ctx, who: &Verified, id: &str) -> Result<Reply, Refusal> {
-    let node = ctx.pairing.approve(id, &who.subject)?;
+pub fn approve(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
+    let node = ctx.pairing.approve(req.param(0), req.caller.actor())?;
     Ok(Reply::Json(200, node_json(ctx, &node)))
 }
 
-pub fn reject(ctx: &Ctx, who: &Verified, id: &str) -> Result<Reply, Refusal> {
-    let node = ctx.pairing.reject(id, &who.subject)?;
+pub fn reject(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
+    let node = ctx.pairing.reject(req.param(0), req.caller.actor())?;
     Ok(Reply::Json(200, node_json(ctx, &node)))
 }
 
@@ -103,8 +105,8 @@ struct JoinBody {
     manual: bool,
 }
 
-pub fn create_join(ctx: &Ctx, _who: &Verified, body: &[u8]) -> Result<Reply, Refusal> {
-    let body: JoinBody = parse_body(body)?;
+pub fn create_join(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
+    let body: JoinBody = parse_body(&req.call.body)?;
     let ttl = parse_ttl(body.ttl.as_deref(), "1h")?;
     let (join, record) = ctx
         .pairing
@@ -126,8 +128,8 @@ struct TokenBody {
     subject: Option<String>,
 }
 
-pub fn create_token(ctx: &Ctx, who: &Verified, body: &[u8]) -> Result<Reply, Refusal> {
-    let body: TokenBody = parse_body(body)?;
+pub fn create_token(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
+    let body: TokenBody = parse_body(&req.call.body)?;
     let role = Role::parse(&body.role).map_err(|e| bad_request(e.to_string()))?;
     if role == Role::Node {
         return Err(bad_request("node tokens are issued by pairing only"));
@@ -135,7 +137,7 @@ pub fn create_token(ctx: &Ctx, who: &Verified, body: &[u8]) -> Result<Reply, Ref
     let ttl = parse_ttl(body.ttl.as_deref(), "24h")?;
     let subject = body
         .subject
-        .unwrap_or_else(|| format!("by-{}", who.subject));
+        .unwrap_or_else(|| format!("by-{}", req.caller.actor()));
     let (token, jti) = ctx.pairing.tokens.issue(&subject, role, ttl)?;
     Ok(Reply::Json(
         201,
