@@ -98,8 +98,10 @@ impl Supervisor {
     /// lines leave both key files (no new login), then every session that logged in with it or
     /// listens on one of `ports` (its forwards, whichever key holds them) is killed with its
     /// process group, so the client loses its connection and its listeners together. Call it after
-    /// the registry no longer approves the node, or the next key sync writes the line back. Returns
-    /// how many sessions were killed.
+    /// the registry no longer approves the node and `Pairing::sync_keys` ran: the line is then gone
+    /// already and the files are not touched here (removing it here is a safety net, and a rewrite
+    /// racing a concurrent sync could drop another node's fresh line). Returns how many sessions
+    /// were killed.
     pub fn cut_off(&self, key: &PublicKey, ports: &[u16]) -> Result<usize> {
         remove_key_lines(&self.settings, key)?;
         let fingerprint = key.fingerprint();
