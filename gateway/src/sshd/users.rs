@@ -195,7 +195,12 @@ pub(super) fn use_pam() -> bool {
     }) else {
         return false;
     };
-    let shadow = fs::read_to_string("/etc/shadow").unwrap_or_default();
+    let Ok(shadow) = fs::read_to_string("/etc/shadow") else {
+        // Unreadable (the usual case for an unprivileged user): sshd cannot read it either and, with
+        // UsePAM no, takes the account for locked ("User nobody not allowed because account is
+        // locked", measured with OpenSSH 9.2 as nobody, whose password is `*`). PAM asks its helper.
+        return true;
+    };
     let prefix = format!("{user}:!");
     shadow.lines().any(|l| l.starts_with(&prefix))
 }
