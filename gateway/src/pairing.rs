@@ -3,8 +3,9 @@
 //!
 //! A join token's secret derives an enrollment key ([`burrow_core::join::enrollment_identity`]); while
 //! the token is valid that key may only open a direct-tcpip channel to the API, so a new node can reach
-//! the pairing endpoint and nothing else. A pending node's own key gets the same reach (to poll); an
-//! approved node's key may additionally listen on its own two ports and nothing else.
+//! the pairing endpoint and nothing else. A pending node's own key gets the same reach (to poll). Both
+//! are [`KeyLines::enrollment`], authorized for the enrollment account alone, which cannot listen
+//! (see `sshd::users`); an approved node's key may listen on its own two ports and nothing else.
 
 use std::collections::HashMap;
 use std::net::TcpListener;

@@ -115,6 +115,8 @@ pub fn enroll_block(enroll: &str, keys_owner: &str, keys: &Path, api_port: u16) 
         "AllowStreamLocalForwarding no".into(),
         "PermitTunnel no".into(),
         "ForceCommand /bin/false".into(),
+        "ClientAliveInterval 15".into(),
+        "ClientAliveCountMax 3".into(),
     ];
     let mut text = String::new();
     for (i, line) in lines.iter().enumerate() {

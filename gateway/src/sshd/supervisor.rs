@@ -98,8 +98,10 @@ impl Supervisor {
     /// lines leave both key files (no new login), then every session that logged in with it or
     /// listens on one of `ports` (its forwards, whichever key holds them) is killed with its
     /// process group, so the client loses its connection and its listeners together. Call it after
-    /// the registry no longer approves the node, or the next key sync writes the line back. Returns
-    /// how many sessions were killed.
+    /// the registry no longer approves the node and `Pairing::sync_keys` ran: the line is then gone
+    /// already and the files are not touched here (removing it here is a safety net, and a rewrite
+    /// racing a concurrent sync could drop another node's fresh line). Returns how many sessions
+    /// were killed.
     pub fn cut_off(&self, key: &PublicKey, ports: &[u16]) -> Result<usize> {
         remove_key_lines(&self.settings, key)?;
         let fingerprint = key.fingerprint();
@@ -295,13 +297,24 @@ mod tests {
 
     /// `ssh -N -R 127.0.0.1:<port>:127.0.0.1:1` as root with `key`: a node holding its forward.
     fn forward(s: &SshdSettings, key: &Path, port: u16) -> std::process::Child {
+        login(
+            s,
+            key,
+            "root",
+            &["-R", &format!("127.0.0.1:{port}:127.0.0.1:1")],
+        )
+    }
+
+    /// `ssh -N` as `user` with `key`, holding the session open.
+    fn login(s: &SshdSettings, key: &Path, user: &str, options: &[&str]) -> std::process::Child {
         Command::new("ssh")
             .args(["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o"])
             .args(["UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o"])
             .args(["IdentitiesOnly=yes", "-o", "ExitOnForwardFailure=yes", "-i"])
             .arg(key)
-            .args(["-N", "-R", &format!("127.0.0.1:{port}:127.0.0.1:1")])
-            .args(["-p", &s.listen.port().to_string(), "root@127.0.0.1"])
+            .arg("-N")
+            .args(options)
+            .args(["-p", &s.listen.port().to_string(), "-l", user, "127.0.0.1"])
             .stdin(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -375,6 +388,43 @@ mod tests {
         let mut again = forward(&s, &a.1, a.2);
         assert_eq!(again.wait().unwrap().code(), Some(255));
         // ... while b never noticed.
+        assert!(b_ssh.try_wait().unwrap().is_none() && listening(b.2));
+
+        // A pending node's session, logged in as the enrollment user (its processes run partly as
+        // that user), is found and cut the same way.
+        let pending = Identity::generate("pending");
+        let pending_key = dir.0.join("pending_key");
+        pending.save(&pending_key).unwrap();
+        let enrollment = format!(
+            "restrict,port-forwarding,command=\"/bin/false\",permitopen=\"127.0.0.1:1\" {}",
+            pending.public_line()
+        );
+        write_authorized_keys(&s, &lines[1..], &[enrollment]).unwrap();
+        // As the gateway does at start: the account must exist for sshd to log it in.
+        let enroll_user = super::super::managed_enroll_user().unwrap().unwrap();
+        assert_eq!(s.enroll_user.as_ref(), Some(&enroll_user));
+        let mut pending_ssh = login(&s, &pending_key, &enroll_user, &[]);
+        let pending_fingerprint = pending.public().fingerprint();
+        wait_until("the pending login is in sshd's log", || {
+            sshd.shared
+                .lock()
+                .logins
+                .peers_of(&pending_fingerprint)
+                .len()
+                == 1
+        });
+        let called = Instant::now();
+        assert_eq!(sshd.cut_off(&pending.public(), &[]).unwrap(), 1);
+        while pending_ssh.try_wait().unwrap().is_none() {
+            assert!(
+                called.elapsed() < Duration::from_secs(2),
+                "pending session not cut"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!fs::read_to_string(s.enroll_keys_path())
+            .unwrap()
+            .contains(&pending.public().openssh()));
         assert!(b_ssh.try_wait().unwrap().is_none() && listening(b.2));
 
         // By port alone (a key with no login): whoever holds the node's forward is cut.

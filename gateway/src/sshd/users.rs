@@ -16,6 +16,7 @@
 use std::fs;
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -104,35 +105,45 @@ fn account(name: &str) -> Result<Option<Account>> {
     Ok(Some(Account { shell, password }))
 }
 
+/// Creates `name` with `useradd` and returns it. Gateways starting together (tests, or a fleet of
+/// data dirs on one host) race here: useradd fails while another holds /etc/passwd's lock, so that
+/// failure is retried for a few seconds.
+fn create(name: &str) -> Result<Account> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new("useradd")
+            .args(["--system", "--no-create-home", "--home-dir", "/nonexistent"])
+            .args(["--shell", nologin(), "--password", "*"])
+            .args(["--comment", "burrow enrollment", name])
+            .output()
+            .context("running useradd (package passwd)")?;
+        if let Some(account) = account(name)? {
+            if out.status.success() {
+                log::info!("created the enrollment account {name}");
+            }
+            return Ok(account);
+        }
+        let said = String::from_utf8_lossy(&out.stderr);
+        if !said.contains("lock") || Instant::now() >= deadline {
+            bail!(
+                "creating the enrollment account {name} failed ({}): {}; create it with: {}",
+                out.status,
+                said.trim(),
+                useradd_command(name)
+            );
+        }
+        // Another useradd holds the lock: it finishes in milliseconds.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Makes sure `name` exists and sshd will log it in (see the module doc); creates it as root.
 /// `system`: a system sshd with unknown `UsePAM`, so a locked password is only a warning.
 fn ensure(name: &str, system: bool) -> Result<()> {
     let root = rustix::process::getuid().is_root();
     let found = match account(name)? {
         Some(a) => a,
-        None if root => {
-            let out = Command::new("useradd")
-                .args(["--system", "--no-create-home", "--home-dir", "/nonexistent"])
-                .args(["--shell", nologin(), "--password", "*"])
-                .args(["--comment", "burrow enrollment", name])
-                .output()
-                .context("running useradd (package passwd)")?;
-            // Another gateway on this host may have created it at the same moment.
-            match account(name)? {
-                Some(a) => {
-                    if out.status.success() {
-                        log::info!("created the enrollment account {name}");
-                    }
-                    a
-                }
-                None => bail!(
-                    "creating the enrollment account {name} failed ({}): {}; create it with: {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim(),
-                    useradd_command(name)
-                ),
-            }
-        }
+        None if root => create(name)?,
         None => bail!(
             "the enrollment account {name} does not exist: nodes log in as {name} to pair. As root, \
              create it with: {}",
@@ -184,7 +195,12 @@ pub(super) fn use_pam() -> bool {
     }) else {
         return false;
     };
-    let shadow = fs::read_to_string("/etc/shadow").unwrap_or_default();
+    let Ok(shadow) = fs::read_to_string("/etc/shadow") else {
+        // Unreadable (the usual case for an unprivileged user): sshd cannot read it either and, with
+        // UsePAM no, takes the account for locked ("User nobody not allowed because account is
+        // locked", measured with OpenSSH 9.2 as nobody, whose password is `*`). PAM asks its helper.
+        return true;
+    };
     let prefix = format!("{user}:!");
     shadow.lines().any(|l| l.starts_with(&prefix))
 }
