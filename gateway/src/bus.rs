@@ -375,6 +375,17 @@ impl Bus {
         }
     }
 
+    /// Ends a node's link at once (rejected, revoked): its jobs end as lost, and the agent kills the
+    /// commands they ran when the connection drops.
+    pub fn cut_off(&self, node: &str, reason: &str) {
+        let link = lock(&self.links).remove(node);
+        if let Some(link) = link {
+            log::info!("node {node} cut off: {reason}");
+            let _ = lock(&link.writer).shutdown(Shutdown::Both);
+            self.registry.set_live(node, |l| l.online = false);
+        }
+    }
+
     /// Closes every link and joins every thread.
     pub fn shutdown(&self) {
         for link in lock(&self.links).values() {

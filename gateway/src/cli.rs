@@ -161,8 +161,11 @@ pub enum NodesCommand {
     },
     /// Approve a pending node.
     Approve { name: String },
-    /// Reject a pending node (or revoke an approved one).
+    /// Reject a node: it loses all access at once (link cut, commands cancelled, sessions killed), but
+    /// keeps its name and ports, so `approve` brings it back.
     Reject { name: String },
+    /// Remove a node for good: access ends at once, the agent is told and stops, the name is free.
+    Revoke { name: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -44,6 +44,11 @@ impl Client {
         let auth = format!("Bearer {}", self.token);
         let response = match (method, body) {
             ("GET", _) => self.agent.get(&url).header("Authorization", &auth).call(),
+            ("DELETE", _) => self
+                .agent
+                .delete(&url)
+                .header("Authorization", &auth)
+                .call(),
             (_, body) => self
                 .agent
                 .post(&url)
@@ -125,6 +130,10 @@ pub fn nodes(data_dir: &Path, command: NodesCommand) -> anyhow::Result<()> {
         NodesCommand::Reject { name } => {
             client.call("POST", &format!("/api/v1/nodes/{name}/reject"), None)?;
             println!("rejected {name}");
+        }
+        NodesCommand::Revoke { name } => {
+            client.call("DELETE", &format!("/api/v1/nodes/{name}"), None)?;
+            println!("revoked {name}: it must join again to come back");
         }
     }
     Ok(())

@@ -369,7 +369,8 @@ impl Pairing {
         Ok(node)
     }
 
-    /// Rejects a node: its key loses all access at once.
+    /// Rejects a node: its key loses all access at once. Its ports stay reserved for it, so approving
+    /// it again later brings back the agent, which keeps them and retries, without a new join.
     pub fn reject(&self, id: &str, actor: &str) -> Result<NodeRecord, Refusal> {
         let node = self.registry.update(|s| {
             let node = s
@@ -377,12 +378,29 @@ impl Pairing {
                 .get_mut(id)
                 .ok_or_else(|| not_found(format!("no node {id:?}")))?;
             node.approval = Approval::Rejected;
-            node.ports = None;
             Ok::<_, Refusal>(node.clone())
         })?;
         self.sync_keys()?;
         self.audit
             .record(actor, "node.reject", id, serde_json::json!({}));
+        Ok(node)
+    }
+
+    /// Removes a node for good: its key loses all access, its ports and its name are free again, and
+    /// it must join anew to come back.
+    pub fn revoke(&self, id: &str, actor: &str) -> Result<NodeRecord, Refusal> {
+        let node = self.registry.update(|s| {
+            s.nodes
+                .remove(id)
+                .ok_or_else(|| not_found(format!("no node {id:?}")))
+        })?;
+        self.sync_keys()?;
+        self.audit.record(
+            actor,
+            "node.revoke",
+            id,
+            serde_json::json!({"fingerprint": node.fingerprint}),
+        );
         Ok(node)
     }
 
@@ -451,7 +469,14 @@ fn approve_record<'a>(
     now: u64,
 ) -> Result<(), Refusal> {
     let taken: Vec<u16> = others.filter_map(|n| n.ports).flatten().collect();
-    node.ports = Some(allocate_ports(&taken)?);
+    // A node approved before (then rejected) keeps its ports: its agent still listens on them.
+    let kept = node
+        .ports
+        .filter(|pair| pair.iter().all(|p| !taken.contains(p)));
+    node.ports = Some(match kept {
+        Some(pair) => pair,
+        None => allocate_ports(&taken)?,
+    });
     node.approval = Approval::Approved;
     node.approved_at = Some(now);
     node.pending_until = None;

@@ -6,6 +6,7 @@ mod audit;
 mod exec;
 mod pairing;
 mod recovery;
+mod revocation;
 mod security;
 mod sshd_access;
 mod util;

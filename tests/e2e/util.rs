@@ -255,6 +255,7 @@ impl Gateway {
         let url = self.url(path);
         let resp = match method {
             "GET" => agent.get(&url).header("Authorization", &auth).call(),
+            "DELETE" => agent.delete(&url).header("Authorization", &auth).call(),
             _ => agent
                 .post(&url)
                 .header("Authorization", &auth)

@@ -62,7 +62,18 @@ pub fn approve(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
 
 pub fn reject(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
     let node = ctx.pairing.reject(req.param(0), req.caller.actor())?;
+    ctx.bus.cut_off(&node.id, "rejected");
     Ok(Reply::Json(200, node_json(ctx, &node)))
+}
+
+/// `DELETE /api/v1/nodes/{id}`: the node is gone for good (see `Pairing::revoke`).
+pub fn revoke(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
+    let node = ctx.pairing.revoke(req.param(0), req.caller.actor())?;
+    ctx.bus.cut_off(&node.id, "revoked");
+    Ok(Reply::Json(
+        200,
+        json!({"id": node.id, "fingerprint": node.fingerprint, "revoked": true}),
+    ))
 }
 
 /// A node as the API shows it.

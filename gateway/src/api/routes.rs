@@ -152,6 +152,13 @@ pub const ROUTES: &[Route] = &[
         handler: nodes::show,
     },
     Route {
+        method: "DELETE",
+        pattern: "/api/v1/nodes/{id}",
+        permission: Permission::Admin,
+        body_limit: SMALL,
+        handler: nodes::revoke,
+    },
+    Route {
         method: "POST",
         pattern: "/api/v1/nodes/{id}/approve",
         permission: Permission::Admin,
