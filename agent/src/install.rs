@@ -66,6 +66,8 @@ Type=simple
 ExecStart={bin} --config {config} run
 Restart=always
 RestartSec=5
+# 3: the gateway revoked this node; restarting cannot help (join again instead).
+RestartPreventExitStatus=3
 # A command the OOM killer ends (see MemoryMax) failed; the agent itself carries on.
 OOMPolicy=continue
 
@@ -257,6 +259,7 @@ mod tests {
             format!("ReadWritePaths={}", data.display()),
             "Type=simple".into(),
             "Restart=always".into(),
+            "RestartPreventExitStatus=3".into(),
             "NoNewPrivileges=yes".into(),
             "ProtectSystem=strict".into(),
             "MemoryMax=64M".into(),

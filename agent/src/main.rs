@@ -27,7 +27,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("agent: error: {e:#}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<run::Revoked>() {
+                Some(_) => ExitCode::from(run::Revoked::EXIT_CODE),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -32,6 +32,11 @@ const STABLE: Duration = Duration::from_secs(60);
 pub fn run(dir: &DataDir, join: Option<&str>, profile: &Profile) -> anyhow::Result<()> {
     let identity = dir.identity()?;
     let mut state = match (dir.load()?, join) {
+        (Some(s), None) if s.status == REVOKED => return Err(Revoked(
+            "the gateway revoked this node earlier; join again: agent run --join <new join string>"
+                .into(),
+        )
+        .into()),
         (Some(s), _) if s.status == "approved" => s,
         (_, Some(j)) => pairing::join(dir, j, profile)?,
         (Some(s), None) => pairing::join_pending(dir, &s)?,
@@ -45,6 +50,7 @@ pub fn run(dir: &DataDir, join: Option<&str>, profile: &Profile) -> anyhow::Resu
         gateway_key,
         max_concurrent: 64,
         liveness: Liveness::default(),
+        revoked: Default::default(),
     });
     let mut sampler = Sampler::new();
     let mut backoff = BACKOFF_MIN;
@@ -53,6 +59,13 @@ pub fn run(dir: &DataDir, join: Option<&str>, profile: &Profile) -> anyhow::Resu
         match session(dir, &identity, &mut state, &ctx, &mut sampler) {
             Ok(reason) => log::warn!("session to {} ended: {reason}", state.gateway.ssh),
             Err(e) => log::warn!("session to {} failed: {e:#}", state.gateway.ssh),
+        }
+        if let Some(reason) = ctx.revoked.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            // Remembered, so a restart (systemd's, or by hand) does not start retrying again.
+            state.status = REVOKED.into();
+            state.token = None;
+            dir.save(&state)?;
+            return Err(Revoked(format!("the gateway removed this node: {reason}")).into());
         }
         if started.elapsed() > STABLE {
             backoff = BACKOFF_MIN;
@@ -64,6 +77,26 @@ pub fn run(dir: &DataDir, join: Option<&str>, profile: &Profile) -> anyhow::Resu
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
+
+/// `agent.json`'s status once the gateway has revoked the node.
+const REVOKED: &str = "revoked";
+
+/// The gateway removed this node for good (`gateway nodes revoke`): `agent run` stops, with
+/// [`Revoked::EXIT_CODE`], which the systemd unit does not restart (`RestartPreventExitStatus`).
+#[derive(Debug)]
+pub struct Revoked(String);
+
+impl Revoked {
+    pub const EXIT_CODE: u8 = 3;
+}
+
+impl std::fmt::Display for Revoked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Revoked {}
 
 /// Runs one session until it dies; returns why.
 fn session(

@@ -69,6 +69,8 @@ pub struct ServiceContext {
     pub max_concurrent: usize,
     /// When to ping a quiet gateway and when to give up on it.
     pub liveness: Liveness,
+    /// Set when the gateway said `Bye` with [`bye::REVOKED`]: why. The agent then stops for good.
+    pub revoked: Mutex<Option<String>>,
 }
 
 /// The liveness bounds of an authenticated connection.
@@ -189,6 +191,7 @@ where
         .context("starting the writer thread")?;
     let (shutdown, shutdown_seen) = bounded::<()>(0);
     let mut connection = Connection {
+        ctx: ctx.clone(),
         max_concurrent: ctx.max_concurrent,
         liveness: ctx.liveness,
         outbox: Outbox {
@@ -279,6 +282,7 @@ impl Outbox {
 }
 
 struct Connection {
+    ctx: Arc<ServiceContext>,
     max_concurrent: usize,
     liveness: Liveness,
     outbox: Outbox,
@@ -336,7 +340,8 @@ impl Connection {
                 },
                 Message::Bye { code, reason } => {
                     if code == bye::REVOKED {
-                        log::error!("the gateway revoked this node: {reason}");
+                        // Logged once, by `run`, which stops the agent.
+                        *lock(&self.ctx.revoked) = Some(reason);
                     } else {
                         log::warn!("the gateway closed the link ({code}): {reason}");
                     }

@@ -120,8 +120,11 @@ pub mod stream {
 
 /// Codes of [`Message::Bye`].
 pub mod bye {
-    /// The node was revoked or rejected: stop retrying.
+    /// The node was revoked (removed for good): stop retrying; only a new join brings it back.
     pub const REVOKED: &str = "revoked";
+    /// The node was rejected: its key is refused until an operator approves it again, so retry
+    /// rarely.
+    pub const REJECTED: &str = "rejected";
     /// The gateway is shutting down: retry later.
     pub const SHUTDOWN: &str = "shutdown";
     /// The gateway replaces this link by a newer one of the same node.

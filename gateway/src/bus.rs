@@ -17,6 +17,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use burrow_core::identity::{Identity, PublicKey};
+#[cfg(doc)]
+use burrow_core::protocol::bye;
 use burrow_core::protocol::{stream, ExecSpec, ExitStatus, Message, Role};
 use burrow_core::secure::{handshake, Opener, Sealer};
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
@@ -375,15 +377,39 @@ impl Bus {
         }
     }
 
-    /// Ends a node's link at once (rejected, revoked): its jobs end as lost, and the agent kills the
-    /// commands they ran when the connection drops.
-    pub fn cut_off(&self, node: &str, reason: &str) {
+    /// Ends a node's link at once (rejected, revoked): the agent is told why (`Bye` with `code`, one
+    /// of [`bye`]) when its link can take the frame right away, then the link is closed; its jobs
+    /// end as lost, and the agent kills the commands they ran when the connection drops.
+    pub fn cut_off(&self, node: &str, code: &str, reason: &str) {
         let link = lock(&self.links).remove(node);
-        if let Some(link) = link {
-            log::info!("node {node} cut off: {reason}");
-            let _ = lock(&link.writer).shutdown(Shutdown::Both);
-            self.registry.set_live(node, |l| l.online = false);
+        self.registry.set_live(node, |l| l.online = false);
+        let Some(link) = link else { return };
+        log::info!("node {node} cut off ({code}): {reason}");
+        // A writer blocked on a peer that stopped reading holds the mutex: then skip the goodbye.
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let _ = link
+            .closer
+            .set_write_timeout(Some(Duration::from_millis(500)));
+        loop {
+            match link.writer.try_lock() {
+                Ok(mut w) => {
+                    let (socket, sealer) = &mut *w;
+                    let bye = Message::Bye {
+                        code: code.into(),
+                        reason: reason.into(),
+                    };
+                    if let Ok(frame) = sealer.seal(&bye) {
+                        let _ = socket.write_all(&frame);
+                    }
+                    break;
+                }
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => break,
+            }
         }
+        link.close();
     }
 
     /// Closes every link and joins every thread.

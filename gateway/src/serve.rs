@@ -94,12 +94,13 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
     )?);
     let supervisor = match args.system_sshd {
         true => None,
-        false => Some(Arc::new(Supervisor::start(settings)?)),
+        false => Some(Arc::new(Supervisor::start(settings.clone())?)),
     };
     let bus = Arc::new(Bus::new(identity, registry.clone()));
     // A weak handle, so `serve` stays the only owner and `stop()` (which also kills sshd's
     // sessions) runs at shutdown.
     let status_of = supervisor.as_ref().map(Arc::downgrade);
+    let cut_of = supervisor.as_ref().map(Arc::downgrade);
     let contact_json =
         json!({"listen": ssh_addr, "public": ssh_public, "host_fingerprint": host_fingerprint});
     let ctx = Arc::new(Ctx {
@@ -108,6 +109,10 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         bus: bus.clone(),
         started: Instant::now(),
         answer_limit: args.max_answer_bytes,
+        cut_off: Box::new(move |key, ports| {
+            let supervisor = cut_of.as_ref().and_then(std::sync::Weak::upgrade);
+            sshd::cut_off(&settings, supervisor.as_deref(), key, ports)
+        }),
         sshd_status: Box::new(move || match status_of.as_ref().map(|w| w.upgrade()) {
             None => json!({"mode": "system"}),
             Some(Some(sup)) => {

@@ -227,10 +227,6 @@ pub fn remove_key_lines(settings: &SshdSettings, key: &PublicKey) -> Result<usiz
 /// lines leave the key files, so it cannot log in again, but its live sessions stay until their
 /// clients leave: they are not the gateway's processes, and sshd makes their children non-dumpable,
 /// so an unprivileged gateway cannot even see which sockets they hold. Returns the sessions killed.
-#[allow(
-    dead_code,
-    reason = "nodes reject/revoke call it once wired (issue 6 section 4)"
-)]
 pub fn cut_off(
     settings: &SshdSettings,
     supervisor: Option<&Supervisor>,

@@ -156,14 +156,29 @@ fn revoking_an_online_node_stops_its_agent_and_frees_its_name() {
         "the running command to be killed",
         || !alive(pid),
     );
-    // The agent was told why, said so once, and stopped instead of retrying forever.
+    // The agent was told why, said so once, and stopped instead of retrying forever, with the exit
+    // code its systemd unit does not restart.
     ends_within(
         &mut agent.proc.child,
         Duration::from_secs(10),
         "the agent to stop after its node was revoked",
     );
+    assert_eq!(
+        agent.proc.child.try_wait().unwrap().unwrap().code(),
+        Some(3)
+    );
     let log = agent.proc.log_text();
-    assert_eq!(log.matches("revoked").count(), 1, "{log}");
+    let told = log.lines().filter(|l| l.contains("revoked")).count();
+    assert_eq!(told, 1, "{log}");
+    // A restart does not start retrying: it says to join again.
+    let again = crate::util::isolate(&mut Command::new(crate::util::bin("agent")))
+        .arg("--data-dir")
+        .arg(agent.dir.path().join("data"))
+        .arg("run")
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("join again"));
     let (status, _) = gw.api("GET", "/api/v1/nodes/gone", None);
     assert_eq!(status, 404);
     // The name is free: a new machine joins under it.

@@ -53,6 +53,7 @@ fn spawn_agent_with(
         gateway_key,
         max_concurrent,
         liveness,
+        revoked: Default::default(),
     });
     let slot = HandshakeSlots::new(1).try_take().unwrap();
     let agent = thread::spawn(move || {

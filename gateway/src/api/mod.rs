@@ -44,7 +44,14 @@ pub struct Ctx {
     pub contact: Value,
     /// Bytes per stream kept in an exec answered whole (`serve --max-answer-bytes`).
     pub answer_limit: usize,
+    /// Ends a node key's sshd access at once (`sshd::cut_off`): key lines, sessions, listeners;
+    /// returns how many sessions were killed.
+    pub cut_off: Box<CutOff>,
 }
+
+/// See [`Ctx::cut_off`].
+pub type CutOff =
+    dyn Fn(&burrow_core::identity::PublicKey, &[u16]) -> anyhow::Result<usize> + Send + Sync;
 
 /// One HTTP request, detached from its socket.
 pub struct Call {

@@ -5,6 +5,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use burrow_core::identity::PublicKey;
+use burrow_core::protocol::bye;
+
 use super::routes::Req;
 use super::{parse_body, Ctx, Reply};
 use crate::refusal::{bad_request, not_found, Refusal};
@@ -62,18 +65,38 @@ pub fn approve(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
 
 pub fn reject(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
     let node = ctx.pairing.reject(req.param(0), req.caller.actor())?;
-    ctx.bus.cut_off(&node.id, "rejected");
+    end_access(ctx, &node, bye::REJECTED, "rejected by an operator");
     Ok(Reply::Json(200, node_json(ctx, &node)))
 }
 
 /// `DELETE /api/v1/nodes/{id}`: the node is gone for good (see `Pairing::revoke`).
 pub fn revoke(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
     let node = ctx.pairing.revoke(req.param(0), req.caller.actor())?;
-    ctx.bus.cut_off(&node.id, "revoked");
+    end_access(
+        ctx,
+        &node,
+        bye::REVOKED,
+        "revoked by an operator; join again to come back",
+    );
     Ok(Reply::Json(
         200,
         json!({"id": node.id, "fingerprint": node.fingerprint, "revoked": true}),
     ))
+}
+
+/// Once the registry and sshd's key files no longer let `node` in (`Pairing::reject`/`revoke`
+/// ran `sync_keys`): cut what it still holds, its link (the agent is told `code`) with the commands
+/// on it, and every sshd session and listener of its key, a thief's included.
+fn end_access(ctx: &Ctx, node: &NodeRecord, code: &str, reason: &str) {
+    ctx.bus.cut_off(&node.id, code, reason);
+    let ports = node.ports.map(|p| p.to_vec()).unwrap_or_default();
+    let cut = PublicKey::from_openssh(&node.public_key)
+        .map_err(anyhow::Error::from)
+        .and_then(|key| (ctx.cut_off)(&key, &ports));
+    match cut {
+        Ok(n) => log::info!("node {}: {n} sshd session(s) killed", node.id),
+        Err(e) => log::error!("cutting off node {}'s sshd sessions: {e:#}", node.id),
+    }
 }
 
 /// A node as the API shows it.
