@@ -4,5 +4,6 @@
 mod exec;
 mod pairing;
 mod recovery;
+mod relay;
 mod security;
 mod util;
