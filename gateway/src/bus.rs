@@ -325,11 +325,13 @@ impl Bus {
                     continue;
                 }
                 Message::Pong(_) => continue,
-                // Streams and heartbeats on the link come with later features.
-                Message::Data { .. }
-                | Message::Eof { .. }
-                | Message::Reset { .. }
-                | Message::Heartbeat(_) => continue,
+                // The link's handshake authenticated the node: no token needed.
+                Message::Heartbeat(beat) => {
+                    self.registry.record_heartbeat(&link.node, beat);
+                    continue;
+                }
+                // Streams opened by the agent come with later features.
+                Message::Data { .. } | Message::Eof { .. } | Message::Reset { .. } => continue,
                 other => break format!("unexpected {} from the agent", other.kind_name()),
             };
             let mut jobs = lock(&link.jobs);
