@@ -67,16 +67,38 @@ pub fn join(dir: &DataDir, join: &str, profile: &Profile) -> anyhow::Result<Agen
 }
 
 /// Asks until approved: with the join secret while the gateway does not know our key yet, then with
-/// our own key while pending.
+/// our own key's signature while pending.
+///
+/// The whole wait uses one SSH session, logged in with the enrollment key when we have a join
+/// secret (its key line reaches the API for as long as the join token is valid), else with the
+/// node's own key. sshd fixes a session's key options when it logs in, so the session keeps reaching
+/// the API even after approval has rewritten the node's key line to the approved one, which opens no
+/// channel at all (it only listens).
 fn settle(
     dir: &DataDir,
     identity: &Identity,
     mut state: AgentState,
     secret: Option<&str>,
 ) -> anyhow::Result<AgentState> {
+    let mut session: Option<Tunnel> = None;
     loop {
-        let secret = secret.filter(|_| state.status == "new");
-        let reply = request(&state, identity, secret)?;
+        let ask_secret = secret.filter(|_| state.status == "new");
+        let reused = session.as_ref().is_some_and(|t| !t.is_closed());
+        if !reused {
+            session = Some(login(&state, identity, secret)?);
+        }
+        let tunnel = session.as_ref().expect("logged in");
+        let reply = match ask(tunnel, &state, identity, ask_secret) {
+            Ok(reply) => reply,
+            // The session may have died between polls: once more on a fresh one.
+            Err(e) if reused => {
+                log::debug!("pairing request on the open session failed ({e:#}); logging in again");
+                session = Some(login(&state, identity, secret)?);
+                let tunnel = session.as_ref().expect("logged in");
+                ask(tunnel, &state, identity, ask_secret).map_err(|e| stuck(e, &state))?
+            }
+            Err(e) => return Err(stuck(e, &state)),
+        };
         match reply.status.as_str() {
             "approved" => {
                 state.status = "approved".into();
@@ -88,6 +110,9 @@ fn settle(
                     state.name,
                     state.ports
                 );
+                if let Some(tunnel) = session.take() {
+                    tunnel.shutdown();
+                }
                 return Ok(state);
             }
             "pending" => {
@@ -103,24 +128,51 @@ fn settle(
     }
 }
 
+/// A session for pairing requests: with the enrollment key of `secret` if there is one; once
+/// pending, with the node's own key when the enrollment key is no longer accepted (token expired).
+fn login(state: &AgentState, identity: &Identity, secret: Option<&str>) -> anyhow::Result<Tunnel> {
+    match secret {
+        Some(s) => match connect(state, identity, Some(s)) {
+            Err(e) if state.status == "pending" => {
+                log::info!("{e:#}; asking with this node's own key");
+                connect(state, identity, None)
+            }
+            other => other,
+        },
+        None => connect(state, identity, None),
+    }
+}
+
+/// Explains a pending node whose own key logs in but can no longer reach the API: it was approved
+/// while this agent was not waiting, and an approved key opens no channel to learn its ports.
+fn stuck(e: anyhow::Error, state: &AgentState) -> anyhow::Error {
+    if state.status == "pending" {
+        e.context(
+            "this node's key no longer reaches the gateway's pairing API; if it was approved while this \
+             agent was not running, join again with a fresh join string (`agent run --join ...`)",
+        )
+    } else {
+        e
+    }
+}
+
 /// Resumes waiting for approval after a restart while pending.
 pub fn join_pending(dir: &DataDir, state: &AgentState) -> anyhow::Result<AgentState> {
     settle(dir, &dir.identity()?, state.clone(), None)
 }
 
-/// Sends one signed pairing request. With `secret`, logs in with the enrollment key; without, with the
-/// node's own key (known to the gateway once pending or approved). Until approved it logs in as the
-/// enrollment user of the join string.
-pub fn request(
+/// Logs in for a pairing request. With `secret`, with the enrollment key; without, with the node's
+/// own key (known to the gateway once pending or approved).
+fn connect(
     state: &AgentState,
     identity: &Identity,
     secret: Option<&str>,
-) -> anyhow::Result<PairReply> {
+) -> anyhow::Result<Tunnel> {
     let ssh_key = match secret {
         Some(s) => enrollment_identity(s),
         None => identity.clone(),
     };
-    let (tunnel, _incoming) = connect(state, &ssh_key, secret.is_some())
+    let (tunnel, _incoming) = login_as(state, &ssh_key, secret.is_some())
         .map_err(|e| match (e, secret) {
             (TunnelError::AuthRejected(_), Some(_)) => anyhow!(
                 "the gateway's sshd refused the join token's key: the token expired or was revoked"
@@ -130,8 +182,18 @@ pub fn request(
             ),
             (e, _) => anyhow!(e),
         })?;
+    Ok(tunnel)
+}
+
+/// Sends one signed pairing request on `tunnel`.
+fn ask(
+    tunnel: &Tunnel,
+    state: &AgentState,
+    identity: &Identity,
+    secret: Option<&str>,
+) -> anyhow::Result<PairReply> {
     let gateway_key = PublicKey::from_base64(&state.gateway.gateway_key)?;
-    let mut api = ApiChannel::open(&tunnel, state.gateway.api_port, &gateway_key)?;
+    let mut api = ApiChannel::open(tunnel, state.gateway.api_port, &gateway_key)?;
     let request = PairRequest {
         name: state.name.clone(),
         public_key: identity.public_line(),
@@ -150,11 +212,8 @@ pub fn request(
         server_nonce: STANDARD.encode(&api.server_nonce),
         signature: STANDARD.encode(signature),
     };
-    let reply = api
-        .post("/api/v1/agent/pair", None, &signed)
-        .context("pairing refused")?;
-    tunnel.shutdown();
-    Ok(reply)
+    api.post("/api/v1/agent/pair", None, &signed)
+        .context("pairing refused")
 }
 
 /// Logs in for a pairing request. The gateway's sshd lets enrollment logins (the join secret's key, a
@@ -162,7 +221,7 @@ pub fn request(
 /// user; an approved node's key is known under the node user alone. A pending node may have been
 /// approved since it last asked, so its key is tried as the node user when the enrollment user
 /// refuses it.
-fn connect(
+fn login_as(
     state: &AgentState,
     key: &Identity,
     enrolling: bool,

@@ -1,29 +1,30 @@
 //! `agent run`: keep one SSH session to the gateway up for as long as the agent lives.
 //!
 //! Each session: connect with the node key, listen on the node's port on the gateway's 127.0.0.1,
-//! serve every forwarded connection in its own thread ("conn-N", the protocol in `service`), and
-//! heartbeat every 30 s over a direct-tcpip channel. When the session dies (or heartbeats keep
-//! failing) the agent reconnects with exponential backoff and jitter.
+//! serve every forwarded connection in its own thread ("conn-N", the protocol in `service`, which
+//! also carries the heartbeats). When the session dies (or no frame has come from the gateway for
+//! [`SILENT_LIMIT`]) the agent reconnects with exponential backoff and jitter.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
-use burrow_core::api::{Heartbeat, HeartbeatReply};
+use burrow_core::api::Heartbeat;
 use burrow_core::identity::{Identity, PublicKey};
 
 use crate::cli::Profile;
-use crate::gateway_api::{ApiChannel, ApiError};
 use crate::metrics::Sampler;
 use crate::pairing::{self, tunnel_config};
 use crate::service::{serve, HandshakeSlots, Liveness, ServiceContext, MAX_UNAUTHENTICATED};
 use crate::state::{AgentState, DataDir};
 use crate::tunnel::Tunnel;
 
-const HEARTBEAT: Duration = Duration::from_secs(30);
-/// Consecutive failed heartbeats after which the session is considered dead.
-const MAX_MISSED: u32 = 3;
+/// How often the session checks that the gateway still talks to it.
+const CHECK_EVERY: Duration = Duration::from_secs(30);
+/// A session on which no frame came from the gateway for this long is considered dead (libssh2's
+/// keepalives never check replies). The gateway dials within seconds and pings every 15 s of quiet.
+const SILENT_LIMIT: Duration = Duration::from_secs(90);
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// A session that lived this long resets the backoff.
@@ -51,12 +52,13 @@ pub fn run(dir: &DataDir, join: Option<&str>, profile: &Profile) -> anyhow::Resu
         max_concurrent: 64,
         liveness: Liveness::default(),
         revoked: Default::default(),
+        heartbeat: Some(heartbeat_source()),
+        last_contact: Mutex::new(Instant::now()),
     });
-    let mut sampler = Sampler::new();
     let mut backoff = BACKOFF_MIN;
     loop {
         let started = Instant::now();
-        match session(dir, &identity, &mut state, &ctx, &mut sampler) {
+        match session(&identity, &state, &ctx) {
             Ok(reason) => log::warn!("session to {} ended: {reason}", state.gateway.ssh),
             Err(e) => log::warn!("session to {} failed: {e:#}", state.gateway.ssh),
         }
@@ -100,11 +102,9 @@ impl std::error::Error for Revoked {}
 
 /// Runs one session until it dies; returns why.
 fn session(
-    dir: &DataDir,
     identity: &Identity,
-    state: &mut AgentState,
+    state: &AgentState,
     ctx: &Arc<ServiceContext>,
-    sampler: &mut Sampler,
 ) -> anyhow::Result<String> {
     let ports = state
         .ports
@@ -117,6 +117,9 @@ fn session(
         state.gateway.ssh,
         state.name
     );
+    // A fresh session has yet to be dialed: the silence limit counts from now.
+    ctx.heard_from_gateway();
+    let watch = ctx.clone();
     let ctx = ctx.clone();
     let acceptor: JoinHandle<()> =
         std::thread::Builder::new()
@@ -155,20 +158,13 @@ fn session(
                     let _ = h.join();
                 }
             })?;
-    let mut missed = 0;
     let reason = loop {
-        match heartbeat(&tunnel, dir, identity, state, port, sampler) {
-            Ok(()) => missed = 0,
-            Err(e) => {
-                missed += 1;
-                log::warn!("heartbeat failed ({missed}/{MAX_MISSED}): {e:#}");
-                if missed >= MAX_MISSED {
-                    break "heartbeats keep failing".to_string();
-                }
-            }
-        }
-        if let Some(reason) = tunnel.wait_closed(HEARTBEAT) {
+        if let Some(reason) = tunnel.wait_closed(CHECK_EVERY) {
             break reason;
+        }
+        let quiet = watch.quiet_for();
+        if quiet >= SILENT_LIMIT {
+            break format!("no frame from the gateway for {}s", quiet.as_secs());
         }
     };
     tunnel.shutdown();
@@ -176,41 +172,18 @@ fn session(
     Ok(reason)
 }
 
-fn heartbeat(
-    tunnel: &Tunnel,
-    dir: &DataDir,
-    identity: &Identity,
-    state: &mut AgentState,
-    port: u16,
-    sampler: &mut Sampler,
-) -> anyhow::Result<()> {
-    let gateway_key = PublicKey::from_base64(&state.gateway.gateway_key)?;
-    let mut api = ApiChannel::open(tunnel, state.gateway.api_port, &gateway_key)?;
-    let beat = Heartbeat {
-        port,
+/// The node's heartbeats: version and metrics, sent on each authenticated connection. `port` is 0:
+/// the gateway knows the port it dialed.
+fn heartbeat_source() -> crate::service::HeartbeatSource {
+    let sampler = Mutex::new(Sampler::new());
+    Box::new(move || Heartbeat {
+        port: 0,
         version: burrow_core::VERSION.into(),
-        metrics: sampler.sample(),
-    };
-    let token = state.token.clone().unwrap_or_default();
-    let reply: anyhow::Result<HeartbeatReply> =
-        api.post("/api/v1/agent/heartbeat", Some(&token), &beat);
-    let fresh = match reply {
-        Ok(r) => r.token,
-        // An expired or revoked token: prove our key again for a new one.
-        Err(e)
-            if e.downcast_ref::<ApiError>()
-                .is_some_and(|a| a.status == 401) =>
-        {
-            log::info!("node token refused ({e}); asking for a new one");
-            pairing::request(state, identity, None)?.token
-        }
-        Err(e) => return Err(e),
-    };
-    if let Some(token) = fresh {
-        state.token = Some(token);
-        dir.save(state)?;
-    }
-    Ok(())
+        metrics: sampler
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .sample(),
+    })
 }
 
 /// `base` scaled by a random factor in [0.5, 1.0), so a fleet does not reconnect in lockstep.

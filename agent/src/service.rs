@@ -2,6 +2,8 @@
 //! reverse tunnel. It runs the v2 handshake ([`burrow_core::secure`]: the agent proves its key, the
 //! gateway proves the pinned key, both derive the session keys), then serves the sealed `Exec`,
 //! `Credit`, `Cancel` and `Ping` frames until the connection ends; [`crate::exec`] runs each command.
+//! It also sends the node's heartbeats (version, metrics) on the connection, at once and every 30 s:
+//! the handshake authenticated the node, so they need no token and no API call.
 //!
 //! # Unauthenticated connections
 //!
@@ -45,6 +47,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
+use burrow_core::api::Heartbeat;
 use burrow_core::identity::{Identity, PublicKey};
 use burrow_core::protocol::{bye, ExecSpec, Message, Role};
 use burrow_core::secure::{handshake, Opener, Sealer};
@@ -67,10 +70,31 @@ pub struct ServiceContext {
     pub gateway_key: PublicKey,
     /// Requests that may run at once on one connection; more are answered with `Failed`.
     pub max_concurrent: usize,
-    /// When to ping a quiet gateway and when to give up on it.
+    /// When to ping a quiet gateway, when to give up on it, how often to send heartbeats.
     pub liveness: Liveness,
     /// Set when the gateway said `Bye` with [`bye::REVOKED`]: why. The agent then stops for good.
     pub revoked: Mutex<Option<String>>,
+    /// Makes the heartbeat (version and metrics) sent on every authenticated connection at once and
+    /// every [`Liveness::heartbeat`]; `None` sends none.
+    pub heartbeat: Option<HeartbeatSource>,
+    /// When a frame last came from the gateway on any connection: the session uses it to notice a
+    /// tunnel that looks up but carries nothing.
+    pub last_contact: Mutex<Instant>,
+}
+
+/// Builds one heartbeat.
+pub type HeartbeatSource = Box<dyn Fn() -> Heartbeat + Send + Sync>;
+
+impl ServiceContext {
+    /// How long since a frame last came from the gateway.
+    pub fn quiet_for(&self) -> Duration {
+        lock(&self.last_contact).elapsed()
+    }
+
+    /// Counts as word from the gateway (a frame, or a fresh session that has yet to be dialed).
+    pub fn heard_from_gateway(&self) {
+        *lock(&self.last_contact) = Instant::now();
+    }
 }
 
 /// The liveness bounds of an authenticated connection.
@@ -82,15 +106,19 @@ pub struct Liveness {
     pub dead_after: Duration,
     /// How often the reader wakes to check (its read timeout).
     pub tick: Duration,
+    /// How often a heartbeat goes to the gateway.
+    pub heartbeat: Duration,
 }
 
 impl Default for Liveness {
-    /// The gateway's own bounds (`health.rs`): a ping after 15 s of quiet, dropped after 45 s.
+    /// The gateway's own bounds (`health.rs`): a ping after 15 s of quiet, dropped after 45 s; a
+    /// heartbeat every 30 s.
     fn default() -> Liveness {
         Liveness {
             ping_after: Duration::from_secs(15),
             dead_after: Duration::from_secs(45),
             tick: Duration::from_secs(5),
+            heartbeat: Duration::from_secs(30),
         }
     }
 }
@@ -178,6 +206,7 @@ where
         .context("handshake with the gateway")?
     };
     drop(slot);
+    ctx.heard_from_gateway();
     reader
         .set_timeout(Some(ctx.liveness.tick))
         .context("setting the connection's read timeout")?;
@@ -192,8 +221,6 @@ where
     let (shutdown, shutdown_seen) = bounded::<()>(0);
     let mut connection = Connection {
         ctx: ctx.clone(),
-        max_concurrent: ctx.max_concurrent,
-        liveness: ctx.liveness,
         outbox: Outbox {
             frames,
             shutdown: shutdown_seen,
@@ -283,8 +310,6 @@ impl Outbox {
 
 struct Connection {
     ctx: Arc<ServiceContext>,
-    max_concurrent: usize,
-    liveness: Liveness,
     outbox: Outbox,
     requests: Registry,
     /// Request threads, joined as they finish and at shutdown.
@@ -293,10 +318,17 @@ struct Connection {
 
 impl Connection {
     fn read_loop(&mut self, reader: &mut impl Read, opener: &mut Opener) -> anyhow::Result<()> {
-        let live = self.liveness;
+        let live = self.ctx.liveness;
         let mut last_rx = Instant::now();
         let mut last_ping: Option<Instant> = None;
+        let mut last_beat: Option<Instant> = None;
         loop {
+            if let Some(beat) = &self.ctx.heartbeat {
+                if last_beat.is_none_or(|t| t.elapsed() >= live.heartbeat) {
+                    self.reply(Message::Heartbeat(beat()))?;
+                    last_beat = Some(Instant::now());
+                }
+            }
             let message = match opener.read_message(reader) {
                 Ok(message) => message,
                 Err(e) if e.is_timeout() => {
@@ -321,6 +353,7 @@ impl Connection {
             };
             last_rx = Instant::now();
             last_ping = None;
+            self.ctx.heard_from_gateway();
             match message {
                 Message::Ping(value) => self.reply(Message::Pong(value))?,
                 Message::Pong(_) => {}
@@ -385,10 +418,10 @@ impl Connection {
                 Some("request id 0 is reserved".to_string())
             } else if requests.contains_key(&id) {
                 Some(format!("request {id} is already running"))
-            } else if requests.len() >= self.max_concurrent {
+            } else if requests.len() >= self.ctx.max_concurrent {
                 Some(format!(
                     "too many requests in flight on this connection (at most {})",
-                    self.max_concurrent
+                    self.ctx.max_concurrent
                 ))
             } else {
                 None

@@ -1,4 +1,5 @@
-//! JSON bodies the agent and the gateway exchange over the API (pairing, heartbeats). Operator-facing
+//! JSON bodies the agent and the gateway exchange over the API (pairing) and the secure link
+//! (heartbeats). Operator-facing
 //! API shapes live in the gateway; these are here because both binaries must agree on them.
 
 use std::collections::BTreeMap;
@@ -78,7 +79,8 @@ pub struct PairReply {
 /// `POST /api/v1/agent/heartbeat` body.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {
-    /// The port the agent's reverse forward is listening on now.
+    /// The port the agent's reverse forward is listening on now; 0 in a heartbeat on the secure link
+    /// (the gateway knows the port it dialed). Never used for dialing.
     pub port: u16,
     /// Agent version.
     pub version: String,

@@ -328,11 +328,13 @@ impl Bus {
                     continue;
                 }
                 Message::Pong(_) => continue,
-                // Streams and heartbeats on the link come with later features.
-                Message::Data { .. }
-                | Message::Eof { .. }
-                | Message::Reset { .. }
-                | Message::Heartbeat(_) => continue,
+                // The link's handshake authenticated the node: no token needed.
+                Message::Heartbeat(beat) => {
+                    self.registry.record_heartbeat(&link.node, beat);
+                    continue;
+                }
+                // Streams opened by the agent come with later features.
+                Message::Data { .. } | Message::Eof { .. } | Message::Reset { .. } => continue,
                 other => break format!("unexpected {} from the agent", other.kind_name()),
             };
             let mut jobs = lock(&link.jobs);
@@ -440,3 +442,6 @@ pub fn new_job_id() -> String {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+#[cfg(test)]
+mod tests;

@@ -437,8 +437,12 @@ pub fn key_lines(state: &crate::registry::State, api_port: u16, now: u64) -> Key
     }
     for n in state.nodes.values() {
         match (n.approval, n.ports) {
+            // No channel to the API: everything an approved node says rides its secure link. A line
+            // without any `permitopen` would open channels anywhere (sshd_config's `PermitOpen` is
+            // `any`, and 9.2 has no `permitopen="none"` for keys), so port 1 (privileged, serves
+            // nothing) stands for "none", as it does for `permitlisten` above.
             (Approval::Approved, Some([a, b])) => lines.nodes.push(format!(
-                "{base},permitlisten=\"127.0.0.1:{a}\",permitlisten=\"127.0.0.1:{b}\",{open} {} burrow-node:{}",
+                "{base},permitlisten=\"127.0.0.1:{a}\",permitlisten=\"127.0.0.1:{b}\",permitopen=\"127.0.0.1:1\" {} burrow-node:{}",
                 n.public_key, n.id
             )),
             (Approval::Pending, _) if n.pending_until.is_some_and(|t| t > now) => lines.enrollment.push(format!(

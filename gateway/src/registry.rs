@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use burrow_core::api::Metrics;
+use burrow_core::api::{Heartbeat, Metrics};
 use serde::{Deserialize, Serialize};
 
 /// Where a node stands in pairing.
@@ -144,6 +144,18 @@ impl Registry {
     /// Changes the live view of one node.
     pub fn set_live(&self, id: &str, change: impl FnOnce(&mut Live)) {
         change(self.live_map().entry(id.to_string()).or_default());
+    }
+
+    /// A heartbeat from an approved node, over its secure link (or the older HTTP route): seen now,
+    /// with these metrics and this agent version. The port it names is not recorded: the link's own
+    /// port is (`Bus::attach`), and nothing dials a port a node merely reports.
+    pub fn record_heartbeat(&self, id: &str, beat: Heartbeat) {
+        let t = now();
+        self.set_live(id, |l| {
+            l.last_seen = Some(t);
+            l.metrics = Some(beat.metrics);
+            l.agent_version = Some(beat.version);
+        });
     }
 
     fn live_map(&self) -> MutexGuard<'_, HashMap<String, Live>> {

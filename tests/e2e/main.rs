@@ -4,8 +4,10 @@
 mod api;
 mod audit;
 mod exec;
+mod link;
 mod pairing;
 mod recovery;
+mod relay;
 mod revocation;
 mod security;
 mod sshd_access;

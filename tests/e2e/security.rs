@@ -134,7 +134,7 @@ fn local_clients_on_the_forwarded_port_cannot_run_anything() {
     loop {
         match channel.opener.read_message(&mut rec).unwrap() {
             Message::Exit { .. } => break,
-            Message::Data { .. } => {}
+            Message::Data { .. } | Message::Heartbeat(_) => {}
             other => panic!("unexpected {other:?}"),
         }
     }

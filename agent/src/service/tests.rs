@@ -39,13 +39,14 @@ fn spawn_agent(
     gateway_key: PublicKey,
     max_concurrent: usize,
 ) -> (UnixStream, JoinHandle<anyhow::Result<()>>) {
-    spawn_agent_with(gateway_key, max_concurrent, Liveness::default())
+    spawn_agent_with(gateway_key, max_concurrent, Liveness::default(), None)
 }
 
 fn spawn_agent_with(
     gateway_key: PublicKey,
     max_concurrent: usize,
     liveness: Liveness,
+    heartbeat: Option<HeartbeatSource>,
 ) -> (UnixStream, JoinHandle<anyhow::Result<()>>) {
     let (gateway_end, agent_end) = UnixStream::pair().unwrap();
     let ctx = Arc::new(ServiceContext {
@@ -54,6 +55,8 @@ fn spawn_agent_with(
         max_concurrent,
         liveness,
         revoked: Default::default(),
+        heartbeat,
+        last_contact: Mutex::new(Instant::now()),
     });
     let slot = HandshakeSlots::new(1).try_take().unwrap();
     let agent = thread::spawn(move || {
@@ -434,9 +437,10 @@ fn relay_dropping_the_gateways_frames_is_cut_within_the_liveness_bound() {
         ping_after: Duration::from_millis(300),
         dead_after: Duration::from_secs(1),
         tick: Duration::from_millis(100),
+        heartbeat: Duration::from_secs(30),
     };
     let gateway = Identity::generate("gateway");
-    let (agent_side, agent) = spawn_agent_with(gateway.public(), 8, liveness);
+    let (agent_side, agent) = spawn_agent_with(gateway.public(), 8, liveness, None);
     let (mut gw, relay_side) = UnixStream::pair().unwrap();
     gw.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let stall = Arc::new(AtomicBool::new(false));
@@ -528,4 +532,42 @@ fn bye_ends_the_connection() {
     });
     let agent = gateway.agent.take().unwrap();
     agent.join().unwrap().unwrap();
+}
+
+/// Heartbeats ride the authenticated connection: one at once, then one per interval.
+#[test]
+fn heartbeats_go_out_on_the_connection_at_once_and_then_periodically() {
+    let liveness = Liveness {
+        tick: Duration::from_millis(50),
+        heartbeat: Duration::from_millis(300),
+        ..Liveness::default()
+    };
+    let beat = || burrow_core::api::Heartbeat {
+        port: 0,
+        version: "test".into(),
+        metrics: burrow_core::api::Metrics {
+            uptime_s: 42,
+            ..Default::default()
+        },
+    };
+    let gateway = Identity::generate("gateway");
+    let (mut stream, agent) = spawn_agent_with(gateway.public(), 8, liveness, Some(Box::new(beat)));
+    let channel = handshake(&mut stream, &gateway, Role::Gateway, |_| true).unwrap();
+    let mut g = TestGateway {
+        stream,
+        sealer: channel.sealer,
+        opener: channel.opener,
+        agent: Some(agent),
+    };
+    let connected = Instant::now();
+    assert_eq!(g.recv(), Message::Heartbeat(beat()));
+    assert!(
+        connected.elapsed() < Duration::from_millis(250),
+        "{:?}",
+        connected.elapsed()
+    );
+    assert_eq!(g.recv(), Message::Heartbeat(beat()));
+    let second = connected.elapsed();
+    assert!(second >= Duration::from_millis(300), "{second:?}");
+    g.finish().unwrap();
 }

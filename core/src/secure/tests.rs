@@ -429,3 +429,31 @@ fn random_bytes_never_panic_the_opener() {
         let _ = keys().1.read_message(&mut &bytes[..]);
     }
 }
+
+/// Not a test: what sealing and opening cost per byte, on 32 KiB `Data` frames (the agent's output
+/// chunk). `cargo test --release -p burrow-core -- --ignored bench_seal_open --nocapture`
+#[test]
+#[ignore = "benchmark"]
+fn bench_seal_open() {
+    const FRAMES: usize = 8 * 1024;
+    let (mut s, mut o) = keys();
+    let m = Message::Data {
+        id: 1,
+        stream: stream::STDOUT,
+        data: vec![0x61; crate::protocol::MAX_CHUNK],
+    };
+    let started = std::time::Instant::now();
+    let sealed: Vec<Vec<u8>> = (0..FRAMES).map(|_| s.seal(&m).unwrap()).collect();
+    let seal = started.elapsed();
+    let started = std::time::Instant::now();
+    for f in &sealed {
+        o.read_message(&mut &f[..]).unwrap();
+    }
+    let open = started.elapsed();
+    let mb = (FRAMES * crate::protocol::MAX_CHUNK) as f64 / 1e6;
+    println!(
+        "{mb:.0} MB in 32 KiB Data frames: seal {:.0} MB/s, open (incl. decode) {:.0} MB/s",
+        mb / seal.as_secs_f64(),
+        mb / open.as_secs_f64()
+    );
+}

@@ -35,12 +35,7 @@ pub fn heartbeat(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
     }
     let beat: Heartbeat = parse_body(&req.call.body)?;
     let t = now();
-    ctx.registry.set_live(&who.subject, |l| {
-        l.last_seen = Some(t);
-        l.port = Some(beat.port);
-        l.metrics = Some(beat.metrics);
-        l.agent_version = Some(beat.version);
-    });
+    ctx.registry.record_heartbeat(&who.subject, beat);
     if !ctx.bus.is_linked(&who.subject) {
         ctx.bus.dial(&who.subject);
     }
