@@ -2,6 +2,7 @@
 //! on 127.0.0.1, real sockets and files in temp dirs. Nothing is mocked.
 
 mod exec;
+mod hostile_http;
 mod pairing;
 mod recovery;
 mod security;
