@@ -76,6 +76,21 @@ pub struct Request {
 
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
+
+    // PATCH(peer-credentials)
+    peer_credentials: Option<PeerCredentials>,
+}
+
+/// PATCH(peer-credentials): the process at the other end of a Unix socket, as the kernel recorded
+/// it when that process connected (`SO_PEERCRED`): it cannot be forged by the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCredentials {
+    /// Effective user id of the peer.
+    pub uid: u32,
+    /// Effective group id of the peer.
+    pub gid: u32,
+    /// Process id of the peer.
+    pub pid: i32,
 }
 
 struct NotifyOnDrop<R> {
@@ -357,6 +372,7 @@ where
         body_length: content_length,
         must_send_continue: expects_continue,
         notify_when_responded: None,
+        peer_credentials: None,
     })
 }
 
@@ -410,6 +426,18 @@ impl Request {
     #[inline]
     pub fn remote_addr(&self) -> Option<&SocketAddr> {
         self.remote_addr.as_ref()
+    }
+
+    /// PATCH(peer-credentials): who sent this request over a Unix socket (`SO_PEERCRED`, read at
+    /// accept); `None` over TCP, and unless the `unix-peer-credentials` feature is on (Linux).
+    #[inline]
+    pub fn peer_credentials(&self) -> Option<&PeerCredentials> {
+        self.peer_credentials.as_ref()
+    }
+
+    pub(crate) fn with_peer_credentials(mut self, credentials: Option<PeerCredentials>) -> Self {
+        self.peer_credentials = credentials;
+        self
     }
 
     /// Sends a response with a `Connection: upgrade` header, then turns the `Request` into a `Stream`.
