@@ -86,7 +86,6 @@ impl Api {
         let mut limits = tiny_http::Limits::default();
         limits.max_body_bytes = Some(MAX_BODY);
         limits.buffer_body_up_to = MAX_BODY as usize;
-        limits.max_connections = 4 * WORKERS;
         let listener = std::net::TcpListener::bind(addr)
             .with_context(|| format!("binding the API on {addr}"))?;
         let server = Server::from_listener_with_limits(listener, None, limits.clone())

@@ -278,6 +278,22 @@ where
         }
     };
 
+    // PATCH(stalled-connections): a body small enough to be buffered here is not worth a round
+    // trip through the application: `100 Continue` is sent now, so that a client which then stalls
+    // holds the connection's thread, not a worker (upstream sent it when the handler first asked
+    // for the body, so such bodies always reached a worker unread).
+    let mut writer = writer;
+    let mut must_send_continue = expects_continue;
+    let buffered = match content_length {
+        Some(n) => n > 0 && n <= limits.buffer_body_up_to,
+        None => transfer_encoding.is_some() && limits.buffer_body_up_to > 0,
+    };
+    if expects_continue && buffered && !connection_upgrade && version >= HTTPVersion(1, 1) {
+        writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        writer.flush()?;
+        must_send_continue = false;
+    }
+
     // we wrap `source_data` around a reading whose nature depends on the transfer-encoding and
     // content-length headers
     let reader = if connection_upgrade {
@@ -286,7 +302,7 @@ where
     } else if let Some(content_length) = content_length {
         if content_length == 0 {
             Box::new(io::empty()) as Box<dyn Read + Send + 'static>
-        } else if content_length <= limits.buffer_body_up_to && !expects_continue {
+        } else if content_length <= limits.buffer_body_up_to && !must_send_continue {
             // if the content-length is small enough, we just read everything into a buffer
 
             // PATCH(limits): the threshold is configurable (upstream: 1024), and the buffer
@@ -333,7 +349,7 @@ where
             close_connection: limits.close_connection.clone(),
         };
         // PATCH(limits): small chunked bodies are buffered like small fixed-length ones.
-        if limits.buffer_body_up_to > 0 && !expects_continue {
+        if limits.buffer_body_up_to > 0 && !must_send_continue {
             let mut buffer = Vec::new();
             body.by_ref()
                 .take(limits.buffer_body_up_to as u64 + 1)
@@ -370,7 +386,7 @@ where
         http_version: version,
         headers,
         body_length: content_length,
-        must_send_continue: expects_continue,
+        must_send_continue,
         notify_when_responded: None,
         peer_credentials: None,
     })
