@@ -119,3 +119,37 @@ fn cli_actions_are_audited_as_the_unix_user() {
     });
     assert_eq!(approved_by().unwrap(), actor);
 }
+
+#[test]
+fn cli_reaches_the_gateway_while_its_tcp_port_is_flooded() {
+    let gw = Gateway::start();
+    // Idle connections up to the TCP API's cap (256): further TCP clients get a 503 ...
+    let mut held = Vec::new();
+    wait_until(
+        Duration::from_secs(20),
+        "the TCP API refusing with 503",
+        || {
+            for _ in 0..32 {
+                held.push(TcpStream::connect(gw.api).unwrap());
+            }
+            let mut probe = TcpStream::connect(gw.api).unwrap();
+            probe
+                .write_all(b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            probe
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut answer = Vec::new();
+            let _ = probe.read_to_end(&mut answer);
+            answer.starts_with(b"HTTP/1.1 503")
+        },
+    );
+    // ... while the CLI, on its own socket, is served.
+    let out = gw.cli(&["nodes", "ls"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(held);
+}
