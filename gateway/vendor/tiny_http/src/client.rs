@@ -236,7 +236,7 @@ impl ClientConnection {
             self.remote_addr.as_ref().ok().copied().flatten(),
             data_source,
             writer,
-            &crate::request::BodyLimits {
+            &crate::body::BodyLimits {
                 max_body_bytes: self.limits.max_body_bytes,
                 buffer_body_up_to: self.limits.buffer_body_up_to,
                 drain_limit: self.limits.drain_limit,
