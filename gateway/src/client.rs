@@ -21,6 +21,7 @@ struct Client {
 
 impl Client {
     fn open(data_dir: &Path) -> anyhow::Result<Client> {
+        check_private(data_dir)?;
         Ok(Client {
             socket: runinfo::socket_path(data_dir),
         })
@@ -56,6 +57,28 @@ impl Client {
         }
         Ok(value)
     }
+}
+
+/// The socket is trustworthy because nobody else can create a file in the data dir: check that
+/// before talking to it (the gateway makes it 0700; an operator might loosen it by hand).
+fn check_private(data_dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match std::fs::metadata(data_dir) {
+        Ok(meta) => meta,
+        // No data dir: the socket's absence will say the gateway is not running.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("checking {}", data_dir.display())),
+    };
+    let me = rustix::process::getuid().as_raw();
+    if meta.mode() & 0o022 != 0 || (meta.uid() != 0 && meta.uid() != me) {
+        bail!(
+            "refusing to use {}: it is writable by others or owned by another user (uid {}), so \
+             its socket could be anyone's; make it 0700 and owned by the gateway's user",
+            data_dir.display(),
+            meta.uid()
+        );
+    }
+    Ok(())
 }
 
 pub fn join(data_dir: &Path, command: JoinCommand) -> anyhow::Result<()> {

@@ -153,3 +153,25 @@ fn cli_reaches_the_gateway_while_its_tcp_port_is_flooded() {
     );
     drop(held);
 }
+
+#[test]
+fn cli_refuses_a_data_dir_others_could_plant_a_socket_in() {
+    use std::os::unix::fs::PermissionsExt;
+    let gw = Gateway::start();
+    let set =
+        |mode| std::fs::set_permissions(gw.data(), std::fs::Permissions::from_mode(mode)).unwrap();
+    set(0o777);
+    let out = gw.cli(&["nodes", "ls"]);
+    set(0o700);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("refusing to use"),
+        "{stderr}"
+    );
+    let out = gw.cli(&["nodes", "ls"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
