@@ -1,70 +1,84 @@
-//! CLI subcommands that act on a running gateway through its API, authenticated with a short-lived
-//! admin token minted from the gateway key in the data dir (so they need read access to it: run them
-//! as the gateway's user).
+//! CLI subcommands that act on a running gateway through its API, over the gateway's Unix socket in
+//! the data dir (unix_http.rs). No token is sent: the gateway knows the caller by its Unix user
+//! (root or the gateway's own user: run these as that user) and audits the action under that name.
+//! The TCP address in `run.json` is never used, so whoever holds that port learns nothing.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use burrow_core::identity::Identity;
 use serde_json::{json, Value};
 
 use crate::cli::{ExecArgs, JoinCommand, NodesCommand};
 use crate::runinfo;
-use crate::tokens::{Role, Tokens};
+use crate::unix_http;
 
 struct Client {
-    base: String,
-    token: String,
-    agent: ureq::Agent,
+    socket: PathBuf,
 }
 
 impl Client {
     fn open(data_dir: &Path) -> anyhow::Result<Client> {
-        let info = runinfo::read(data_dir)?;
-        let identity = Identity::load(&data_dir.join("gateway.key"))?;
-        let (token, _) =
-            Tokens::new(&identity)?.issue("cli", Role::Gateway, Duration::from_secs(300))?;
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
+        check_private(data_dir)?;
         Ok(Client {
-            base: format!("http://{}", info.api),
-            token,
-            agent,
+            socket: runinfo::socket_path(data_dir),
         })
     }
 
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        accept: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<unix_http::Response> {
+        let body = match (method, body) {
+            ("GET", _) => Vec::new(),
+            (_, body) => body.unwrap_or(json!({})).to_string().into_bytes(),
+        };
+        unix_http::request(
+            &self.socket,
+            method,
+            path,
+            &[("Content-Type", "application/json"), ("Accept", accept)],
+            &body,
+        )
+    }
+
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        let url = format!("{}{path}", self.base);
-        let auth = format!("Bearer {}", self.token);
-        let response = match (method, body) {
-            ("GET", _) => self.agent.get(&url).header("Authorization", &auth).call(),
-            ("DELETE", _) => self
-                .agent
-                .delete(&url)
-                .header("Authorization", &auth)
-                .call(),
-            (_, body) => self
-                .agent
-                .post(&url)
-                .header("Authorization", &auth)
-                .header("Content-Type", "application/json")
-                .send(body.unwrap_or(json!({})).to_string()),
-        }
-        .with_context(|| format!("calling the gateway API at {url}"))?;
-        let status = response.status().as_u16();
-        let text = response.into_body().read_to_string()?;
+        let response = self.send(method, path, "application/json", body)?;
+        let status = response.status;
+        let text = response.into_string()?;
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if status >= 400 {
             bail!("{}", value["error"].as_str().unwrap_or(&value.to_string()));
         }
         Ok(value)
     }
+}
+
+/// The socket is trustworthy because nobody else can create a file in the data dir: check that
+/// before talking to it (the gateway makes it 0700; an operator might loosen it by hand).
+fn check_private(data_dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match std::fs::metadata(data_dir) {
+        Ok(meta) => meta,
+        // No data dir: the socket's absence will say the gateway is not running.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("checking {}", data_dir.display())),
+    };
+    let me = rustix::process::getuid().as_raw();
+    if meta.mode() & 0o022 != 0 || (meta.uid() != 0 && meta.uid() != me) {
+        bail!(
+            "refusing to use {}: it is writable by others or owned by another user (uid {}), so \
+             its socket could be anyone's; make it 0700 and owned by the gateway's user",
+            data_dir.display(),
+            meta.uid()
+        );
+    }
+    Ok(())
 }
 
 pub fn join(data_dir: &Path, command: JoinCommand) -> anyhow::Result<()> {
@@ -143,21 +157,18 @@ pub fn nodes(data_dir: &Path, command: NodesCommand) -> anyhow::Result<()> {
 /// 128+signal when killed, 124 on timeout, 255 when it could not run).
 pub fn exec(data_dir: &Path, args: ExecArgs) -> anyhow::Result<i32> {
     let client = Client::open(data_dir)?;
-    let url = format!("{}/api/v1/nodes/{}/exec", client.base, args.node);
-    let response = client
-        .agent
-        .post(&url)
-        .header("Authorization", &format!("Bearer {}", client.token))
-        .header("Accept", "application/x-ndjson")
-        .header("Content-Type", "application/json")
-        .send(json!({"argv": args.argv, "timeout_s": args.timeout}).to_string())
-        .with_context(|| format!("calling {url}"))?;
-    if response.status().as_u16() >= 400 {
-        let text = response.into_body().read_to_string()?;
+    let response = client.send(
+        "POST",
+        &format!("/api/v1/nodes/{}/exec", args.node),
+        "application/x-ndjson",
+        Some(json!({"argv": args.argv, "timeout_s": args.timeout})),
+    )?;
+    if response.status >= 400 {
+        let text = response.into_string()?;
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         bail!("{}", v["error"].as_str().unwrap_or(&v.to_string()));
     }
-    let reader = BufReader::new(response.into_body().into_reader());
+    let reader = BufReader::new(response.into_reader());
     let (mut stdout, mut stderr) = (std::io::stdout().lock(), std::io::stderr());
     for line in reader.lines() {
         let event: Value = serde_json::from_str(&line?).context("bad event from the gateway")?;

@@ -17,6 +17,7 @@ mod runinfo;
 mod serve;
 mod sshd;
 mod tokens;
+mod unix_http;
 
 use std::path::Path;
 use std::process::ExitCode;

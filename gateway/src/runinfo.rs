@@ -1,13 +1,13 @@
-//! `run.json`: where the running gateway's API and sshd are, so CLI subcommands (and tests) find them
-//! without being told. Written after startup, removed on clean shutdown.
+//! `run.json`: where the running gateway's API and sshd are, so tools (and tests) find them without
+//! being told. Written after startup, removed on clean shutdown. The CLI itself does not use it: it
+//! talks to the gateway over [`socket_path`], which only the gateway can create.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::Context;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize)]
 pub struct RunInfo {
     pub pid: u32,
     pub api: SocketAddr,
@@ -38,18 +38,12 @@ pub fn write(
     )?)
 }
 
-pub fn read(dir: &Path) -> anyhow::Result<RunInfo> {
-    let path = dir.join("run.json");
-    let bytes = std::fs::read(&path).with_context(|| {
-        format!(
-            "the gateway does not seem to be running ({} is missing); start it with `gateway serve --data-dir {}`",
-            path.display(),
-            dir.display()
-        )
-    })?;
-    serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
-}
-
 pub fn remove(dir: &Path) {
     let _ = std::fs::remove_file(dir.join("run.json"));
+}
+
+/// The API's Unix socket in the (0700) data dir: the CLI's way to the running gateway. A local user
+/// can squat the TCP port in `run.json` while the gateway is down, but cannot create this file.
+pub fn socket_path(dir: &Path) -> PathBuf {
+    dir.join("api.sock")
 }

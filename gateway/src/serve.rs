@@ -31,7 +31,7 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = data_dir
         .canonicalize()
         .with_context(|| format!("resolving {}", data_dir.display()))?;
-    let (server, api_addr) = Api::bind(args.api)?;
+    let (server, api_addr) = Api::bind(args.api, &data_dir)?;
     let host = burrow_core::hostname("localhost");
     let (identity, created) = Identity::load_or_generate(
         &data_dir.join("gateway.key"),

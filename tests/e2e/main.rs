@@ -3,7 +3,9 @@
 
 mod api;
 mod audit;
+mod cli_socket;
 mod exec;
+mod hostile_http;
 mod link;
 mod pairing;
 mod recovery;

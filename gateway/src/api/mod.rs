@@ -7,6 +7,7 @@
 
 mod agent;
 mod exec;
+mod local;
 mod nodes;
 pub mod routes;
 
@@ -15,6 +16,7 @@ pub use exec::DEFAULT_ANSWER_LIMIT;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -60,6 +62,8 @@ pub struct Call {
     pub authorization: Option<String>,
     pub accept: Option<String>,
     pub body: Vec<u8>,
+    /// The caller's Unix uid when it came through the CLI socket (`local.rs`); never set over TCP.
+    pub peer_uid: Option<u32>,
 }
 
 /// What a handler answers.
@@ -69,15 +73,24 @@ pub enum Reply {
     Stream(Box<dyn Iterator<Item = Value> + Send>),
 }
 
-/// The running API server; dropping it stops the workers.
+/// The running API servers (TCP, and the CLI's Unix socket); dropping it stops the workers.
 pub struct Api {
-    server: Arc<Server>,
-    workers: Vec<JoinHandle<()>>,
+    workers: Vec<(Arc<Server>, JoinHandle<()>)>,
 }
 
+/// The bound listeners, between [`Api::bind`] and [`Api::start`].
+pub struct Listeners {
+    tcp: Server,
+    local: Server,
+}
+
+/// Workers of the CLI socket; a `gateway exec` holds one for the command's duration.
+const LOCAL_WORKERS: usize = 8;
+
 impl Api {
-    /// Binds the API (before anything else starts, so a taken port fails fast).
-    pub fn bind(addr: SocketAddr) -> anyhow::Result<(Server, SocketAddr)> {
+    /// Binds the API on `addr` and the CLI socket in `data_dir` (before anything else starts, so a
+    /// taken port fails fast).
+    pub fn bind(addr: SocketAddr, data_dir: &Path) -> anyhow::Result<(Listeners, SocketAddr)> {
         // Bounds that keep one client from holding memory, threads or workers (issue 6 §2; our
         // tiny_http patch, gateway/vendor/tiny_http/PATCHES.md). Bodies up to the largest route
         // limit are read by the connection's thread before a worker sees the request, so stalled
@@ -90,42 +103,55 @@ impl Api {
         // 413 instead of a broken pipe: its body is drained (fixed buffer, on the connection's
         // thread) rather than the connection closed under it.
         limits.drain_limit = 4 << 20;
-        limits.max_connections = 4 * WORKERS;
         let listener = std::net::TcpListener::bind(addr)
             .with_context(|| format!("binding the API on {addr}"))?;
-        let server = Server::from_listener_with_limits(listener, None, limits)
+        let server = Server::from_listener_with_limits(listener, None, limits.clone())
             .map_err(|e| anyhow::anyhow!("serving the API on {addr}: {e}"))?;
         let local = server
             .server_addr()
             .to_ip()
             .context("API listener has no IP address")?;
-        Ok((server, local))
+        let socket = local::bind(&crate::runinfo::socket_path(data_dir), limits)?;
+        Ok((
+            Listeners {
+                tcp: server,
+                local: socket,
+            },
+            local,
+        ))
     }
 
-    pub fn start(server: Server, ctx: Arc<Ctx>) -> anyhow::Result<Api> {
-        let server = Arc::new(server);
+    pub fn start(listeners: Listeners, ctx: Arc<Ctx>) -> anyhow::Result<Api> {
         let mut workers = Vec::new();
-        for i in 0..WORKERS {
-            let (server, ctx) = (server.clone(), ctx.clone());
-            workers.push(std::thread::Builder::new().name(format!("api-{i}")).spawn(
-                move || {
-                    // `recv` returns Err once `unblock` is called on shutdown.
-                    while let Ok(request) = server.recv() {
-                        serve(&ctx, request);
-                    }
-                },
-            )?);
+        for (server, count, name) in [
+            (listeners.tcp, WORKERS, "api"),
+            (listeners.local, LOCAL_WORKERS, "api-local"),
+        ] {
+            let server = Arc::new(server);
+            for i in 0..count {
+                let (s, ctx) = (server.clone(), ctx.clone());
+                let worker = std::thread::Builder::new()
+                    .name(format!("{name}-{i}"))
+                    .spawn(move || {
+                        // `recv` returns Err once `unblock` is called on shutdown.
+                        while let Ok(request) = s.recv() {
+                            serve(&ctx, request);
+                        }
+                    })?;
+                workers.push((server.clone(), worker));
+            }
         }
-        Ok(Api { server, workers })
+        Ok(Api { workers })
     }
 }
 
 impl Drop for Api {
     fn drop(&mut self) {
-        for _ in &self.workers {
-            self.server.unblock();
+        // One `unblock` per worker of each server, then join them all.
+        for (server, _) in &self.workers {
+            server.unblock();
         }
-        for w in self.workers.drain(..) {
+        for (_, w) in self.workers.drain(..) {
             let _ = w.join();
         }
     }
@@ -145,6 +171,7 @@ fn serve(ctx: &Ctx, mut request: Request) {
         authorization: header("Authorization"),
         accept: header("Accept"),
         body: Vec::new(),
+        peer_uid: request.peer_credentials().map(|c| c.uid),
     };
     let declared = request.body_length();
     let reply = dispatch(ctx, call, declared, request.as_reader());
@@ -292,6 +319,9 @@ pub fn error_reply(r: &Refusal) -> Reply {
 
 /// Checks the bearer token: EdDSA signature by this gateway, not expired, not revoked.
 pub fn authenticate(ctx: &Ctx, call: &Call) -> Result<Verified, Refusal> {
+    if let Some(uid) = call.peer_uid {
+        return local::authenticate(uid);
+    }
     let token = call
         .authorization
         .as_deref()

@@ -40,6 +40,9 @@ pub struct ClientConnection {
     // true if the connection goes through SSL
     secure: bool,
 
+    // PATCH(peer-credentials): the Unix-socket peer, read once at accept.
+    peer_credentials: Option<crate::PeerCredentials>,
+
     // PATCH(limits): the server's bounds, bytes of the head being read so far, and the flag an
     // unread body raises when the stream can no longer be trusted to start at a request.
     limits: Limits,
@@ -74,6 +77,7 @@ impl ClientConnection {
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
+        let peer_credentials = read_socket.peer_credentials();
 
         let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(1024, read_socket));
         let first_header = source.next().unwrap();
@@ -85,6 +89,7 @@ impl ClientConnection {
             next_header_source: first_header,
             no_more_requests: false,
             secure,
+            peer_credentials,
             limits,
             head_bytes: 0,
             close_connection: Arc::new(AtomicBool::new(false)),
@@ -231,7 +236,7 @@ impl ClientConnection {
             self.remote_addr.as_ref().ok().copied().flatten(),
             data_source,
             writer,
-            &crate::request::BodyLimits {
+            &crate::body::BodyLimits {
                 max_body_bytes: self.limits.max_body_bytes,
                 buffer_body_up_to: self.limits.buffer_body_up_to,
                 drain_limit: self.limits.drain_limit,
@@ -251,7 +256,7 @@ impl ClientConnection {
         })?;
 
         // return the request
-        Ok(request)
+        Ok(request.with_peer_credentials(self.peer_credentials))
     }
 }
 

@@ -87,6 +87,27 @@ impl Connection {
         }
     }
 
+    /// PATCH(peer-credentials): who is at the other end of a Unix socket, as the kernel saw it
+    /// when the peer connected (`SO_PEERCRED`); `None` for TCP, or where not supported.
+    pub(crate) fn peer_credentials(&self) -> Option<crate::PeerCredentials> {
+        match self {
+            #[cfg(all(
+                feature = "unix-peer-credentials",
+                any(target_os = "linux", target_os = "android")
+            ))]
+            Self::Unix(s) => {
+                rustix::net::sockopt::socket_peercred(s)
+                    .ok()
+                    .map(|c| crate::PeerCredentials {
+                        uid: c.uid.as_raw(),
+                        gid: c.gid.as_raw(),
+                        pid: c.pid.as_raw_nonzero().get(),
+                    })
+            }
+            _ => None,
+        }
+    }
+
     pub(crate) fn shutdown(&self, how: Shutdown) -> std::io::Result<()> {
         match self {
             Self::Tcp(s) => s.shutdown(how),

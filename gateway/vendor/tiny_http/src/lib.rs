@@ -90,12 +90,10 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 #![allow(clippy::match_like_matches_macro)]
-// Vendoring only (burrow): upstream 0.12.0 code predates these lints of today's compiler and
-// clippy. They are style findings in code the patches do not touch; allowing them crate-wide keeps
-// PATCHES.md the whole diff from upstream. New code in the patches is clean without them.
+// Vendoring only (burrow): upstream 0.12.0 code predates these clippy lints. They are style
+// findings in code the patches do not touch; allowing them crate-wide keeps PATCHES.md the whole
+// diff from upstream. New code in the patches is clean without them.
 #![allow(
-    unused_imports,
-    dead_code,
     clippy::doc_overindented_list_items,
     clippy::unnecessary_map_or,
     clippy::io_other_error,
@@ -124,10 +122,11 @@ use util::MessagesQueue;
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener};
 pub use limits::Limits;
-pub use request::{ReadWrite, Request};
+pub use request::{PeerCredentials, ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
 
+mod body;
 mod client;
 mod common;
 mod connection;
@@ -174,6 +173,7 @@ impl From<Request> for Message {
 
 // this trait is to make sure that Server implements Share and Send
 #[doc(hidden)]
+#[allow(dead_code)] // vendoring only: a compile-time check that today's rustc reports as unused
 trait MustBeShareDummy: Sync + Send {}
 #[doc(hidden)]
 impl MustBeShareDummy for Server {}

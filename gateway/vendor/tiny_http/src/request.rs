@@ -3,12 +3,11 @@ use std::io::{self, Cursor, ErrorKind, Read, Write};
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::str::FromStr;
+// PATCH(content-length): `FromStr` (Content-Length parsing) moved to body.rs.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
 
+use crate::body::{parse_content_length, BodyLimits, ChunkedBody};
 use crate::util::{EqualReader, FusedReader};
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
 use chunked_transfer::Decoder;
@@ -76,6 +75,21 @@ pub struct Request {
 
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
+
+    // PATCH(peer-credentials)
+    peer_credentials: Option<PeerCredentials>,
+}
+
+/// PATCH(peer-credentials): the process at the other end of a Unix socket, as the kernel recorded
+/// it when that process connected (`SO_PEERCRED`): it cannot be forged by the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCredentials {
+    /// Effective user id of the peer.
+    pub uid: u32,
+    /// Effective group id of the peer.
+    pub gid: u32,
+    /// Process id of the peer.
+    pub pid: i32,
 }
 
 struct NotifyOnDrop<R> {
@@ -117,53 +131,6 @@ pub enum RequestCreationError {
 
     /// PATCH(content-length): a body larger than `Limits::max_body_bytes`.
     BodyTooLarge,
-}
-
-/// PATCH(limits): the part of [`crate::Limits`] that shapes how a body is read, and the flag to
-/// raise when a body is left unread so the connection must close.
-pub(crate) struct BodyLimits {
-    pub max_body_bytes: Option<u64>,
-    pub buffer_body_up_to: usize,
-    pub drain_limit: usize,
-    pub close_connection: Arc<AtomicBool>,
-}
-
-impl Default for BodyLimits {
-    fn default() -> BodyLimits {
-        let limits = crate::Limits::default();
-        BodyLimits {
-            max_body_bytes: limits.max_body_bytes,
-            buffer_body_up_to: limits.buffer_body_up_to,
-            drain_limit: limits.drain_limit,
-            close_connection: Arc::new(AtomicBool::new(false)),
-        }
-    }
-}
-
-/// PATCH(unread-body): a chunked body reader that, dropped before its end, marks the connection
-/// for closing (upstream left the rest of the body to be parsed as the next request).
-struct ChunkedBody<R: Read> {
-    decoder: Decoder<R>,
-    finished: bool,
-    close_connection: Arc<AtomicBool>,
-}
-
-impl<R: Read> Read for ChunkedBody<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.decoder.read(buf)?;
-        if n == 0 && !buf.is_empty() {
-            self.finished = true;
-        }
-        Ok(n)
-    }
-}
-
-impl<R: Read> Drop for ChunkedBody<R> {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.close_connection.store(true, Ordering::Release);
-        }
-    }
 }
 
 impl From<IoError> for RequestCreationError {
@@ -209,26 +176,8 @@ where
         // header must be ignored (RFC2616 #4.4)
         None
     } else {
-        // PATCH(content-length): upstream took the first header and silently ignored one that
-        // did not parse (the body was then read as the next request). RFC 9112 §6.3: an invalid
-        // Content-Length, or several that differ, is an unrecoverable framing error.
-        let mut length: Option<usize> = None;
-        for h in headers.iter().filter(|h| h.field.equiv("Content-Length")) {
-            let value = h.value.as_str().trim();
-            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(RequestCreationError::BadContentLength);
-            }
-            // Too many digits for usize is certainly over any body limit.
-            let parsed = match usize::from_str(value) {
-                Ok(n) => n,
-                Err(_) => return Err(RequestCreationError::BodyTooLarge),
-            };
-            if length.is_some_and(|l| l != parsed) {
-                return Err(RequestCreationError::BadContentLength);
-            }
-            length = Some(parsed);
-        }
-        length
+        // PATCH(content-length): see `parse_content_length`.
+        parse_content_length(&headers)?
     };
 
     // PATCH(content-length): refuse what the server will not take before reading any of it.
@@ -263,6 +212,22 @@ where
         }
     };
 
+    // PATCH(stalled-connections): a body small enough to be buffered here is not worth a round
+    // trip through the application: `100 Continue` is sent now, so that a client which then stalls
+    // holds the connection's thread, not a worker (upstream sent it when the handler first asked
+    // for the body, so such bodies always reached a worker unread).
+    let mut writer = writer;
+    let mut must_send_continue = expects_continue;
+    let buffered = match content_length {
+        Some(n) => n > 0 && n <= limits.buffer_body_up_to,
+        None => transfer_encoding.is_some() && limits.buffer_body_up_to > 0,
+    };
+    if expects_continue && buffered && !connection_upgrade && version >= HTTPVersion(1, 1) {
+        writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        writer.flush()?;
+        must_send_continue = false;
+    }
+
     // we wrap `source_data` around a reading whose nature depends on the transfer-encoding and
     // content-length headers
     let reader = if connection_upgrade {
@@ -271,7 +236,7 @@ where
     } else if let Some(content_length) = content_length {
         if content_length == 0 {
             Box::new(io::empty()) as Box<dyn Read + Send + 'static>
-        } else if content_length <= limits.buffer_body_up_to && !expects_continue {
+        } else if content_length <= limits.buffer_body_up_to && !must_send_continue {
             // if the content-length is small enough, we just read everything into a buffer
 
             // PATCH(limits): the threshold is configurable (upstream: 1024), and the buffer
@@ -318,7 +283,7 @@ where
             close_connection: limits.close_connection.clone(),
         };
         // PATCH(limits): small chunked bodies are buffered like small fixed-length ones.
-        if limits.buffer_body_up_to > 0 && !expects_continue {
+        if limits.buffer_body_up_to > 0 && !must_send_continue {
             let mut buffer = Vec::new();
             body.by_ref()
                 .take(limits.buffer_body_up_to as u64 + 1)
@@ -355,8 +320,9 @@ where
         http_version: version,
         headers,
         body_length: content_length,
-        must_send_continue: expects_continue,
+        must_send_continue,
         notify_when_responded: None,
+        peer_credentials: None,
     })
 }
 
@@ -410,6 +376,18 @@ impl Request {
     #[inline]
     pub fn remote_addr(&self) -> Option<&SocketAddr> {
         self.remote_addr.as_ref()
+    }
+
+    /// PATCH(peer-credentials): who sent this request over a Unix socket (`SO_PEERCRED`, read at
+    /// accept); `None` over TCP, and unless the `unix-peer-credentials` feature is on (Linux).
+    #[inline]
+    pub fn peer_credentials(&self) -> Option<&PeerCredentials> {
+        self.peer_credentials.as_ref()
+    }
+
+    pub(crate) fn with_peer_credentials(mut self, credentials: Option<PeerCredentials>) -> Self {
+        self.peer_credentials = credentials;
+        self
     }
 
     /// Sends a response with a `Connection: upgrade` header, then turns the `Request` into a `Stream`.

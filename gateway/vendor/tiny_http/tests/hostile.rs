@@ -305,3 +305,29 @@ fn small_unread_body_is_drained_and_the_connection_kept() {
     let answer = exchange(addr, request.as_bytes());
     assert_eq!(answer.matches("HTTP/1.1 200").count(), 2, "{}", answer);
 }
+
+#[test]
+fn stalled_body_after_100_continue_holds_no_worker() {
+    let mut limits = Limits::default();
+    limits.buffer_body_up_to = 4096;
+    let (server, addr) = serve(limits);
+    let mut stalled = connect(addr);
+    stalled
+        .write_all(b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4000\r\n\r\n")
+        .unwrap();
+    let mut continue_line = [0u8; 25];
+    stalled.read_exact(&mut continue_line).unwrap();
+    assert_eq!(&continue_line, b"HTTP/1.1 100 Continue\r\n\r\n");
+    stalled.write_all(b"partial").unwrap();
+    // The stalled request never reaches `recv`; a complete one does.
+    let mut c = connect(addr);
+    c.write_all(b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\ndone")
+        .unwrap();
+    let mut rq = server
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap()
+        .unwrap();
+    let mut body = String::new();
+    rq.as_reader().read_to_string(&mut body).unwrap();
+    assert_eq!(body, "done");
+}

@@ -160,6 +160,15 @@ impl RefinedTcpStream {
     pub(crate) fn peer_addr(&mut self) -> IoResult<Option<SocketAddr>> {
         self.stream.peer_addr()
     }
+
+    // PATCH(peer-credentials)
+    pub(crate) fn peer_credentials(&self) -> Option<crate::PeerCredentials> {
+        match &self.stream {
+            Stream::Http(connection) => connection.peer_credentials(),
+            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            Stream::Https(_) => None,
+        }
+    }
 }
 
 impl Drop for RefinedTcpStream {
