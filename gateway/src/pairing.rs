@@ -27,6 +27,10 @@ use crate::tokens::{Role, Tokens};
 pub const NODE_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Pending requests lapse after this long without approval.
 const PENDING_TTL: u64 = 24 * 3600;
+/// The longest a join token may live. A join string is a bearer credential that lets whoever
+/// holds it enroll a node (auto-approved, unless `--manual`) and it travels in scripts and chat: a year
+/// covers a provisioning image baked once a year; anything longer is a standing invitation.
+pub const MAX_JOIN_TTL: Duration = Duration::from_secs(365 * 86400);
 /// Server nonces are good for one use within this time.
 const NONCE_TTL: Duration = Duration::from_secs(60);
 
@@ -72,8 +76,31 @@ impl Pairing {
             audit,
             nonces: Mutex::new(HashMap::new()),
         };
+        pairing.bound_join_tokens()?;
         pairing.sync_keys()?;
         Ok(pairing)
+    }
+
+    /// A state file written before join TTLs were bounded may hold a token that lives for millennia
+    /// (`10000y` made pairing and `serve` panic): cut such tokens to [`MAX_JOIN_TTL`] from creation.
+    fn bound_join_tokens(&self) -> anyhow::Result<()> {
+        let max = MAX_JOIN_TTL.as_secs();
+        let too_long = |t: &JoinTokenRecord| t.expires_at > t.created_at.saturating_add(max);
+        if !self.registry.read().join_tokens.iter().any(too_long) {
+            return Ok(());
+        }
+        self.registry.update(|s| {
+            for t in s.join_tokens.iter_mut().filter(|t| too_long(t)) {
+                t.expires_at = t.created_at.saturating_add(max);
+                log::warn!(
+                    "join token {} outlived the {}-day bound; it now expires at {}",
+                    t.id,
+                    max / 86400,
+                    crate::registry::rfc3339(t.expires_at)
+                );
+            }
+            Ok::<_, anyhow::Error>(())
+        })
     }
 
     /// Creates a join token and returns the join string.
@@ -88,6 +115,13 @@ impl Pairing {
         }
         if ttl.as_secs() == 0 {
             return Err(bad_request("ttl must be at least one second"));
+        }
+        if ttl > MAX_JOIN_TTL {
+            return Err(bad_request(format!(
+                "ttl {} is too long: a join token lives at most {} (create a new one when it lapses)",
+                humantime::format_duration(ttl),
+                humantime::format_duration(MAX_JOIN_TTL)
+            )));
         }
         let secret = join::new_secret();
         let hash = join::secret_hash(&secret);
@@ -104,7 +138,8 @@ impl Pairing {
             revoked: false,
         };
         self.registry.update(|s| {
-            s.join_tokens.retain(|t| t.expires_at + 7 * 86400 > now);
+            s.join_tokens
+                .retain(|t| t.expires_at.saturating_add(7 * 86400) > now);
             s.join_tokens.push(record.clone());
             Ok::<_, Refusal>(())
         })?;
@@ -421,9 +456,7 @@ pub fn key_lines(state: &crate::registry::State, api_port: u16, now: u64) -> Vec
 
 /// sshd's `expiry-time` in UTC (the `Z` suffix), rounded up to the minute.
 fn expiry_time(unix: u64) -> String {
-    let t =
-        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(unix + 59))
-            .to_string();
+    let t = crate::registry::rfc3339(unix.saturating_add(59));
     // 2026-11-26T03:17:54Z → 202611260317Z
     let digits: String = t.chars().filter(|c| c.is_ascii_digit()).take(12).collect();
     format!("{digits}Z")
@@ -490,6 +523,58 @@ mod tests {
     fn expiry_time_is_utc_minutes() {
         assert_eq!(expiry_time(0), "197001010000Z");
         assert_eq!(expiry_time(61), "197001010002Z");
+    }
+
+    /// The log comes first so that, bound as `let (_log, pairing)`, it drops (joining its writer)
+    /// after the pairing's handle is gone.
+    fn pairing_in(dir: &std::path::Path) -> (crate::audit::AuditLog, Pairing) {
+        let registry = std::sync::Arc::new(Registry::open(dir).unwrap());
+        let audit = crate::audit::AuditLog::open(&dir.join("audit.log")).unwrap();
+        let contact = Contact {
+            ssh_public: "127.0.0.1:2222".into(),
+            ssh_user: "root".into(),
+            host_fingerprint: "SHA256:x".into(),
+            api_port: 18789,
+        };
+        let pairing = Pairing::new(
+            Identity::generate("g"),
+            registry,
+            contact,
+            Box::new(|_| Ok(())),
+            audit.handle(),
+        )
+        .unwrap();
+        (audit, pairing)
+    }
+
+    /// Regression: a `"10000y"` join token was saved, after which writing `authorized_keys` (and so
+    /// pairing and `serve`) panicked on a year past 9999.
+    #[test]
+    fn join_ttl_of_10000y_is_refused_and_one_already_saved_does_not_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, pairing) = pairing_in(dir.path());
+        let millennia = Duration::from_secs(10_000 * 365 * 86400);
+        let err = pairing.create_join(millennia, 1, false).unwrap_err();
+        assert_eq!(err.kind, Kind::BadRequest);
+        assert!(err.message.contains("too long"), "{}", err.message);
+        pairing.create_join(MAX_JOIN_TTL, 1, false).unwrap();
+
+        // A state file from before the bound: the token is cut to the bound at start.
+        pairing
+            .registry
+            .update(|s| {
+                s.join_tokens[0].expires_at = u64::MAX;
+                Ok::<_, anyhow::Error>(())
+            })
+            .unwrap();
+        let state = pairing.registry.read();
+        assert_eq!(key_lines(&state, 1, now()).len(), 1, "no panic on u64::MAX");
+        drop(state);
+        drop(pairing);
+        let (_log, again) = pairing_in(dir.path());
+        let t = &again.registry.read().join_tokens[0];
+        assert_eq!(t.expires_at, t.created_at + MAX_JOIN_TTL.as_secs());
+        assert_eq!(expiry_time(u64::MAX), "999912312359Z");
     }
 
     #[test]

@@ -215,3 +215,83 @@ fn twenty_agents_pair_at_once_with_one_token() {
     let (_, list) = gw.api("GET", "/api/v1/nodes", None);
     assert_eq!(list["nodes"].as_array().unwrap().len(), 20, "{list}");
 }
+
+/// Regression: `"10000y"` on a join token was saved (then pairing and `serve` panicked) and `"100y"`
+/// on an API token became an `exp` in 1990. Both are refused with a 400, from the API and the CLI.
+#[test]
+fn absurd_ttls_are_refused_with_400() {
+    let gw = Gateway::start();
+    let (status, body) = gw.api(
+        "POST",
+        "/api/v1/join-tokens",
+        Some(json!({"ttl": "10000y"})),
+    );
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("bad_request")),
+        "{body}"
+    );
+    assert!(
+        body["error"].as_str().unwrap().contains("too long"),
+        "{body}"
+    );
+    let (status, body) = gw.api(
+        "POST",
+        "/api/v1/tokens",
+        Some(json!({"role": "operator", "ttl": "100y"})),
+    );
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("bad_request")),
+        "{body}"
+    );
+    for args in [
+        &["join", "create", "--ttl", "10000y"][..],
+        &["token", "create", "--ttl", "100y"][..],
+    ] {
+        let out = gw.cli(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("too long"),
+            "{args:?}: {err}"
+        );
+    }
+    // The bounds themselves are accepted, and nothing absurd was saved.
+    let (status, body) = gw.api("POST", "/api/v1/join-tokens", Some(json!({"ttl": "365d"})));
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = gw.api(
+        "POST",
+        "/api/v1/tokens",
+        Some(json!({"role": "viewer", "ttl": "3650d"})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, _) = gw.api_as(
+        body["token"].as_str().unwrap(),
+        "GET",
+        "/api/v1/nodes",
+        None,
+    );
+    assert_eq!(
+        status, 200,
+        "a 10-year token is valid now, not expired in 1990"
+    );
+}
+
+/// Regression: a `state.json` already holding a join token that expires in the year 10000+ made
+/// `serve` panic at start; it now starts, and the token still pairs (cut to the one-year bound).
+#[test]
+fn state_json_with_a_10000y_join_token_still_serves_and_pairs() {
+    let gw = Gateway::start();
+    let join = gw.join(&[]);
+    let gw = gw.restart_after(|data| {
+        let path = data.join("state.json");
+        let mut state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let created = state["join_tokens"][0]["created_at"].as_u64().unwrap();
+        state["join_tokens"][0]["expires_at"] = json!(created + 10_000 * 365 * 86400);
+        std::fs::write(&path, state.to_string()).unwrap();
+    });
+    let _agent = Agent::start(&join, "pi-old-state");
+    gw.wait_status("pi-old-state", "online");
+    assert!(gw.log_text().contains("outlived the 365-day bound"));
+}

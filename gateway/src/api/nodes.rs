@@ -133,6 +133,7 @@ pub fn create_token(ctx: &Ctx, who: &Verified, body: &[u8]) -> Result<Reply, Ref
         return Err(bad_request("node tokens are issued by pairing only"));
     }
     let ttl = parse_ttl(body.ttl.as_deref(), "24h")?;
+    crate::tokens::check_api_ttl(ttl).map_err(bad_request)?;
     let subject = body
         .subject
         .unwrap_or_else(|| format!("by-{}", who.subject));
