@@ -6,10 +6,9 @@
 //! the pairing endpoint and nothing else. A pending node's own key gets the same reach (to poll); an
 //! approved node's key may additionally listen on its own two ports and nothing else.
 
-use std::collections::HashMap;
 use std::net::TcpListener;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -19,6 +18,7 @@ use burrow_core::identity::{Identity, PublicKey};
 use burrow_core::join::{self, JoinTicket};
 
 use crate::audit::Audit;
+use crate::nonce::ServerNonces;
 use crate::refusal::{bad_request, conflict, forbidden, not_found, Kind, Refusal};
 use crate::registry::{now, Approval, JoinTokenRecord, NodeRecord, Registry};
 use crate::tokens::{Role, Tokens};
@@ -31,8 +31,6 @@ const PENDING_TTL: u64 = 24 * 3600;
 /// holds it enroll a node (auto-approved, unless `--manual`) and it travels in scripts and chat: a year
 /// covers a provisioning image baked once a year; anything longer is a standing invitation.
 pub const MAX_JOIN_TTL: Duration = Duration::from_secs(365 * 86400);
-/// Server nonces are good for one use within this time.
-const NONCE_TTL: Duration = Duration::from_secs(60);
 
 /// Where nodes reach the gateway; written into join strings.
 pub struct Contact {
@@ -55,7 +53,7 @@ pub struct Pairing {
     /// their reads were taken and the file never goes back to an older registry.
     keys_lock: Mutex<()>,
     audit: Audit,
-    nonces: Mutex<HashMap<[u8; 32], Instant>>,
+    nonces: ServerNonces,
 }
 
 impl Pairing {
@@ -74,7 +72,7 @@ impl Pairing {
             keys,
             keys_lock: Mutex::new(()),
             audit,
-            nonces: Mutex::new(HashMap::new()),
+            nonces: ServerNonces::new(),
         };
         pairing.bound_join_tokens()?;
         pairing.sync_keys()?;
@@ -168,18 +166,8 @@ impl Pairing {
             .ok()
             .filter(|n| n.len() == 32)
             .ok_or_else(|| bad_request("nonce must be base64 of 32 bytes"))?;
-        let server_nonce: [u8; 32] = burrow_core::random_bytes();
-        {
-            let mut nonces = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
-            nonces.retain(|_, at| at.elapsed() < NONCE_TTL);
-            if nonces.len() > 10_000 {
-                return Err(Refusal::new(
-                    Kind::Unavailable,
-                    "too many pairing attempts in flight",
-                ));
-            }
-            nonces.insert(server_nonce, Instant::now());
-        }
+        // Stateless (nonce.rs): a flood of hellos cannot crowd out anyone's pairing.
+        let server_nonce = self.nonces.issue(now());
         let signature = self
             .identity
             .sign(&api_hello_message(&client_nonce, &server_nonce));
@@ -196,13 +184,7 @@ impl Pairing {
             .ok()
             .and_then(|n| n.try_into().ok())
             .ok_or_else(|| bad_request("server_nonce must be base64 of 32 bytes"))?;
-        let fresh = {
-            let mut nonces = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
-            nonces
-                .remove(&nonce)
-                .is_some_and(|at| at.elapsed() < NONCE_TTL)
-        };
-        if !fresh {
+        if !self.nonces.check(&nonce, now()) {
             return Err(Refusal::new(
                 Kind::Unauthorized,
                 "unknown or expired server nonce: ask /api/v1/agent/hello again",

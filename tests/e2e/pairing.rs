@@ -295,3 +295,37 @@ fn state_json_with_a_10000y_join_token_still_serves_and_pairs() {
     gw.wait_status("pi-old-state", "online");
     assert!(gw.log_text().contains("outlived the 365-day bound"));
 }
+
+/// Regression: `/api/v1/agent/hello` kept every server nonce in a table capped at 10,000, so one
+/// client calling it in a loop made the gateway refuse every node's pairing for a minute.
+#[test]
+fn hello_flood_cannot_lock_out_pairing() {
+    use base64::Engine;
+    let gw = Gateway::start();
+    let url = gw.url("/api/v1/agent/hello");
+    let body =
+        json!({"nonce": base64::engine::general_purpose::STANDARD.encode([7u8; 32])}).to_string();
+    let flooders: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, body) = (url.clone(), body.clone());
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .build()
+                    .into();
+                let mut refused = 0;
+                for _ in 0..3_000 {
+                    let resp = agent.post(&url).send(&body).unwrap();
+                    refused += usize::from(resp.status() != 200);
+                    let _ = resp.into_body().read_to_string();
+                }
+                refused
+            })
+        })
+        .collect();
+    let refused: usize = flooders.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(refused, 0, "hellos refused during the flood");
+    // Well inside the old table's one-minute lifetime: a node still pairs.
+    let _agent = Agent::start(&gw.join(&[]), "after-flood");
+    gw.wait_status("after-flood", "online");
+}
