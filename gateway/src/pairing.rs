@@ -249,18 +249,14 @@ impl Pairing {
                 other.id
             )));
         }
-        if let Some(node) = s.nodes.get_mut(&req.name) {
-            if node.public_key != line {
-                return Err(conflict(format!(
-                    "node name {:?} is already held by another key ({}); pick another --name or remove the old node",
-                    req.name, node.fingerprint
-                )));
-            }
+        if let Some(node) = s.nodes.get_mut(&req.name).filter(|n| n.public_key == line) {
             // A known key asking again: refresh what it reports about itself and say where it stands.
             node.hostname.clone_from(&req.hostname);
             node.version.clone_from(&req.version);
             return self.reply_for(node, now);
         }
+        // An unknown key. Whether the name is taken is told only to a holder of a usable join
+        // secret: anyone else gets the same refusal for a taken name as for a free one.
         let secret = req
             .join_secret
             .as_deref()
@@ -285,6 +281,12 @@ impl Pairing {
             return Err(forbidden(format!(
                 "join token {} is used up ({} of {} uses)",
                 token.id, token.used, token.uses
+            )));
+        }
+        if let Some(holder) = s.nodes.get(&req.name) {
+            return Err(conflict(format!(
+                "node name {:?} is already held by another key ({}); pick another --name or remove the old node",
+                req.name, holder.fingerprint
             )));
         }
         token.used += 1;

@@ -329,3 +329,88 @@ fn hello_flood_cannot_lock_out_pairing() {
     let _agent = Agent::start(&gw.join(&[]), "after-flood");
     gw.wait_status("after-flood", "online");
 }
+
+/// Sends a pairing request signed by `key`, straight to the API (as the agent does through sshd).
+fn signed_pair(
+    gw: &Gateway,
+    key: &burrow_core::identity::Identity,
+    name: &str,
+    secret: Option<&str>,
+) -> (u16, serde_json::Value) {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let client_nonce = [9u8; 32];
+    let hello: serde_json::Value = agent
+        .post(&gw.url("/api/v1/agent/hello"))
+        .send(json!({"nonce": STANDARD.encode(client_nonce)}).to_string())
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .map(|t| serde_json::from_str(&t).unwrap())
+        .unwrap();
+    let server_nonce = STANDARD
+        .decode(hello["server_nonce"].as_str().unwrap())
+        .unwrap();
+    let request = burrow_core::api::PairRequest {
+        name: name.into(),
+        public_key: key.public_line(),
+        join_secret: secret.map(str::to_string),
+        hostname: "probe".into(),
+        capabilities: Vec::new(),
+        labels: Default::default(),
+        os: "linux".into(),
+        arch: "x86_64".into(),
+        version: "0".into(),
+    };
+    let text = serde_json::to_string(&request).unwrap();
+    let signature = key.sign(&burrow_core::handshake::pair_message(
+        &server_nonce,
+        text.as_bytes(),
+    ));
+    let body = json!({"request": text, "server_nonce": STANDARD.encode(&server_nonce),
+                      "signature": STANDARD.encode(signature)});
+    let resp = agent
+        .post(&gw.url("/api/v1/agent/pair"))
+        .send(body.to_string())
+        .unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.into_body().read_to_string().unwrap();
+    (status, serde_json::from_str(&text).unwrap())
+}
+
+/// Regression: without a join secret, a pairing request for a taken name got 409 "already held by
+/// another key" and one for a free name 401, so anyone reaching the endpoint could list node names.
+#[test]
+fn unauthenticated_pairing_does_not_reveal_whether_a_name_exists() {
+    let gw = Gateway::start();
+    let out = agent_join(&gw.join(&[]), "taken");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stranger = burrow_core::identity::Identity::generate("stranger");
+    for secret in [None, Some("not-a-join-secret")] {
+        let taken = signed_pair(&gw, &stranger, "taken", secret);
+        let free = signed_pair(&gw, &stranger, "free", secret);
+        assert!(taken.0 == 401 || taken.0 == 403, "{taken:?}");
+        assert_eq!(
+            taken, free,
+            "same answer for a taken and a free name ({secret:?})"
+        );
+    }
+    // A valid join secret still learns why its name is refused, without spending a use.
+    let join = gw.join(&[]);
+    let out = agent_join(&join, "taken");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already held by another key"));
+    let out = agent_join(&join, "another");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
