@@ -49,3 +49,31 @@ fn node_comes_back_after_its_session_is_killed_and_after_a_gateway_restart() {
         || gw.exec("phoenix", json!({"command": "echo restarted"})).1["stdout"] == "restarted\n",
     );
 }
+
+/// Regression: the reconnect backoff kept doubling through a gateway outage (reset only by a session
+/// that lived 60 s), so nodes came back 36–40 s after a 150 s outage ended. Now an unreachable gateway
+/// is probed every 1–2 s and the node is back within seconds of it.
+#[test]
+fn agent_returns_within_seconds_after_gateway_outage() {
+    let gw = Gateway::start();
+    let agent = Agent::start(&gw.join(&[]), "returns");
+    gw.wait_status("returns", "online");
+    // Long enough for the old backoff to have doubled to 16-32 s waits (1+2+4+8+16 s of attempts).
+    let outage = Duration::from_secs(25);
+    let gw = gw.restart_after(|_| {
+        let down = std::time::Instant::now();
+        wait_until(
+            outage + Duration::from_secs(5),
+            "the outage to last",
+            || down.elapsed() >= outage,
+        );
+    });
+    let up = std::time::Instant::now();
+    wait_until(
+        Duration::from_secs(5),
+        "node online within 5 s of the gateway",
+        || gw.node("returns")["status"] == "online",
+    );
+    eprintln!("node back {:?} after the gateway", up.elapsed());
+    assert!(agent.proc.log_text().contains("unreachable; probing"));
+}
