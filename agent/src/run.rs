@@ -38,6 +38,8 @@ const PROBE: Duration = Duration::from_secs(2);
 
 pub fn run(dir: &DataDir, join: Option<&str>, profile: &Profile) -> anyhow::Result<()> {
     let identity = dir.identity()?;
+    // Before anything can run: what a crashed run left is killed, and a stop signal kills commands.
+    crate::reaper::init(dir.path())?;
     let mut state = match (dir.load()?, join) {
         (Some(s), _) if s.status == "approved" => s,
         (_, Some(j)) => pairing::join(dir, j, profile)?,

@@ -4,7 +4,7 @@ use serde_json::json;
 
 use std::time::Duration;
 
-use crate::util::{children, wait_until, Agent, Gateway};
+use crate::util::{alive, children, wait_until, Agent, Gateway};
 
 #[test]
 fn node_comes_back_after_its_session_is_killed_and_after_a_gateway_restart() {
@@ -76,4 +76,82 @@ fn agent_returns_within_seconds_after_gateway_outage() {
     );
     eprintln!("node back {:?} after the gateway", up.elapsed());
     assert!(agent.proc.log_text().contains("unreachable; probing"));
+}
+
+/// Starts `sh -c 'echo $$ > PIDFILE; sleep 300'` on `node` in the background; returns the shell's
+/// and the sleep's pids once both run, and the thread waiting for the exec's answer.
+fn start_long_command(
+    gw: &std::sync::Arc<Gateway>,
+    node: &str,
+    dir: &std::path::Path,
+) -> (u32, u32, std::thread::JoinHandle<(u16, serde_json::Value)>) {
+    let pidfile = dir.join("command.pid");
+    let command = format!("echo $$ > {}; sleep 300; echo done", pidfile.display());
+    let (gw2, node2) = (gw.clone(), node.to_string());
+    let answer =
+        std::thread::spawn(move || gw2.exec(&node2, json!({"command": command, "timeout_s": 600})));
+    let mut pids = None;
+    wait_until(Duration::from_secs(20), "the command to run", || {
+        let Some(sh) = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+        else {
+            return false;
+        };
+        pids = children(sh).first().map(|&sleep| (sh, sleep));
+        pids.is_some()
+    });
+    let (sh, sleep) = pids.unwrap();
+    (sh, sleep, answer)
+}
+
+/// Regression: the agent died on SIGTERM and left its commands running, in their own process
+/// groups, with no one to report or stop them.
+#[test]
+fn commands_killed_on_agent_stop() {
+    let gw = std::sync::Arc::new(Gateway::start());
+    let mut agent = Agent::start(&gw.join(&[]), "stopper");
+    gw.wait_status("stopper", "online");
+    let (sh, sleep, answer) = start_long_command(&gw, "stopper", agent.dir.path());
+    let _ = std::process::Command::new("kill")
+        .arg(agent.proc.child.id().to_string())
+        .status();
+    wait_until(Duration::from_secs(5), "the agent to exit", || {
+        matches!(agent.proc.child.try_wait(), Ok(Some(_)))
+    });
+    wait_until(Duration::from_secs(2), "its command to be gone", || {
+        !alive(sh) && !alive(sleep)
+    });
+    let (status, out) = answer.join().unwrap();
+    eprintln!("exec answered {status}: {out}");
+    assert_ne!(out["stdout"], "done\n", "{out}");
+    assert!(agent.proc.log_text().contains("stopping 1 running command"));
+}
+
+/// Regression: after a crash (SIGKILL) of the agent, its commands ran on forever; the next start
+/// now kills what the crashed run recorded in its data dir.
+#[test]
+fn commands_left_by_a_crashed_agent_are_killed_at_next_start() {
+    let gw = std::sync::Arc::new(Gateway::start());
+    let mut agent = Agent::start(&gw.join(&[]), "crasher");
+    gw.wait_status("crasher", "online");
+    let (sh, sleep, answer) = start_long_command(&gw, "crasher", agent.dir.path());
+    agent.proc.child.kill().unwrap();
+    agent.proc.child.wait().unwrap();
+    assert!(
+        alive(sh) && alive(sleep),
+        "a SIGKILLed agent cannot kill anything itself"
+    );
+    let _ = answer.join().unwrap();
+    agent.restart();
+    wait_until(
+        Duration::from_secs(10),
+        "the leftover command to be killed",
+        || !alive(sh) && !alive(sleep),
+    );
+    assert!(agent
+        .proc
+        .log_text()
+        .contains("left running by a previous run"));
+    gw.wait_status("crasher", "online");
 }
