@@ -89,6 +89,10 @@ pub struct ServeArgs {
     /// Allow the API to listen on a non-loopback address without TLS.
     #[arg(long, env = "BURROW_INSECURE")]
     pub insecure: bool,
+    /// On SIGTERM/SIGINT, how long running commands may finish before they are cancelled and the
+    /// gateway exits (keep it under systemd's TimeoutStopSec, 90 s by default).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
 }
 
 /// Where `gateway install` writes, and what goes into the config file it writes.

@@ -85,8 +85,18 @@ fn start_long_command(
     node: &str,
     dir: &std::path::Path,
 ) -> (u32, u32, std::thread::JoinHandle<(u16, serde_json::Value)>) {
-    let pidfile = dir.join("command.pid");
-    let command = format!("echo $$ > {}; sleep 300; echo done", pidfile.display());
+    start_sleep(gw, node, &dir.join("command.pid"), 300)
+}
+
+/// `sh -c 'echo $$ > PIDFILE; sleep SECS; echo done'` on `node`, as [`start_long_command`].
+fn start_sleep(
+    gw: &std::sync::Arc<Gateway>,
+    node: &str,
+    pidfile: &std::path::Path,
+    secs: u32,
+) -> (u32, u32, std::thread::JoinHandle<(u16, serde_json::Value)>) {
+    let pidfile = pidfile.to_path_buf();
+    let command = format!("echo $$ > {}; sleep {secs}; echo done", pidfile.display());
     let (gw2, node2) = (gw.clone(), node.to_string());
     let answer =
         std::thread::spawn(move || gw2.exec(&node2, json!({"command": command, "timeout_s": 600})));
@@ -125,6 +135,8 @@ fn commands_killed_on_agent_stop() {
     let (status, out) = answer.join().unwrap();
     eprintln!("exec answered {status}: {out}");
     assert_ne!(out["stdout"], "done\n", "{out}");
+    // With the link up the end is reported (killed by SIGTERM); a race with the exit may lose it.
+    assert!(status != 200 || out["signal"] == 15, "{out}");
     assert!(agent.proc.log_text().contains("stopping 1 running command"));
 }
 
@@ -154,4 +166,55 @@ fn commands_left_by_a_crashed_agent_are_killed_at_next_start() {
         .log_text()
         .contains("left running by a previous run"));
     gw.wait_status("crasher", "online");
+}
+
+/// Regression: on SIGTERM the gateway waited for the longest running command (up to days) until
+/// systemd SIGKILLed it. Now a command that ends within `--shutdown-grace` is answered, the rest are
+/// cancelled (killed on the node, answered as lost) and the gateway exits when the grace is over.
+#[test]
+fn gateway_stops_within_its_grace() {
+    let gw = std::sync::Arc::new(Gateway::start_with(&["--shutdown-grace", "3s"]));
+    let agent = Agent::start(&gw.join(&[]), "graceful");
+    gw.wait_status("graceful", "online");
+    let dir = agent.dir.path();
+    let (_, short_sleep, short) = start_sleep(&gw, "graceful", &dir.join("short.pid"), 2);
+    let (long_sh, long_sleep, long) = start_sleep(&gw, "graceful", &dir.join("long.pid"), 300);
+    let pid = gw.proc.child.id();
+    let stopped = std::time::Instant::now();
+    let _ = std::process::Command::new("kill")
+        .arg(pid.to_string())
+        .status();
+    wait_until(
+        Duration::from_secs(7),
+        "the gateway to exit after its grace",
+        || !alive(pid),
+    );
+    let took = stopped.elapsed();
+    eprintln!("gateway exited {took:?} after SIGTERM");
+    assert!(!alive(short_sleep));
+    let (status, out) = short.join().unwrap();
+    assert_eq!(
+        (status, out["stdout"].as_str()),
+        (200, Some("done\n")),
+        "{out}"
+    );
+    let (status, out) = long.join().unwrap();
+    assert_ne!(
+        status, 200,
+        "the long command is not reported as finished: {out}"
+    );
+    wait_until(
+        Duration::from_secs(5),
+        "the cancelled command to be killed on the node",
+        || !alive(long_sh) && !alive(long_sleep),
+    );
+    assert!(
+        took >= Duration::from_secs(2),
+        "it waited for the short command"
+    );
+    assert!(
+        gw.log_text().contains("grace of 3s is over"),
+        "{}",
+        gw.log_text()
+    );
 }
