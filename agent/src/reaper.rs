@@ -118,9 +118,25 @@ impl Reaper {
         self.record.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Replaces the file by rename, without fsync: the record only has to outlive the agent process,
+    /// not the machine (after a reboot no group is left, and the boot id discards the record), and
+    /// the kernel keeps a finished write across a process crash. Two fsyncs per command would cost
+    /// every exec tens of milliseconds on a Pi's SD card. Called under the record's lock, so one temp
+    /// name suffices.
     fn save(&self, record: &Record) -> anyhow::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let json = serde_json::to_vec(record).expect("record serializes");
-        Ok(burrow_core::atomic_file::write(&self.path, &json, 0o600)?)
+        let tmp = self.path.with_extension("json.tmp");
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(&json))
+            .and_then(|()| std::fs::rename(&tmp, &self.path));
+        written.with_context(|| format!("writing {}", self.path.display()))
     }
 
     fn groups(&self) -> Vec<Pid> {
