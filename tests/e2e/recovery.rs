@@ -209,8 +209,8 @@ fn gateway_stops_within_its_grace() {
         || !alive(long_sh) && !alive(long_sleep),
     );
     assert!(
-        took >= Duration::from_secs(2),
-        "it waited for the short command"
+        took >= Duration::from_millis(2900),
+        "it gave running commands their grace"
     );
     assert!(
         gw.log_text().contains("grace of 3s is over"),
