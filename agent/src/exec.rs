@@ -230,6 +230,7 @@ pub fn run(id: u32, spec: &ExecSpec, control: &Control, sink: &Sink<'_>) -> Mess
         return failed("the command's pipes were not created".into());
     };
     log::debug!("request {id}: started process group {group}");
+    crate::reaper::track(group);
     let child = Mutex::new(child);
     let mut stop_writer = Some(stop_writer);
 
@@ -280,6 +281,7 @@ pub fn run(id: u32, spec: &ExecSpec, control: &Control, sink: &Sink<'_>) -> Mess
         }
         Ok(end)
     });
+    crate::reaper::untrack(group);
     let end = match end {
         Ok(end) => end,
         Err(message) => return failed(message),

@@ -9,6 +9,7 @@ mod gateway_api;
 mod install;
 mod metrics;
 mod pairing;
+mod reaper;
 mod run;
 mod service;
 mod state;

@@ -3,7 +3,11 @@
 //! Each session: connect with the node key, listen on the node's port on the gateway's 127.0.0.1,
 //! serve every forwarded connection in its own thread ("conn-N", the protocol in `service`, which
 //! also carries the heartbeats). When the session dies (or no frame has come from the gateway for
-//! [`SILENT_LIMIT`]) the agent reconnects with exponential backoff and jitter.
+//! [`SILENT_LIMIT`]) the agent first asks whether the gateway is reachable at all (a bare TCP connect
+//! to its sshd). If not, it probes again every 1–2 s (jittered) and reconnects as soon as the port
+//! answers, so a node is back within seconds of the gateway, however long the outage. If the gateway
+//! answers and the session still fails (key refused, protocol error), it backs off exponentially with
+//! jitter: retrying those quickly would only hammer a gateway that is up and saying no.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -29,9 +33,14 @@ const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// A session that lived this long resets the backoff.
 const STABLE: Duration = Duration::from_secs(60);
+/// While the gateway's port does not answer, it is probed this often (jittered to 1–2 s). A probe is
+/// one TCP handshake; a fleet probing at this rate costs sshd nothing until it listens again.
+const PROBE: Duration = Duration::from_secs(2);
 
 pub fn run(dir: &DataDir, join: Option<&str>, profile: &Profile) -> anyhow::Result<()> {
     let identity = dir.identity()?;
+    // Before anything can run: what a crashed run left is killed, and a stop signal kills commands.
+    crate::reaper::init(dir.path())?;
     let mut state = match (dir.load()?, join) {
         (Some(s), None) if s.status == REVOKED => return Err(Revoked(
             "the gateway revoked this node earlier; join again: agent run --join <new join string>"
@@ -71,6 +80,12 @@ pub fn run(dir: &DataDir, join: Option<&str>, profile: &Profile) -> anyhow::Resu
         }
         if started.elapsed() > STABLE {
             backoff = BACKOFF_MIN;
+        }
+        if !reachable(&state.gateway.ssh) {
+            wait_until_reachable(&state.gateway.ssh);
+            // An outage says nothing against our key or protocol: start over at once.
+            backoff = BACKOFF_MIN;
+            continue;
         }
         let wait = jitter(backoff);
         log::info!("reconnecting in {:.1}s", wait.as_secs_f32());
@@ -184,6 +199,34 @@ fn heartbeat_source() -> crate::service::HeartbeatSource {
             .unwrap_or_else(PoisonError::into_inner)
             .sample(),
     })
+}
+
+/// Whether the gateway's sshd accepts a TCP connection now (closed at once, before SSH starts).
+fn reachable(addr: &str) -> bool {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let Ok(addrs) = addr.to_socket_addrs() else {
+        return false;
+    };
+    addrs
+        .into_iter()
+        .any(|a| TcpStream::connect_timeout(&a, PROBE).is_ok())
+}
+
+/// Probes every 1–2 s until the gateway's port answers.
+fn wait_until_reachable(addr: &str) {
+    log::info!("gateway {addr} is unreachable; probing every 1-2 s until it answers");
+    let down = Instant::now();
+    loop {
+        // Nothing else to do while the gateway is away.
+        std::thread::sleep(jitter(PROBE));
+        if reachable(addr) {
+            log::info!(
+                "gateway {addr} answers again after {:.0}s; reconnecting",
+                down.elapsed().as_secs_f32()
+            );
+            return;
+        }
+    }
 }
 
 /// `base` scaled by a random factor in [0.5, 1.0), so a fleet does not reconnect in lockstep.

@@ -66,6 +66,10 @@ impl DataDir {
     }
 
     /// The node's identity, created on first use.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn identity(&self) -> anyhow::Result<Identity> {
         let host = burrow_core::hostname("node");
         let (identity, created) = Identity::load_or_generate(

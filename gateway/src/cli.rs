@@ -93,6 +93,10 @@ pub struct ServeArgs {
     /// is dropped and counted (`truncated`, `dropped_bytes`). Streamed output has no cap.
     #[arg(long, env = "BURROW_MAX_ANSWER_BYTES", value_name = "BYTES", default_value_t = crate::api::DEFAULT_ANSWER_LIMIT)]
     pub max_answer_bytes: usize,
+    /// On SIGTERM/SIGINT, how long running commands may finish before they are cancelled and the
+    /// gateway exits (keep it under systemd's TimeoutStopSec, 90 s by default).
+    #[arg(long, env = "BURROW_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
 }
 
 /// Where `gateway install` writes, and what goes into the config file it writes.

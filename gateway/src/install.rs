@@ -144,6 +144,13 @@ fn config(data_dir: &Path, log: log::LevelFilter, s: &ServeArgs) -> String {
         ("sshd", Some(toml_string(&s.sshd.to_string_lossy())), ""),
         ("insecure", Some(s.insecure.to_string()), ""),
         ("max_answer_bytes", Some(s.max_answer_bytes.to_string()), ""),
+        (
+            "shutdown_grace",
+            Some(toml_string(
+                &humantime::format_duration(s.shutdown_grace).to_string(),
+            )),
+            "",
+        ),
     ];
     let header = "\
 # burrow gateway settings, written by `gateway install`. Each key is also a flag (`data_dir` is

@@ -10,6 +10,7 @@ mod client;
 mod config;
 mod health;
 mod install;
+mod nonce;
 mod pairing;
 mod refusal;
 mod registry;

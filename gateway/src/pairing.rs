@@ -7,10 +7,9 @@
 //! are [`KeyLines::enrollment`], authorized for the enrollment account alone, which cannot listen
 //! (see `sshd::users`); an approved node's key may listen on its own two ports and nothing else.
 
-use std::collections::HashMap;
 use std::net::TcpListener;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -20,6 +19,7 @@ use burrow_core::identity::{Identity, PublicKey};
 use burrow_core::join::{self, JoinTicket};
 
 use crate::audit::Audit;
+use crate::nonce::ServerNonces;
 use crate::refusal::{bad_request, conflict, forbidden, not_found, Kind, Refusal};
 use crate::registry::{now, Approval, JoinTokenRecord, NodeRecord, Registry};
 use crate::tokens::{Role, Tokens};
@@ -28,8 +28,10 @@ use crate::tokens::{Role, Tokens};
 pub const NODE_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Pending requests lapse after this long without approval.
 const PENDING_TTL: u64 = 24 * 3600;
-/// Server nonces are good for one use within this time.
-const NONCE_TTL: Duration = Duration::from_secs(60);
+/// The longest a join token may live. A join string is a bearer credential that lets whoever
+/// holds it enroll a node (auto-approved, unless `--manual`) and it travels in scripts and chat: a year
+/// covers a provisioning image baked once a year; anything longer is a standing invitation.
+pub const MAX_JOIN_TTL: Duration = Duration::from_secs(365 * 86400);
 
 /// Where nodes reach the gateway; written into join strings.
 pub struct Contact {
@@ -64,7 +66,7 @@ pub struct Pairing {
     /// their reads were taken and the file never goes back to an older registry.
     keys_lock: Mutex<()>,
     audit: Audit,
-    nonces: Mutex<HashMap<[u8; 32], Instant>>,
+    nonces: ServerNonces,
 }
 
 impl Pairing {
@@ -83,10 +85,33 @@ impl Pairing {
             keys,
             keys_lock: Mutex::new(()),
             audit,
-            nonces: Mutex::new(HashMap::new()),
+            nonces: ServerNonces::new(),
         };
+        pairing.bound_join_tokens()?;
         pairing.sync_keys()?;
         Ok(pairing)
+    }
+
+    /// A state file written before join TTLs were bounded may hold a token that lives for millennia
+    /// (`10000y` made pairing and `serve` panic): cut such tokens to [`MAX_JOIN_TTL`] from creation.
+    fn bound_join_tokens(&self) -> anyhow::Result<()> {
+        let max = MAX_JOIN_TTL.as_secs();
+        let too_long = |t: &JoinTokenRecord| t.expires_at > t.created_at.saturating_add(max);
+        if !self.registry.read().join_tokens.iter().any(too_long) {
+            return Ok(());
+        }
+        self.registry.update(|s| {
+            for t in s.join_tokens.iter_mut().filter(|t| too_long(t)) {
+                t.expires_at = t.created_at.saturating_add(max);
+                log::warn!(
+                    "join token {} outlived the {}-day bound; it now expires at {}",
+                    t.id,
+                    max / 86400,
+                    crate::registry::rfc3339(t.expires_at)
+                );
+            }
+            Ok::<_, anyhow::Error>(())
+        })
     }
 
     /// Creates a join token and returns the join string.
@@ -101,6 +126,13 @@ impl Pairing {
         }
         if ttl.as_secs() == 0 {
             return Err(bad_request("ttl must be at least one second"));
+        }
+        if ttl > MAX_JOIN_TTL {
+            return Err(bad_request(format!(
+                "ttl {} is too long: a join token lives at most {} (create a new one when it lapses)",
+                humantime::format_duration(ttl),
+                humantime::format_duration(MAX_JOIN_TTL)
+            )));
         }
         let secret = join::new_secret();
         let hash = join::secret_hash(&secret);
@@ -117,7 +149,8 @@ impl Pairing {
             revoked: false,
         };
         self.registry.update(|s| {
-            s.join_tokens.retain(|t| t.expires_at + 7 * 86400 > now);
+            s.join_tokens
+                .retain(|t| t.expires_at.saturating_add(7 * 86400) > now);
             s.join_tokens.push(record.clone());
             Ok::<_, Refusal>(())
         })?;
@@ -147,18 +180,8 @@ impl Pairing {
             .ok()
             .filter(|n| n.len() == 32)
             .ok_or_else(|| bad_request("nonce must be base64 of 32 bytes"))?;
-        let server_nonce: [u8; 32] = burrow_core::random_bytes();
-        {
-            let mut nonces = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
-            nonces.retain(|_, at| at.elapsed() < NONCE_TTL);
-            if nonces.len() > 10_000 {
-                return Err(Refusal::new(
-                    Kind::Unavailable,
-                    "too many pairing attempts in flight",
-                ));
-            }
-            nonces.insert(server_nonce, Instant::now());
-        }
+        // Stateless (nonce.rs): a flood of hellos cannot crowd out anyone's pairing.
+        let server_nonce = self.nonces.issue(now());
         let signature = self
             .identity
             .sign(&api_hello_message(&client_nonce, &server_nonce));
@@ -175,13 +198,7 @@ impl Pairing {
             .ok()
             .and_then(|n| n.try_into().ok())
             .ok_or_else(|| bad_request("server_nonce must be base64 of 32 bytes"))?;
-        let fresh = {
-            let mut nonces = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
-            nonces
-                .remove(&nonce)
-                .is_some_and(|at| at.elapsed() < NONCE_TTL)
-        };
-        if !fresh {
+        if !self.nonces.check(&nonce, now()) {
             return Err(Refusal::new(
                 Kind::Unauthorized,
                 "unknown or expired server nonce: ask /api/v1/agent/hello again",
@@ -246,18 +263,14 @@ impl Pairing {
                 other.id
             )));
         }
-        if let Some(node) = s.nodes.get_mut(&req.name) {
-            if node.public_key != line {
-                return Err(conflict(format!(
-                    "node name {:?} is already held by another key ({}); pick another --name or remove the old node",
-                    req.name, node.fingerprint
-                )));
-            }
+        if let Some(node) = s.nodes.get_mut(&req.name).filter(|n| n.public_key == line) {
             // A known key asking again: refresh what it reports about itself and say where it stands.
             node.hostname.clone_from(&req.hostname);
             node.version.clone_from(&req.version);
             return self.reply_for(node, now);
         }
+        // An unknown key. Whether the name is taken is told only to a holder of a usable join
+        // secret: anyone else gets the same refusal for a taken name as for a free one.
         let secret = req
             .join_secret
             .as_deref()
@@ -282,6 +295,12 @@ impl Pairing {
             return Err(forbidden(format!(
                 "join token {} is used up ({} of {} uses)",
                 token.id, token.used, token.uses
+            )));
+        }
+        if let Some(holder) = s.nodes.get(&req.name) {
+            return Err(conflict(format!(
+                "node name {:?} is already held by another key ({}); pick another --name or remove the old node",
+                req.name, holder.fingerprint
             )));
         }
         token.used += 1;
@@ -459,9 +478,7 @@ pub fn key_lines(state: &crate::registry::State, api_port: u16, now: u64) -> Key
 
 /// sshd's `expiry-time` in UTC (the `Z` suffix), rounded up to the minute.
 fn expiry_time(unix: u64) -> String {
-    let t =
-        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(unix + 59))
-            .to_string();
+    let t = crate::registry::rfc3339(unix.saturating_add(59));
     // 2026-11-26T03:17:54Z → 202611260317Z
     let digits: String = t.chars().filter(|c| c.is_ascii_digit()).take(12).collect();
     format!("{digits}Z")
@@ -535,6 +552,63 @@ mod tests {
     fn expiry_time_is_utc_minutes() {
         assert_eq!(expiry_time(0), "197001010000Z");
         assert_eq!(expiry_time(61), "197001010002Z");
+    }
+
+    /// The log comes first so that, bound as `let (_log, pairing)`, it drops (joining its writer)
+    /// after the pairing's handle is gone.
+    fn pairing_in(dir: &std::path::Path) -> (crate::audit::AuditLog, Pairing) {
+        let registry = std::sync::Arc::new(Registry::open(dir).unwrap());
+        let audit = crate::audit::AuditLog::open(&dir.join("audit.log")).unwrap();
+        let contact = Contact {
+            ssh_public: "127.0.0.1:2222".into(),
+            ssh_user: "root".into(),
+            enroll_user: Some("burrow-enroll".into()),
+            host_fingerprint: "SHA256:x".into(),
+            api_port: 18789,
+        };
+        let pairing = Pairing::new(
+            Identity::generate("g"),
+            registry,
+            contact,
+            Box::new(|_| Ok(())),
+            audit.handle(),
+        )
+        .unwrap();
+        (audit, pairing)
+    }
+
+    /// Regression: a `"10000y"` join token was saved, after which writing `authorized_keys` (and so
+    /// pairing and `serve`) panicked on a year past 9999.
+    #[test]
+    fn join_ttl_of_10000y_is_refused_and_one_already_saved_does_not_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, pairing) = pairing_in(dir.path());
+        let millennia = Duration::from_secs(10_000 * 365 * 86400);
+        let err = pairing.create_join(millennia, 1, false).unwrap_err();
+        assert_eq!(err.kind, Kind::BadRequest);
+        assert!(err.message.contains("too long"), "{}", err.message);
+        pairing.create_join(MAX_JOIN_TTL, 1, false).unwrap();
+
+        // A state file from before the bound: the token is cut to the bound at start.
+        pairing
+            .registry
+            .update(|s| {
+                s.join_tokens[0].expires_at = u64::MAX;
+                Ok::<_, anyhow::Error>(())
+            })
+            .unwrap();
+        let state = pairing.registry.read();
+        assert_eq!(
+            key_lines(&state, 1, now()).enrollment.len(),
+            1,
+            "no panic on u64::MAX"
+        );
+        drop(state);
+        drop(pairing);
+        let (_log, again) = pairing_in(dir.path());
+        let t = &again.registry.read().join_tokens[0];
+        assert_eq!(t.expires_at, t.created_at + MAX_JOIN_TTL.as_secs());
+        assert_eq!(expiry_time(u64::MAX), "999912312359Z");
     }
 
     #[test]

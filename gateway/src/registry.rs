@@ -171,9 +171,14 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// RFC 3339 UTC for the API.
+/// 9999-12-31T23:59:59Z, the last second RFC 3339 can write (humantime panics past it).
+pub const LATEST: u64 = 253_402_300_799;
+
+/// RFC 3339 UTC for the API. A time past year 9999 (only a state file written before TTLs were
+/// bounded holds one) shows as [`LATEST`] rather than panicking.
 pub fn rfc3339(unix: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_secs(unix)).to_string()
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_secs(unix.min(LATEST)))
+        .to_string()
 }
 
 #[cfg(test)]

@@ -1,5 +1,10 @@
 //! `gateway serve`: brings the gateway up in a safe order (API port first, then keys, registry, sshd,
 //! links), writes `run.json` so the CLI can find the API, and takes it all down on SIGTERM/SIGINT.
+//!
+//! Stopping: the API takes no new request, running commands get `--shutdown-grace` (10 s) to finish,
+//! then the links are closed, which cancels what is still running on the nodes (the agents kill those
+//! process groups; their callers get `node_offline`-style "link closed" answers), and the gateway exits.
+//! It used to wait for the longest command, up to days, until systemd SIGKILLed it.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
@@ -137,12 +142,14 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
     log::info!("API on http://{api_addr}, sshd on {ssh_addr} (nodes dial {ssh_public}, host key {host_fingerprint})");
 
     wait_for_signal()?;
-    log::info!("shutting down");
+    log::info!(
+        "shutting down: no new requests; running commands have {} to finish",
+        humantime::format_duration(args.shutdown_grace)
+    );
     runinfo::remove(&data_dir);
     drop(stop_tx);
     let _ = health.join();
-    drop(api);
-    bus.shutdown();
+    drain(api, &bus, args.shutdown_grace)?;
     drop(pairing);
     drop(audit_log);
     match supervisor.map(Arc::try_unwrap) {
@@ -151,6 +158,32 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         Some(Err(_)) => {
             log::error!("sshd supervisor still shared at shutdown; its sessions may linger")
         }
+    }
+    Ok(())
+}
+
+/// Stops the API within `grace`: idle workers end at once, busy ones finish their request. Whatever
+/// still runs when `grace` is over is cut off by closing every link (each waiting handler then gets
+/// its command's "link closed" and answers), so the workers end and the API can be dropped.
+fn drain(api: Api, bus: &Bus, grace: std::time::Duration) -> anyhow::Result<()> {
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
+    // `Api`'s drop unblocks and joins its workers; here it runs on its own thread so it can be timed.
+    let dropper = std::thread::Builder::new()
+        .name("api-drain".into())
+        .spawn(move || {
+            drop(api);
+            let _ = done_tx.send(());
+        })
+        .context("starting the API drain")?;
+    if done_rx.recv_timeout(grace).is_err() {
+        log::warn!(
+            "shutdown grace of {} is over: cancelling the commands still running",
+            humantime::format_duration(grace)
+        );
+    }
+    bus.shutdown();
+    if dropper.join().is_err() {
+        log::error!("the API drain panicked");
     }
     Ok(())
 }

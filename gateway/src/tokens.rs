@@ -13,6 +13,26 @@ use jwt_simple::prelude::{
 };
 use serde::{Deserialize, Serialize};
 
+/// The longest an API token may live. Ten years covers a service account's token; past that a
+/// leaked token outlives any plausible audit, and jwt-simple's 32-bit seconds wrap `exp` (`100y`
+/// became an `exp` in 1990).
+pub const MAX_API_TTL: Duration = Duration::from_secs(10 * 365 * 86400);
+
+/// Why `ttl` is not a valid API token lifetime, if it is not.
+pub fn check_api_ttl(ttl: Duration) -> Result<(), String> {
+    if ttl.as_secs() == 0 {
+        return Err("ttl must be at least one second".into());
+    }
+    if ttl > MAX_API_TTL {
+        return Err(format!(
+            "ttl {} is too long: an API token lives at most {}",
+            humantime::format_duration(ttl),
+            humantime::format_duration(MAX_API_TTL)
+        ));
+    }
+    Ok(())
+}
+
 /// What a token lets its holder do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -99,6 +119,7 @@ impl Tokens {
         role: Role,
         ttl: Duration,
     ) -> anyhow::Result<(String, String)> {
+        check_api_ttl(ttl).map_err(|e| anyhow!(e))?;
         let jti = burrow_core::join::hex(&burrow_core::random_bytes::<12>());
         let claims = Claims::with_custom_claims(Extra { role }, ttl.into())
             .with_subject(subject)
@@ -174,6 +195,25 @@ mod tests {
         );
         assert!(t.verify(&hs).is_err());
         assert!(t.verify("not a token").is_err());
+    }
+
+    /// Regression: `"100y"` passed through jwt-simple's 32-bit seconds and came out as an `exp` in
+    /// 1990; ten years is the bound, and a token at the bound expires when it says.
+    #[test]
+    fn api_token_ttl_of_100y_is_refused_not_wrapped_to_1990() {
+        let t = Tokens::new(&Identity::generate("g")).unwrap();
+        let century = Duration::from_secs(100 * 365 * 86400);
+        let err = t
+            .issue("x", Role::Operator, century)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("too long"), "{err}");
+        assert!(check_api_ttl(century).is_err());
+        assert!(check_api_ttl(Duration::ZERO).is_err());
+        let (tok, _) = t.issue("x", Role::Operator, MAX_API_TTL).unwrap();
+        let now = crate::registry::now();
+        let exp = t.verify(&tok).unwrap().expires_at;
+        assert!(exp.abs_diff(now + MAX_API_TTL.as_secs()) < 5, "exp {exp}");
     }
 
     #[test]

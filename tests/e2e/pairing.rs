@@ -233,3 +233,202 @@ fn twenty_agents_pair_at_once_with_one_token() {
     let (_, list) = gw.api("GET", "/api/v1/nodes", None);
     assert_eq!(list["nodes"].as_array().unwrap().len(), 20, "{list}");
 }
+
+/// Regression: `"10000y"` on a join token was saved (then pairing and `serve` panicked) and `"100y"`
+/// on an API token became an `exp` in 1990. Both are refused with a 400, from the API and the CLI.
+#[test]
+fn absurd_ttls_are_refused_with_400() {
+    let gw = Gateway::start();
+    let (status, body) = gw.api(
+        "POST",
+        "/api/v1/join-tokens",
+        Some(json!({"ttl": "10000y"})),
+    );
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("bad_request")),
+        "{body}"
+    );
+    assert!(
+        body["error"].as_str().unwrap().contains("too long"),
+        "{body}"
+    );
+    let (status, body) = gw.api(
+        "POST",
+        "/api/v1/tokens",
+        Some(json!({"role": "operator", "ttl": "100y"})),
+    );
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("bad_request")),
+        "{body}"
+    );
+    for args in [
+        &["join", "create", "--ttl", "10000y"][..],
+        &["token", "create", "--ttl", "100y"][..],
+    ] {
+        let out = gw.cli(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("too long"),
+            "{args:?}: {err}"
+        );
+    }
+    // The bounds themselves are accepted, and nothing absurd was saved.
+    let (status, body) = gw.api("POST", "/api/v1/join-tokens", Some(json!({"ttl": "365d"})));
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = gw.api(
+        "POST",
+        "/api/v1/tokens",
+        Some(json!({"role": "viewer", "ttl": "3650d"})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, _) = gw.api_as(
+        body["token"].as_str().unwrap(),
+        "GET",
+        "/api/v1/nodes",
+        None,
+    );
+    assert_eq!(
+        status, 200,
+        "a 10-year token is valid now, not expired in 1990"
+    );
+}
+
+/// Regression: a `state.json` already holding a join token that expires in the year 10000+ made
+/// `serve` panic at start; it now starts, and the token still pairs (cut to the one-year bound).
+#[test]
+fn state_json_with_a_10000y_join_token_still_serves_and_pairs() {
+    let gw = Gateway::start();
+    let join = gw.join(&[]);
+    let gw = gw.restart_after(|data| {
+        let path = data.join("state.json");
+        let mut state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let created = state["join_tokens"][0]["created_at"].as_u64().unwrap();
+        state["join_tokens"][0]["expires_at"] = json!(created + 10_000 * 365 * 86400);
+        std::fs::write(&path, state.to_string()).unwrap();
+    });
+    let _agent = Agent::start(&join, "pi-old-state");
+    gw.wait_status("pi-old-state", "online");
+    assert!(gw.log_text().contains("outlived the 365-day bound"));
+}
+
+/// Regression: `/api/v1/agent/hello` kept every server nonce in a table capped at 10,000, so one
+/// client calling it in a loop made the gateway refuse every node's pairing for a minute.
+#[test]
+fn hello_flood_cannot_lock_out_pairing() {
+    use base64::Engine;
+    let gw = Gateway::start();
+    let url = gw.url("/api/v1/agent/hello");
+    let body =
+        json!({"nonce": base64::engine::general_purpose::STANDARD.encode([7u8; 32])}).to_string();
+    let flooders: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, body) = (url.clone(), body.clone());
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .build()
+                    .into();
+                let mut refused = 0;
+                for _ in 0..3_000 {
+                    let resp = agent.post(&url).send(&body).unwrap();
+                    refused += usize::from(resp.status() != 200);
+                    let _ = resp.into_body().read_to_string();
+                }
+                refused
+            })
+        })
+        .collect();
+    let refused: usize = flooders.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(refused, 0, "hellos refused during the flood");
+    // Well inside the old table's one-minute lifetime: a node still pairs.
+    let _agent = Agent::start(&gw.join(&[]), "after-flood");
+    gw.wait_status("after-flood", "online");
+}
+
+/// Sends a pairing request signed by `key`, straight to the API (as the agent does through sshd).
+fn signed_pair(
+    gw: &Gateway,
+    key: &burrow_core::identity::Identity,
+    name: &str,
+    secret: Option<&str>,
+) -> (u16, serde_json::Value) {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let client_nonce = [9u8; 32];
+    let hello: serde_json::Value = agent
+        .post(&gw.url("/api/v1/agent/hello"))
+        .send(json!({"nonce": STANDARD.encode(client_nonce)}).to_string())
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .map(|t| serde_json::from_str(&t).unwrap())
+        .unwrap();
+    let server_nonce = STANDARD
+        .decode(hello["server_nonce"].as_str().unwrap())
+        .unwrap();
+    let request = burrow_core::api::PairRequest {
+        name: name.into(),
+        public_key: key.public_line(),
+        join_secret: secret.map(str::to_string),
+        hostname: "probe".into(),
+        capabilities: Vec::new(),
+        labels: Default::default(),
+        os: "linux".into(),
+        arch: "x86_64".into(),
+        version: "0".into(),
+    };
+    let text = serde_json::to_string(&request).unwrap();
+    let signature = key.sign(&burrow_core::handshake::pair_message(
+        &server_nonce,
+        text.as_bytes(),
+    ));
+    let body = json!({"request": text, "server_nonce": STANDARD.encode(&server_nonce),
+                      "signature": STANDARD.encode(signature)});
+    let resp = agent
+        .post(&gw.url("/api/v1/agent/pair"))
+        .send(body.to_string())
+        .unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.into_body().read_to_string().unwrap();
+    (status, serde_json::from_str(&text).unwrap())
+}
+
+/// Regression: without a join secret, a pairing request for a taken name got 409 "already held by
+/// another key" and one for a free name 401, so anyone reaching the endpoint could list node names.
+#[test]
+fn unauthenticated_pairing_does_not_reveal_whether_a_name_exists() {
+    let gw = Gateway::start();
+    let out = agent_join(&gw.join(&[]), "taken");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stranger = burrow_core::identity::Identity::generate("stranger");
+    for secret in [None, Some("not-a-join-secret")] {
+        let taken = signed_pair(&gw, &stranger, "taken", secret);
+        let free = signed_pair(&gw, &stranger, "free", secret);
+        assert!(taken.0 == 401 || taken.0 == 403, "{taken:?}");
+        assert_eq!(
+            taken, free,
+            "same answer for a taken and a free name ({secret:?})"
+        );
+    }
+    // A valid join secret still learns why its name is refused, without spending a use.
+    let join = gw.join(&[]);
+    let out = agent_join(&join, "taken");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already held by another key"));
+    let out = agent_join(&join, "another");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -169,6 +169,7 @@ pub fn create_token(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
         return Err(bad_request("node tokens are issued by pairing only"));
     }
     let ttl = parse_ttl(body.ttl.as_deref(), "24h")?;
+    crate::tokens::check_api_ttl(ttl).map_err(bad_request)?;
     let subject = body
         .subject
         .unwrap_or_else(|| format!("by-{}", req.caller.actor()));
