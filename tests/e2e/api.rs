@@ -203,3 +203,95 @@ fn text_output_has_no_truncation_and_no_base64() {
     assert_eq!(out["truncated"], false);
     assert!(out.get("stdout_b64").is_none());
 }
+
+/// Starts a streamed exec on a raw connection and returns it unread: it holds one API worker until
+/// the command ends.
+fn held_exec(gw: &Gateway, token: &str, node: &str, command: &str) -> TcpStream {
+    let body = json!({ "command": command, "timeout_s": 120 }).to_string();
+    let mut s = TcpStream::connect(gw.api).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "POST /api/v1/nodes/{node}/exec HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\
+         Accept: application/x-ndjson\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    s
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Regression: 34 concurrent `sleep` execs held all 32 API workers, the agents' heartbeats (then
+/// HTTP requests) timed out, and after three misses the agent dropped its session, killing every
+/// command on the node. Heartbeats now ride each node's secure link: with 40 execs holding the API,
+/// another node that reconnects comes online and reports fresh metrics, the busy node stays online,
+/// and all 40 commands finish.
+#[test]
+fn forty_held_execs_do_not_starve_heartbeats() {
+    let gw = Gateway::start();
+    let busy = Agent::start(&gw.join(&[]), "busy");
+    let mut other = Agent::start(&gw.join(&[]), "other");
+    gw.wait_status("busy", "online");
+    gw.wait_status("other", "online");
+    let token = gw.token("operator");
+    // The CLI has its own socket and workers: it sees the fleet while the TCP API is saturated.
+    let node = |id: &str| -> Value {
+        let out = gw.cli(&["nodes", "ls", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let all: Value = serde_json::from_slice(&out.stdout).unwrap();
+        all["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == id)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let marker = tempfile::tempdir().unwrap();
+    let done = marker.path().join("done");
+    let command = format!("sleep 20; echo x >> {}", done.display());
+    let mut held: Vec<TcpStream> = (0..40)
+        .map(|_| held_exec(&gw, &token, "busy", &command))
+        .collect();
+    // The API is full (32 workers): a plain request now waits.
+    let t0 = unix_now();
+    other.restart();
+    crate::util::wait_until(
+        Duration::from_secs(10),
+        "the other node to come back",
+        || {
+            let n = node("other");
+            n["status"] == "online"
+                && n["last_seen"]
+                    .as_str()
+                    .and_then(|t| humantime::parse_rfc3339(t).ok())
+                    .is_some_and(|t| {
+                        t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() >= t0
+                    })
+                && n["metrics"].is_object()
+        },
+    );
+    assert_eq!(node("busy")["status"], "online");
+    assert!(
+        !done.exists(),
+        "the commands ended before the check: it proved nothing"
+    );
+    for s in &mut held {
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        assert!(answer.contains("\"exit_code\":0"), "{answer}");
+    }
+    let lines = std::fs::read_to_string(&done).unwrap();
+    assert_eq!(lines.lines().count(), 40);
+    drop(busy);
+}
