@@ -32,13 +32,7 @@ fn approved_node_key_opens_no_channel_and_stays_online_with_metrics() {
     other.set_nonblocking(true).unwrap();
     let key = agent.dir.path().join("data/agent.key");
     let ssh = |args: &[&str]| {
-        std::process::Command::new("ssh")
-            .arg("-i")
-            .arg(&key)
-            .args(["-F", "/dev/null", "-o", "IdentitiesOnly=yes"])
-            .args(["-o", "StrictHostKeyChecking=no"])
-            .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
-            .args(["-o", "ConnectTimeout=10", "-p", &gw.ssh.port().to_string()])
+        crate::util::ssh_client(gw.ssh.port(), &key)
             .args(args)
             .output()
             .unwrap()
@@ -58,13 +52,8 @@ fn approved_node_key_opens_no_channel_and_stays_online_with_metrics() {
     let local = TcpListener::bind("127.0.0.1:0").unwrap();
     let lport = local.local_addr().unwrap().port();
     drop(local);
-    let mut forward = std::process::Command::new("ssh")
-        .arg("-i")
-        .arg(&key)
-        .args(["-F", "/dev/null", "-o", "IdentitiesOnly=yes"])
-        .args(["-o", "StrictHostKeyChecking=no"])
-        .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
-        .args(["-p", &gw.ssh.port().to_string(), "-N", "-L"])
+    let mut forward = crate::util::ssh_client(gw.ssh.port(), &key)
+        .args(["-N", "-L"])
         .arg(format!("127.0.0.1:{lport}:127.0.0.1:{}", gw.api.port()))
         .arg("root@127.0.0.1")
         .stderr(std::process::Stdio::null())

@@ -13,20 +13,10 @@ use crate::util::{alive, wait_until, Agent, Gateway};
 /// `ssh -N -R` with the node's own key on its second port: what a thief of the key would hold.
 fn hostile_session(gw: &Gateway, agent: &Agent, port: u64) -> Child {
     let key = agent.dir.path().join("data/agent.key");
-    let child = Command::new("ssh")
-        .arg("-i")
-        .arg(&key)
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-        ])
-        .args(["-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes"])
-        .args(["-p", &gw.ssh.port().to_string(), "-N", "-R"])
+    let child = crate::util::ssh_client(gw.ssh.port(), &key)
+        .args(["-o", "ExitOnForwardFailure=yes", "-N", "-R"])
         .arg(format!("127.0.0.1:{port}:127.0.0.1:9"))
         .arg("root@127.0.0.1")
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

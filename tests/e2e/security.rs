@@ -196,16 +196,7 @@ fn the_node_key_line_only_allows_forwarding() {
     // With the node's own key, OpenSSH's client can neither run a command nor listen elsewhere.
     let key = agent.dir.path().join("data/agent.key");
     let ssh = |args: &[&str]| {
-        std::process::Command::new("ssh")
-            .arg("-i")
-            .arg(&key)
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-            ])
-            .args(["-o", "BatchMode=yes", "-p", &gw.ssh.port().to_string()])
+        crate::util::ssh_client(gw.ssh.port(), &key)
             .args(args)
             .output()
             .unwrap()

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::util::{agent_join, bin, isolate, wait_until, Agent, Gateway, Proc};
+use crate::util::{agent_join, bin, isolate, ssh_client, wait_until, Agent, Gateway, Proc};
 
 /// `ssh OPTIONS 127.0.0.1 true` with `key` as `user` to the sshd on `port`, with no config, agent or
 /// known_hosts of ours. Exit 1 is a login (the forced /bin/false), 255 a refusal.
@@ -19,21 +19,9 @@ fn ssh(port: u16, key: &Path, user: &str, options: &[&str]) -> Output {
 }
 
 fn ssh_command(port: u16, key: &Path, user: &str, options: &[&str]) -> Command {
-    let mut cmd = Command::new("ssh");
-    cmd.args(["-F", "/dev/null", "-i"])
-        .arg(key)
-        .args(["-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none"])
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-        ])
-        .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"])
-        .args(["-o", "ExitOnForwardFailure=yes"])
-        .args(["-p", &port.to_string(), "-l", user])
-        .args(options)
-        .stdin(Stdio::null());
+    let mut cmd = ssh_client(port, key);
+    cmd.args(["-o", "ExitOnForwardFailure=yes", "-l", user])
+        .args(options);
     cmd
 }
 

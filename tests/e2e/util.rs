@@ -357,6 +357,21 @@ pub fn isolate(cmd: &mut Command) -> &mut Command {
     cmd.env("BURROW_CONFIG", "/dev/null")
 }
 
+/// OpenSSH's client for `127.0.0.1:port` with `key` only: no config file, agent or known_hosts, batch
+/// mode, stdin closed. Callers add the options, the destination and what to run.
+pub fn ssh_client(port: u16, key: &Path) -> Command {
+    let mut cmd = Command::new("ssh");
+    cmd.args(["-F", "/dev/null", "-i"])
+        .arg(key)
+        .args(["-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none"])
+        .args(["-o", "StrictHostKeyChecking=no"])
+        .args(["-o", "UserKnownHostsFile=/dev/null"])
+        .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"])
+        .args(["-p", &port.to_string()])
+        .stdin(std::process::Stdio::null());
+    cmd
+}
+
 /// Child processes of `pid` (from /proc).
 pub fn children(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
