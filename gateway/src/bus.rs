@@ -165,14 +165,18 @@ impl Bus {
             job: job.clone(),
             spec,
         };
-        let job = Job {
+        let mut job = Job {
             id,
             job,
             link: link.clone(),
             rx,
             done: false,
         };
-        link.send(&message)?;
+        if let Err(refusal) = link.send(&message) {
+            // Never sent: nothing to cancel on the node.
+            job.done = true;
+            return Err(refusal);
+        }
         Ok(job)
     }
 
