@@ -15,6 +15,11 @@ fuzz_target!(|data: &[u8]| {
         let _ = message.encode_body();
         return;
     }
-    let body = message.encode_body().expect("a decoded message fits one frame");
-    assert_eq!(Message::decode(&body).expect("re-encoded body decodes"), message);
+    let body = message
+        .encode_body()
+        .expect("a decoded message fits one frame");
+    assert_eq!(
+        Message::decode(&body).expect("re-encoded body decodes"),
+        message
+    );
 });
