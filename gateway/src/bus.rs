@@ -51,8 +51,19 @@ struct Link {
 
 impl Link {
     fn send(&self, message: &Message) -> Result<(), Refusal> {
-        let mut w = lock(&self.writer);
-        let (socket, sealer) = &mut *w;
+        self.send_on(&mut lock(&self.writer), message)
+    }
+
+    /// Sends unless another frame is being written right now (then the link is busy, not quiet), so
+    /// the health thread never waits behind a write blocked on a peer that stopped reading.
+    fn try_send(&self, message: &Message) {
+        if let Ok(mut w) = self.writer.try_lock() {
+            let _ = self.send_on(&mut w, message);
+        }
+    }
+
+    fn send_on(&self, w: &mut (TcpStream, Sealer), message: &Message) -> Result<(), Refusal> {
+        let (socket, sealer) = w;
         // Sealing first: a message too large for one frame is the caller's fault, not the link's.
         let frame = sealer.seal(message).map_err(|e| match e {
             burrow_core::Error::TooLarge { .. } => Refusal::new(Kind::TooLarge, e.to_string()),
@@ -167,14 +178,18 @@ impl Bus {
             job: job.clone(),
             spec,
         };
-        let job = Job {
+        let mut job = Job {
             id,
             job,
             link: link.clone(),
             rx,
             done: false,
         };
-        link.send(&message)?;
+        if let Err(refusal) = link.send(&message) {
+            // Never sent: nothing to cancel on the node.
+            job.done = true;
+            return Err(refusal);
+        }
         Ok(job)
     }
 
@@ -374,7 +389,7 @@ impl Bus {
                 );
                 link.close();
             } else if quiet >= ping_after {
-                let _ = link.send(&Message::Ping(now()));
+                link.try_send(&Message::Ping(now()));
             }
         }
     }

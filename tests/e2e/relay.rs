@@ -3,15 +3,15 @@
 //! protocol v1 it passed the handshake through and then injected its own `Exec`, which ran on the
 //! node. With v2 it carries only ciphertext: it reads nothing and every frame it adds ends the link.
 //!
-//! The relay runs in the test process (as root here): binding a loopback port above 1024 and
-//! connecting to another needs no privilege, so an unprivileged local user can do exactly the same.
+//! The relay is its own process (`tests/src/bin/burrow-relay.rs`) run as uid 65534 with `setpriv`:
+//! an unprivileged local user, as in the issue.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
 use std::time::Duration;
 
 use burrow_core::identity::Identity;
@@ -19,148 +19,90 @@ use burrow_core::protocol::{write_plain, ExecSpec, Message, Role, VERSION};
 use burrow_core::secure::handshake;
 use serde_json::json;
 
-use crate::util::{wait_until, Agent, Gateway};
+use crate::util::{wait_until, Agent, Gateway, Proc};
 
-/// One relayed connection: what went each way, and a handle to inject bytes towards the agent.
-struct Relayed {
-    to_agent: Arc<Mutex<Vec<u8>>>,
-    to_gateway: Arc<Mutex<Vec<u8>>>,
-    /// The agent side of the connection, shared with the pump so injections land between chunks.
-    agent_writer: Arc<Mutex<TcpStream>>,
-    /// Set when the agent closed its side.
-    agent_closed: Arc<AtomicBool>,
-}
-
-impl Relayed {
-    fn inject(&self, bytes: &[u8]) {
-        let _ = self.agent_writer.lock().unwrap().write_all(bytes);
-    }
-
-    fn closed(&self) -> bool {
-        self.agent_closed.load(Ordering::Acquire)
-    }
-}
-
-/// Listens on the squatted port and relays every connection to the agent's port.
+/// The `burrow-relay` process (tests/src/bin), run as uid 65534: what it carried and how to make it
+/// inject, through the files of its directory.
 struct Relay {
-    connections: Arc<Mutex<Vec<Arc<Relayed>>>>,
-    stop: Arc<AtomicBool>,
-    port: u16,
-    acceptor: Option<JoinHandle<()>>,
+    dir: tempfile::TempDir,
+    _proc: Proc,
 }
 
 impl Relay {
-    fn start(listener: TcpListener, agent_port: u16) -> Relay {
-        let connections = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let port = listener.local_addr().unwrap().port();
-        let acceptor = thread::spawn({
-            let (connections, stop) = (connections.clone(), stop.clone());
-            move || {
-                for gateway in listener.incoming() {
-                    if stop.load(Ordering::Acquire) {
-                        return;
-                    }
-                    let Ok(gateway) = gateway else { continue };
-                    let Ok(agent) = TcpStream::connect(("127.0.0.1", agent_port)) else {
-                        continue;
-                    };
-                    let relayed = Arc::new(Relayed {
-                        to_agent: Arc::default(),
-                        to_gateway: Arc::default(),
-                        agent_writer: Arc::new(Mutex::new(agent.try_clone().unwrap())),
-                        agent_closed: Arc::default(),
-                    });
-                    pump(gateway.try_clone().unwrap(), &relayed);
-                    connections.lock().unwrap().push(relayed);
-                    // Agent → gateway.
-                    let back = connections.lock().unwrap().last().unwrap().clone();
-                    thread::spawn(move || {
-                        let (mut from, mut to) = (agent, gateway);
-                        let mut buf = [0u8; 64 * 1024];
-                        while let Ok(n) = from.read(&mut buf) {
-                            if n == 0 {
-                                break;
-                            }
-                            back.to_gateway.lock().unwrap().extend_from_slice(&buf[..n]);
-                            if to.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                        back.agent_closed.store(true, Ordering::Release);
-                        let _ = to.shutdown(Shutdown::Both);
-                    });
-                }
-            }
-        });
-        Relay {
-            connections,
-            stop,
-            port,
-            acceptor: Some(acceptor),
-        }
+    /// Starts the relay as `nobody`; it takes `listen` as soon as it is free and relays to `agent`.
+    fn start(listen: u16, agent: u16) -> Relay {
+        let dir = tempfile::Builder::new()
+            .prefix("burrow-relay")
+            .tempdir()
+            .unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        // A copy the unprivileged user can surely reach, wherever the checkout lives.
+        let bin = dir.path().join("burrow-relay");
+        std::fs::copy(env!("CARGO_BIN_EXE_burrow-relay"), &bin).unwrap();
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&bin)
+            .args([listen.to_string(), agent.to_string()])
+            .arg(dir.path());
+        let proc = Proc::spawn(cmd, dir.path().join("relay.log"));
+        let listening = dir.path().join("listening");
+        wait_until(
+            Duration::from_secs(30),
+            "the relay to hold the port",
+            || listening.exists(),
+        );
+        assert_eq!(
+            std::fs::read_to_string(&listening).unwrap(),
+            "65534",
+            "the relay must run unprivileged"
+        );
+        Relay { dir, _proc: proc }
     }
 
-    fn latest(&self) -> Option<Arc<Relayed>> {
-        self.connections.lock().unwrap().last().cloned()
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
     }
 
+    /// How many connections it has relayed.
     fn count(&self) -> usize {
-        self.connections.lock().unwrap().len()
+        std::fs::read_to_string(self.file("connections"))
+            .map(|c| c.parse().unwrap())
+            .unwrap_or(0)
+    }
+
+    fn closed(&self, n: usize) -> bool {
+        self.file(&format!("c{n}.closed")).exists()
+    }
+
+    fn to_agent(&self, n: usize) -> Vec<u8> {
+        std::fs::read(self.file(&format!("c{n}.to_agent"))).unwrap_or_default()
+    }
+
+    fn to_gateway(&self, n: usize) -> Vec<u8> {
+        std::fs::read(self.file(&format!("c{n}.to_gateway"))).unwrap_or_default()
+    }
+
+    /// Has the relay write `bytes` into connection `n` towards the agent, and waits until it has.
+    fn inject(&self, n: usize, bytes: &[u8]) {
+        let tmp = self.file(&format!(".inject-{n}"));
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o666)).unwrap();
+        std::fs::rename(&tmp, self.file(&format!("inject-{n}"))).unwrap();
+        let done = self.file(&format!("inject-{n}.done"));
+        wait_until(Duration::from_secs(10), "the relay to inject", || {
+            done.exists()
+        });
     }
 
     /// Everything the relay carried, both ways, on every connection.
     fn carried(&self) -> Vec<u8> {
         let mut all = Vec::new();
-        for c in self.connections.lock().unwrap().iter() {
-            all.extend_from_slice(&c.to_agent.lock().unwrap());
-            all.extend_from_slice(&c.to_gateway.lock().unwrap());
+        for n in 0..self.count() {
+            all.extend(self.to_agent(n));
+            all.extend(self.to_gateway(n));
         }
         all
     }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        // Wakes the acceptor, which then sees `stop`.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-        if let Some(a) = self.acceptor.take() {
-            let _ = a.join();
-        }
-    }
-}
-
-/// Gateway → agent, recording and writing under the shared writer lock.
-fn pump(mut gateway: TcpStream, relayed: &Arc<Relayed>) {
-    let relayed = relayed.clone();
-    thread::spawn(move || {
-        let mut buf = [0u8; 64 * 1024];
-        while let Ok(n) = gateway.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            relayed
-                .to_agent
-                .lock()
-                .unwrap()
-                .extend_from_slice(&buf[..n]);
-            if relayed
-                .agent_writer
-                .lock()
-                .unwrap()
-                .write_all(&buf[..n])
-                .is_err()
-            {
-                break;
-            }
-        }
-        let _ = relayed
-            .agent_writer
-            .lock()
-            .unwrap()
-            .shutdown(Shutdown::Both);
-    });
 }
 
 /// The whole frames (prefix included) in a recorded stream, the plaintext Hello first.
@@ -205,23 +147,18 @@ fn relayed_handshake_runs_nothing_and_reads_no_output() {
         ports[1].as_u64().unwrap() as u16,
     );
 
-    // The attacker takes the first port (the one the gateway dials first) as soon as it is free,
-    // and the agent, restarted, can only listen on the second.
+    // The attacker (uid 65534) takes the first port (the one the gateway dials first) as soon as it
+    // is free, and the agent, restarted, can only listen on the second.
     agent.proc.terminate();
     gw.wait_status("relayed", "offline");
-    let mut squat = None;
-    wait_until(Duration::from_secs(30), "the first port to be free", || {
-        squat = TcpListener::bind(("127.0.0.1", first)).ok();
-        squat.is_some()
-    });
-    let relay = Relay::start(squat.unwrap(), second);
+    let relay = Relay::start(first, second);
     agent.restart();
     gw.wait_status("relayed", "online");
     assert!(
         relay.count() >= 1,
         "the gateway did not come through the relay"
     );
-    let link = relay.latest().unwrap();
+    let link = relay.count() - 1;
 
     let marker = gw.dir.path().join("pwned");
     let runs = gw.dir.path().join("runs");
@@ -229,7 +166,7 @@ fn relayed_handshake_runs_nothing_and_reads_no_output() {
     let legit = json!({
         "command": format!("printf 'RELAY%sSECRET\\n' -OUTPUT-; echo run >> {}", runs.display())
     });
-    let before = link.to_gateway.lock().unwrap().len();
+    let before = relay.to_gateway(link).len();
     let (status, out) = gw.exec("relayed", legit.clone());
     assert_eq!(
         (status, out["stdout"].as_str()),
@@ -237,51 +174,50 @@ fn relayed_handshake_runs_nothing_and_reads_no_output() {
         "the positive control (a legitimate command through the relay) failed: {out}"
     );
     assert!(
-        !link.closed() && link.to_gateway.lock().unwrap().len() > before + 20,
+        !relay.closed(link) && relay.to_gateway(link).len() > before + 20,
         "the command went through the relayed link"
     );
 
     // 1. Replay the gateway's Exec frame (the largest sealed frame it sent) into the same connection.
-    let sent = link.to_agent.lock().unwrap().clone();
-    let exec_frame = frames(&sent)
+    let exec_frame = frames(&relay.to_agent(link))
         .into_iter()
         .skip(2)
         .max_by_key(|f| f.len())
         .expect("the gateway sent sealed frames");
-    link.inject(&exec_frame);
+    relay.inject(link, &exec_frame);
     wait_until(
         Duration::from_secs(10),
         "the agent to drop the link",
-        || link.closed(),
+        || relay.closed(link),
     );
 
     // 2. On the gateway's next (relayed) connection: a plaintext v2 Exec, as v1 accepted.
-    let next = |before: usize| {
+    let next = |after: usize| {
         wait_until(Duration::from_secs(30), "the gateway to redial", || {
-            relay.count() > before && relay.latest().is_some_and(|l| !l.closed())
+            relay.count() > after && !relay.closed(relay.count() - 1)
         });
         gw.wait_status("relayed", "online");
-        relay.latest().unwrap()
+        relay.count() - 1
     };
-    let link = next(relay.count() - 1);
+    let link = next(link + 1);
     let mut plain = Vec::new();
     write_plain(&mut plain, &touch(&marker)).unwrap();
-    link.inject(&plain);
+    relay.inject(link, &plain);
     wait_until(
         Duration::from_secs(10),
         "the agent to drop the link",
-        || link.closed(),
+        || relay.closed(link),
     );
 
     // 3. A crafted frame: a plausible length and random "ciphertext".
-    let link = next(relay.count() - 1);
+    let link = next(link + 1);
     let mut crafted = 64u32.to_be_bytes().to_vec();
     crafted.extend_from_slice(&burrow_core::random_bytes::<64>());
-    link.inject(&crafted);
+    relay.inject(link, &crafted);
     wait_until(
         Duration::from_secs(10),
         "the agent to drop the link",
-        || link.closed(),
+        || relay.closed(link),
     );
 
     // 4. The attacker's own sessions straight to the agent: a v1 Hello, then a v2 handshake with its
@@ -307,7 +243,7 @@ fn relayed_handshake_runs_nothing_and_reads_no_output() {
     );
 
     // The node still works, through the relay, and the attacker got nowhere.
-    next(relay.count() - 1);
+    next(link + 1);
     let (status, out) = gw.exec("relayed", legit);
     assert_eq!(
         (status, out["stdout"].as_str()),

@@ -457,3 +457,27 @@ fn bench_seal_open() {
         mb / open.as_secs_f64()
     );
 }
+
+/// An all-zero ephemeral key (a low-order point) would make the shared secret zero, known to anyone:
+/// refused before any key is derived.
+#[test]
+fn low_order_ephemeral_key_is_refused() {
+    let a = Identity::generate("a");
+    let g = Identity::generate("g");
+    let (mut x, mut y) = UnixStream::pair().unwrap();
+    let gk = g.public();
+    let t = thread::spawn(move || handshake(&mut y, &a, Role::Agent, |k| *k == gk).map(|_| ()));
+    crate::protocol::write_plain(
+        &mut x,
+        &Message::Hello {
+            version: VERSION,
+            role: Role::Gateway,
+            key: *g.public().as_bytes(),
+            ephemeral: [0; 32],
+            nonce: [1; 32],
+        },
+    )
+    .unwrap();
+    let err = t.join().unwrap().unwrap_err();
+    assert!(err.to_string().contains("low-order"), "{err}");
+}

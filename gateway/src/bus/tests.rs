@@ -109,6 +109,15 @@ fn relay_dropping_the_agents_frames_is_cut_within_the_liveness_bound() {
     let bus = Arc::new(Bus::new(gateway, registry));
     bus.dial("n");
     assert!(wait_for(Duration::from_secs(10), || bus.is_linked("n")));
+    // A request too large for one frame is refused (413 at the API) and the link stays up: the
+    // peer never sees a frame it would have to refuse.
+    let huge = ExecSpec {
+        command: Some("x".repeat(burrow_core::protocol::MAX_FRAME)),
+        ..ExecSpec::default()
+    };
+    let refused = bus.exec("n", new_job_id(), huge).err().expect("refused");
+    assert_eq!(refused.kind, Kind::TooLarge, "{refused}");
+    assert!(bus.is_linked("n"));
     let mut job = bus
         .exec("n", new_job_id(), ExecSpec::default())
         .map_err(|r| r.message)
