@@ -76,7 +76,8 @@ pub struct PairReply {
     pub ports: Option<[u16; 2]>,
 }
 
-/// `POST /api/v1/agent/heartbeat` body.
+/// What an agent reports on its secure link ([`crate::protocol::Message::Heartbeat`]), at once and
+/// every 30 s.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {
     /// The port the agent's reverse forward is listening on now; 0 in a heartbeat on the secure link
@@ -107,12 +108,4 @@ pub struct Metrics {
     pub disk_free: u64,
     /// The agent's own resident memory, bytes.
     pub agent_rss: u64,
-}
-
-/// Heartbeat answer: a fresh token when the current one nears expiry.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct HeartbeatReply {
-    /// Replacement JWT, if issued.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token: Option<String>,
 }

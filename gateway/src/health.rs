@@ -1,6 +1,6 @@
 //! Health: keeps a link to every approved node (redialing when it drops), pings quiet links and drops
-//! dead ones. A node is `online` exactly while its authenticated link is up; heartbeats (every 30 s
-//! from the agent) refresh `last_seen` and its metrics and trigger an immediate redial.
+//! dead ones. A node is `online` exactly while its authenticated link is up; heartbeats (on the link,
+//! at once and every 30 s) refresh `last_seen` and its metrics.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;

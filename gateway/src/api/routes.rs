@@ -18,8 +18,6 @@ pub enum Permission {
     /// No token. The handler proves the caller itself (a signed pairing request) or serves nothing
     /// worth protecting (`/healthz`).
     Public,
-    /// A node's own token (its heartbeat).
-    Node,
     /// Read the fleet: viewer, operator, gateway.
     Read,
     /// Run commands: operator, gateway.
@@ -33,7 +31,6 @@ impl Permission {
     pub fn allows(self, role: Role) -> bool {
         match self {
             Permission::Public => true,
-            Permission::Node => role == Role::Node,
             Permission::Read => role.can_read(),
             Permission::Exec => role.can_exec(),
             Permission::Admin => role.can_admin(),
@@ -66,14 +63,6 @@ impl Req<'_> {
     /// The `i`th path parameter (the table guarantees the pattern has it).
     pub fn param(&self, i: usize) -> &str {
         self.params.get(i).copied().unwrap_or("")
-    }
-
-    /// The verified token of an authenticated route; a refusal on a public one (a table mistake).
-    pub fn who(&self) -> Result<&Verified, Refusal> {
-        self.caller
-            .token
-            .as_ref()
-            .ok_or_else(|| Refusal::new(Kind::Internal, "route has no authenticated caller"))
     }
 }
 
@@ -122,13 +111,6 @@ pub const ROUTES: &[Route] = &[
         permission: Permission::Public,
         body_limit: FORM,
         handler: agent::pair,
-    },
-    Route {
-        method: "POST",
-        pattern: "/api/v1/agent/heartbeat",
-        permission: Permission::Node,
-        body_limit: FORM,
-        handler: agent::heartbeat,
     },
     Route {
         method: "GET",
@@ -347,7 +329,7 @@ mod tests {
     #[test]
     fn only_public_rows_take_no_token() {
         for r in ROUTES {
-            if r.pattern.starts_with("/api/v1/agent/") && r.pattern != "/api/v1/agent/heartbeat" {
+            if r.pattern.starts_with("/api/v1/agent/") {
                 assert_eq!(r.permission, Permission::Public, "{}", r.pattern);
             } else if r.pattern != "/healthz" {
                 assert_ne!(r.permission, Permission::Public, "{}", r.pattern);
