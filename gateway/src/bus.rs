@@ -160,6 +160,14 @@ impl Bus {
         }
     }
 
+    /// Commands in flight on every link (a job leaves its link's table with its last event).
+    pub fn running(&self) -> usize {
+        lock(&self.links)
+            .values()
+            .map(|l| lock(&l.jobs).len())
+            .sum()
+    }
+
     pub fn is_linked(&self, node: &str) -> bool {
         lock(&self.links).contains_key(node)
     }

@@ -174,7 +174,7 @@ pub enum NodesCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Print a new API bearer token.
+    /// Print a new API bearer token (minted by the running gateway, which audits who asked).
     Create {
         /// gateway (admin), operator (exec and read) or viewer (read only).
         #[arg(long, default_value = "operator")]
@@ -182,9 +182,9 @@ pub enum TokenCommand {
         /// Lifetime.
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         ttl: Duration,
-        /// Who the token is for (the JWT subject).
-        #[arg(long, default_value = "cli")]
-        subject: String,
+        /// Who the token is for (the JWT subject) [default: by-<your Unix user>].
+        #[arg(long)]
+        subject: Option<String>,
     },
 }
 

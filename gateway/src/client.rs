@@ -81,6 +81,23 @@ fn check_private(data_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `gateway token create`: asks the running gateway (which checks the TTL and audits the caller).
+pub fn token(
+    data_dir: &Path,
+    role: &str,
+    ttl: std::time::Duration,
+    subject: Option<&str>,
+) -> anyhow::Result<()> {
+    let client = Client::open(data_dir)?;
+    let mut body = json!({"role": role, "ttl": format!("{}s", ttl.as_secs())});
+    if let Some(subject) = subject {
+        body["subject"] = json!(subject);
+    }
+    let reply = client.call("POST", "/api/v1/tokens", Some(body))?;
+    println!("{}", reply["token"].as_str().unwrap_or_default());
+    Ok(())
+}
+
 pub fn join(data_dir: &Path, command: JoinCommand) -> anyhow::Result<()> {
     let JoinCommand::Create { ttl, uses, manual } = command;
     let client = Client::open(data_dir)?;

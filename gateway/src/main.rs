@@ -46,10 +46,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<u8> {
         Command::Join(c) => client::join(dir, c)?,
         Command::Nodes(c) => client::nodes(dir, c)?,
         Command::Token(TokenCommand::Create { role, ttl, subject }) => {
-            let identity = burrow_core::identity::Identity::load(&dir.join("gateway.key"))?;
-            let role = tokens::Role::parse(&role)?;
-            let (token, _) = tokens::Tokens::new(&identity)?.issue(&subject, role, ttl)?;
-            println!("{token}");
+            client::token(dir, &role, ttl, subject.as_deref())?
         }
         Command::Exec(args) => return Ok(client::exec(dir, args)?.clamp(0, 255) as u8),
         Command::Install(args) => install::run(dir, cli.log, &args)?,

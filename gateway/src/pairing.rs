@@ -120,6 +120,7 @@ impl Pairing {
         ttl: Duration,
         uses: u32,
         manual: bool,
+        actor: &str,
     ) -> Result<(String, JoinTokenRecord), Refusal> {
         if uses == 0 {
             return Err(bad_request("uses must be at least 1"));
@@ -156,7 +157,7 @@ impl Pairing {
         })?;
         self.sync_keys()?;
         self.audit.record(
-            "gateway",
+            actor,
             "join.create",
             &record.id,
             serde_json::json!({"uses": uses, "manual": manual, "expires_at": record.expires_at}),
@@ -584,10 +585,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (_log, pairing) = pairing_in(dir.path());
         let millennia = Duration::from_secs(10_000 * 365 * 86400);
-        let err = pairing.create_join(millennia, 1, false).unwrap_err();
+        let err = pairing
+            .create_join(millennia, 1, false, "test")
+            .unwrap_err();
         assert_eq!(err.kind, Kind::BadRequest);
         assert!(err.message.contains("too long"), "{}", err.message);
-        pairing.create_join(MAX_JOIN_TTL, 1, false).unwrap();
+        pairing.create_join(MAX_JOIN_TTL, 1, false, "test").unwrap();
 
         // A state file from before the bound: the token is cut to the bound at start.
         pairing

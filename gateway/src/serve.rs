@@ -114,6 +114,7 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         bus: bus.clone(),
         started: Instant::now(),
         answer_limit: args.max_answer_bytes,
+        draining: Default::default(),
         cut_off: Box::new(move |key, ports| {
             let supervisor = cut_of.as_ref().and_then(std::sync::Weak::upgrade);
             sshd::cut_off(&settings, supervisor.as_deref(), key, ports)
@@ -129,7 +130,7 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         }),
         contact: contact_json,
     });
-    let api = Api::start(server, ctx)?;
+    let api = Api::start(server, ctx.clone())?;
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
     let health = health::spawn(registry, bus.clone(), stop_rx)?;
     runinfo::write(
@@ -149,7 +150,9 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
     runinfo::remove(&data_dir);
     drop(stop_tx);
     let _ = health.join();
-    drain(api, &bus, args.shutdown_grace)?;
+    drain(api, &ctx, args.shutdown_grace)?;
+    // The handlers' context holds the audit handle: it must go before the log's writer is joined.
+    drop(ctx);
     drop(pairing);
     drop(audit_log);
     match supervisor.map(Arc::try_unwrap) {
@@ -162,29 +165,27 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Stops the API within `grace`: idle workers end at once, busy ones finish their request. Whatever
-/// still runs when `grace` is over is cut off by closing every link (each waiting handler then gets
-/// its command's "link closed" and answers), so the workers end and the API can be dropped.
-fn drain(api: Api, bus: &Bus, grace: std::time::Duration) -> anyhow::Result<()> {
-    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
-    // `Api`'s drop unblocks and joins its workers; here it runs on its own thread so it can be timed.
-    let dropper = std::thread::Builder::new()
-        .name("api-drain".into())
-        .spawn(move || {
-            drop(api);
-            let _ = done_tx.send(());
-        })
-        .context("starting the API drain")?;
-    if done_rx.recv_timeout(grace).is_err() {
+/// Stops the API within `grace`: from now on every new request is refused (503, "shutting down"),
+/// running commands may finish until `grace` is over, then what still runs is cut off by closing every
+/// link (each waiting handler gets its command's "link closed" and answers), and the workers are
+/// joined.
+fn drain(api: Api, ctx: &Ctx, grace: std::time::Duration) -> anyhow::Result<()> {
+    ctx.draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let deadline = Instant::now() + grace;
+    // Nothing signals a job's end to this thread; a short poll against the deadline does.
+    while ctx.bus.running() > 0 && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    if ctx.bus.running() > 0 {
         log::warn!(
             "shutdown grace of {} is over: cancelling the commands still running",
             humantime::format_duration(grace)
         );
     }
-    bus.shutdown();
-    if dropper.join().is_err() {
-        log::error!("the API drain panicked");
-    }
+    ctx.bus.shutdown();
+    // Unblocks and joins the workers; the last answers (finished or cut-off commands) are written.
+    drop(api);
     Ok(())
 }
 

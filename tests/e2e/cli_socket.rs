@@ -107,17 +107,28 @@ fn cli_actions_are_audited_as_the_unix_user() {
 
     let actor = expected_actor();
     let audit = gw.data().join("audit.log");
-    let approved_by = || -> Option<String> {
+    let by = |action: &str| -> Option<String> {
         let text = std::fs::read_to_string(&audit).ok()?;
         text.lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|e| e["action"] == "node.approve" && e["target"] == "pi-audit")
+            .find(|e| e["action"] == action)
             .map(|e| e["actor"].as_str().unwrap_or("").to_string())
     };
     wait_until(Duration::from_secs(10), "the approval in audit.log", || {
-        approved_by().is_some()
+        by("node.approve").is_some()
     });
-    assert_eq!(approved_by().unwrap(), actor);
+    assert_eq!(by("node.approve").unwrap(), actor);
+    // Minting a token and a join string names the person too (they used to say "gateway" or
+    // nothing at all).
+    gw.token("viewer");
+    gw.join(&[]);
+    wait_until(
+        Duration::from_secs(10),
+        "token and join in audit.log",
+        || by("token.create").is_some() && by("join.create").is_some(),
+    );
+    assert_eq!(by("token.create").unwrap(), actor);
+    assert_eq!(by("join.create").unwrap(), actor);
 }
 
 #[test]

@@ -184,6 +184,22 @@ fn gateway_stops_within_its_grace() {
     let _ = std::process::Command::new("kill")
         .arg(pid.to_string())
         .status();
+    // During the grace new requests get a clear refusal, not a hang or a reset.
+    let mut refused = None;
+    wait_until(Duration::from_secs(2), "a refusal while draining", || {
+        let (status, body) = gw.api("GET", "/api/v1/status", None);
+        refused = Some(body.clone());
+        status == 503
+    });
+    let refused = refused.unwrap_or_default();
+    assert_eq!(refused["code"], "unavailable", "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("shutting down"),
+        "{refused}"
+    );
     wait_until(
         Duration::from_secs(7),
         "the gateway to exit after its grace",

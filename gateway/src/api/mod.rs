@@ -46,6 +46,8 @@ pub struct Ctx {
     pub contact: Value,
     /// Bytes per stream kept in an exec answered whole (`serve --max-answer-bytes`).
     pub answer_limit: usize,
+    /// Set when the gateway is stopping: new requests are refused (503) while running ones finish.
+    pub draining: std::sync::atomic::AtomicBool,
     /// Ends a node key's sshd access at once (`sshd::cut_off`): key lines, sessions, listeners;
     /// returns how many sessions were killed.
     pub cut_off: Box<CutOff>,
@@ -201,6 +203,12 @@ fn serve(ctx: &Ctx, mut request: Request) {
 /// declared length before anything is read, then from what arrives), the route's permission, then
 /// the handler (a panic there becomes a 500). An unread body is drained by tiny_http, not buffered.
 pub fn dispatch(ctx: &Ctx, mut call: Call, declared: Option<usize>, body: &mut dyn Read) -> Reply {
+    if ctx.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return error_reply(&Refusal::new(
+            Kind::Unavailable,
+            "the gateway is shutting down; try again once it is back",
+        ));
+    }
     let path = call.path.split('?').next().unwrap_or("").to_string();
     let (route, params) = match routes::find(ROUTES, &call.method, &path) {
         Lookup::Route(route, params) => (route, params),

@@ -142,9 +142,9 @@ struct JoinBody {
 pub fn create_join(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
     let body: JoinBody = parse_body(&req.call.body)?;
     let ttl = parse_ttl(body.ttl.as_deref(), "1h")?;
-    let (join, record) = ctx
-        .pairing
-        .create_join(ttl, body.uses.unwrap_or(1), body.manual)?;
+    let (join, record) =
+        ctx.pairing
+            .create_join(ttl, body.uses.unwrap_or(1), body.manual, req.caller.actor())?;
     Ok(Reply::Json(
         201,
         json!({"join": join, "id": record.id, "expires_at": rfc3339(record.expires_at),
@@ -174,6 +174,12 @@ pub fn create_token(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
         .subject
         .unwrap_or_else(|| format!("by-{}", req.caller.actor()));
     let (token, jti) = ctx.pairing.tokens.issue(&subject, role, ttl)?;
+    ctx.pairing.audit().record(
+        req.caller.actor(),
+        "token.create",
+        &jti,
+        json!({"role": role, "subject": subject, "ttl_s": ttl.as_secs()}),
+    );
     Ok(Reply::Json(
         201,
         json!({"token": token, "jti": jti, "role": role, "subject": subject}),
