@@ -268,11 +268,24 @@ fn connection_cap_refuses_with_503() {
     let mut limits = Limits::default();
     limits.max_connections = 2;
     limits.head_timeout = None;
-    let (_server, addr) = serve_ok(limits);
+    let (server, addr) = serve_ok(limits);
     let first = connect(addr);
     let _second = connect(addr);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.num_connections() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the two connections were not counted"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
     let answer = exchange(addr, b"GET / HTTP/1.1\r\n\r\n");
     assert!(answer.starts_with("HTTP/1.1 503"), "{}", answer);
+    assert_eq!(
+        server.num_connections(),
+        2,
+        "a refused connection is not counted"
+    );
     drop(first);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !get_ok(addr) {
