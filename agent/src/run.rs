@@ -24,8 +24,9 @@ use crate::service::{serve, HandshakeSlots, Liveness, ServiceContext, MAX_UNAUTH
 use crate::state::{AgentState, DataDir};
 use crate::tunnel::Tunnel;
 
-/// How often the session checks that the gateway still talks to it.
-const CHECK_EVERY: Duration = Duration::from_secs(30);
+/// How often the session checks that the gateway still talks to it and has not revoked the node
+/// (a revoked agent stops within this of the gateway's `Bye`, even if its tunnel stays up).
+const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// A session on which no frame came from the gateway for this long is considered dead (libssh2's
 /// keepalives never check replies). The gateway dials within seconds and pings every 15 s of quiet.
 const SILENT_LIMIT: Duration = Duration::from_secs(90);
@@ -67,16 +68,18 @@ pub fn run(dir: &DataDir, join: Option<&str>, profile: &Profile) -> anyhow::Resu
     let mut backoff = BACKOFF_MIN;
     loop {
         let started = Instant::now();
-        match session(&identity, &state, &ctx) {
-            Ok(reason) => log::warn!("session to {} ended: {reason}", state.gateway.ssh),
-            Err(e) => log::warn!("session to {} failed: {e:#}", state.gateway.ssh),
-        }
-        if let Some(reason) = ctx.revoked.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            // Remembered, so a restart (systemd's, or by hand) does not start retrying again.
+        let outcome = session(&identity, &state, &ctx);
+        if let Some(reason) = lock_revoked(&ctx).take() {
+            // Remembered, so a restart (systemd's, or by hand) does not start retrying again. Said
+            // once, by `main`, as the error `agent run` ends with.
             state.status = REVOKED.into();
             state.token = None;
             dir.save(&state)?;
             return Err(Revoked(format!("the gateway removed this node: {reason}")).into());
+        }
+        match outcome {
+            Ok(reason) => log::warn!("session to {} ended: {reason}", state.gateway.ssh),
+            Err(e) => log::warn!("session to {} failed: {e:#}", state.gateway.ssh),
         }
         if started.elapsed() > STABLE {
             backoff = BACKOFF_MIN;
@@ -93,6 +96,10 @@ pub fn run(dir: &DataDir, join: Option<&str>, profile: &Profile) -> anyhow::Resu
         std::thread::sleep(wait);
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
+}
+
+fn lock_revoked(ctx: &ServiceContext) -> std::sync::MutexGuard<'_, Option<String>> {
+    ctx.revoked.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// `agent.json`'s status once the gateway has revoked the node.
@@ -176,6 +183,9 @@ fn session(
     let reason = loop {
         if let Some(reason) = tunnel.wait_closed(CHECK_EVERY) {
             break reason;
+        }
+        if lock_revoked(&watch).is_some() {
+            break "the gateway ended the link for good".to_string();
         }
         let quiet = watch.quiet_for();
         if quiet >= SILENT_LIMIT {

@@ -47,6 +47,8 @@ struct Link {
     jobs: Mutex<HashMap<u32, Sender<Event>>>,
     next_id: AtomicU32,
     last_rx: Mutex<Instant>,
+    /// Disconnected once the reader thread has seen the link end (its sender lives there).
+    reader_done: Receiver<()>,
 }
 
 impl Link {
@@ -300,6 +302,7 @@ impl Bus {
         let reader = stream.try_clone()?;
         let closer = stream.try_clone()?;
         let port = stream.peer_addr()?.port();
+        let (reader_alive, reader_done) = crossbeam_channel::bounded::<()>(0);
         let link = Arc::new(Link {
             node: node.to_string(),
             writer: Mutex::new((stream, sealer)),
@@ -307,6 +310,7 @@ impl Bus {
             jobs: Mutex::new(HashMap::new()),
             next_id: AtomicU32::new(1),
             last_rx: Mutex::new(Instant::now()),
+            reader_done,
         });
         lock(&self.links).insert(node.to_string(), link.clone());
         let t = now();
@@ -320,7 +324,10 @@ impl Bus {
         let bus = self.clone();
         let handle = std::thread::Builder::new()
             .name(format!("link-{node}"))
-            .spawn(move || bus.read_link(&link, reader, opener))?;
+            .spawn(move || {
+                bus.read_link(&link, reader, opener);
+                drop(reader_alive);
+            })?;
         self.keep(handle);
         Ok(())
     }
@@ -415,7 +422,7 @@ impl Bus {
         let _ = link
             .closer
             .set_write_timeout(Some(Duration::from_millis(500)));
-        loop {
+        let said_bye = loop {
             match link.writer.try_lock() {
                 Ok(mut w) => {
                     let (socket, sealer) = &mut *w;
@@ -423,16 +430,22 @@ impl Bus {
                         code: code.into(),
                         reason: reason.into(),
                     };
-                    if let Ok(frame) = sealer.seal(&bye) {
-                        let _ = socket.write_all(&frame);
-                    }
-                    break;
+                    break sealer
+                        .seal(&bye)
+                        .is_ok_and(|frame| socket.write_all(&frame).is_ok());
                 }
                 Err(_) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                Err(_) => break,
+                Err(_) => break false,
             }
+        };
+        if said_bye {
+            // The goodbye must reach the agent before the caller kills the node's sshd sessions,
+            // which would drop it inside sshd: end our side of the stream after it, and give the
+            // agent a moment to hang up in turn (the reader then sees the end).
+            let _ = link.closer.shutdown(Shutdown::Write);
+            let _ = link.reader_done.recv_timeout(Duration::from_secs(2));
         }
         link.close();
     }
