@@ -197,12 +197,10 @@ fn session(
     Ok(reason)
 }
 
-/// The node's heartbeats: version and metrics, sent on each authenticated connection. `port` is 0:
-/// the gateway knows the port it dialed.
+/// The node's heartbeats: version and metrics, sent on each authenticated connection.
 fn heartbeat_source() -> crate::service::HeartbeatSource {
     let sampler = Mutex::new(Sampler::new());
     Box::new(move || Heartbeat {
-        port: 0,
         version: burrow_core::VERSION.into(),
         metrics: sampler
             .lock()

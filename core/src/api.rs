@@ -80,9 +80,6 @@ pub struct PairReply {
 /// every 30 s.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {
-    /// The port the agent's reverse forward is listening on now; 0 in a heartbeat on the secure link
-    /// (the gateway knows the port it dialed). Never used for dialing.
-    pub port: u16,
     /// Agent version.
     pub version: String,
     /// Health figures.

@@ -543,7 +543,6 @@ fn heartbeats_go_out_on_the_connection_at_once_and_then_periodically() {
         ..Liveness::default()
     };
     let beat = || burrow_core::api::Heartbeat {
-        port: 0,
         version: "test".into(),
         metrics: burrow_core::api::Metrics {
             uptime_s: 42,

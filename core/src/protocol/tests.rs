@@ -80,7 +80,6 @@ pub(crate) fn samples() -> Vec<Message> {
         },
         Message::Cancel { id: 5 },
         Message::Heartbeat(Heartbeat {
-            port: 40001,
             version: "0.1.0".into(),
             metrics: Metrics {
                 uptime_s: 7,
