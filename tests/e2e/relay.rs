@@ -6,7 +6,7 @@
 //! The relay is its own process (`tests/src/bin/burrow-relay.rs`) run as uid 65534 with `setpriv`:
 //! an unprivileged local user, as in the issue.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -19,7 +19,7 @@ use burrow_core::protocol::{write_plain, ExecSpec, Message, Role, VERSION};
 use burrow_core::secure::handshake;
 use serde_json::json;
 
-use crate::util::{wait_until, Agent, Gateway, Proc};
+use crate::util::{closes, wait_until, Agent, Gateway, Proc};
 
 /// The `burrow-relay` process (tests/src/bin), run as uid 65534: what it carried and how to make it
 /// inject, through the files of its directory.
@@ -267,25 +267,6 @@ fn relayed_handshake_runs_nothing_and_reads_no_output() {
         "the relay read the command"
     );
     assert_eq!(VERSION, 2);
-}
-
-/// Whether the peer closes the connection (EOF or reset) before the read timeout, skipping what it
-/// says first (its Hello).
-fn closes(s: &mut TcpStream) -> bool {
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut =>
-            {
-                return false
-            }
-            Err(_) => return true,
-        }
-    }
 }
 
 /// Idle connections to a node's port (anyone on the gateway host can open them) are capped while

@@ -9,7 +9,7 @@ use burrow_core::protocol::{write_plain, ExecSpec, Message, Role};
 use burrow_core::secure::handshake;
 use serde_json::json;
 
-use crate::util::{Agent, Gateway};
+use crate::util::{closes, Agent, Gateway};
 
 #[test]
 fn tokens_and_roles_are_enforced() {
@@ -153,25 +153,6 @@ fn local_clients_on_the_forwarded_port_cannot_run_anything() {
     // And the node is still healthy.
     let (status, out) = gw.exec("target", json!({"command": "echo ok"}));
     assert_eq!((status, out["stdout"].as_str()), (200, Some("ok\n")));
-}
-
-/// Whether the peer closes the connection (EOF or reset) before the read timeout, skipping anything
-/// it says first (its Hello).
-fn closes(s: &mut TcpStream) -> bool {
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut =>
-            {
-                return false
-            }
-            Err(_) => return true,
-        }
-    }
 }
 
 #[test]

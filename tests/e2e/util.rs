@@ -372,6 +372,26 @@ pub fn ssh_client(port: u16, key: &Path) -> Command {
     cmd
 }
 
+/// Whether the peer closes the connection (EOF or reset) before `s`'s read timeout, skipping what
+/// it says first (a node's Hello).
+pub fn closes(s: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
 /// Child processes of `pid` (from /proc).
 pub fn children(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();

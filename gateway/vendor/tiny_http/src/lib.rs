@@ -441,7 +441,7 @@ impl Server {
 
     /// Returns the number of clients currently connected to the server.
     pub fn num_connections(&self) -> usize {
-        // PATCH(connection-cap): upstream panicked here (`unimplemented!()`); the cap's counter
+        // PATCH(connection-cap): upstream panicked here (not implemented); the cap's counter
         // knows.
         self.live.load(Ordering::Acquire)
     }
