@@ -35,8 +35,9 @@ pub fn tunnel_config(pins: &Pins, key: &Identity, listen_ports: Vec<u16>) -> Tun
 
 /// Pairs with the gateway of `join` (or confirms an existing pairing) and returns the saved state.
 pub fn join(dir: &DataDir, join: &str, profile: &Profile) -> anyhow::Result<AgentState> {
-    let identity = dir.identity()?;
+    // The string first: a typo must not leave a fresh node key behind.
     let ticket = JoinTicket::decode(join)?;
+    let identity = dir.identity()?;
     let pins = Pins::from_ticket(&ticket);
     let name = match &profile.name {
         Some(n) => n.clone(),
@@ -49,7 +50,7 @@ pub fn join(dir: &DataDir, join: &str, profile: &Profile) -> anyhow::Result<Agen
             s.name
         ),
         Some(s) if s.status == "approved" && s.name == name => {
-            log::info!("already paired as {name:?}");
+            log::info!("already paired as {name}");
             return Ok(s);
         }
         Some(s) if s.name == name => s,
@@ -105,11 +106,12 @@ fn settle(
                 state.token = reply.token;
                 state.ports = reply.ports;
                 dir.save(&state)?;
-                log::info!(
-                    "paired as {:?}; listening ports {:?}",
-                    state.name,
-                    state.ports
-                );
+                match state.ports {
+                    Some([a, b]) => {
+                        log::info!("paired as {}; listening ports {a} and {b}", state.name)
+                    }
+                    None => log::info!("paired as {}", state.name),
+                }
                 if let Some(tunnel) = session.take() {
                     tunnel.shutdown();
                 }

@@ -75,7 +75,7 @@ pub struct ServeArgs {
     /// The sshd binary to supervise.
     #[arg(long, env = "BURROW_SSHD", default_value = "/usr/sbin/sshd")]
     pub sshd: PathBuf,
-    /// Use the system's own sshd (set up with `gateway install --system-sshd`) instead of running one;
+    /// Use the system's own sshd (set up with `gateway install --sshd-snippet`) instead of running one;
     /// join strings then pin its --host-key and default to this host's port 22.
     #[arg(long, env = "BURROW_SYSTEM_SSHD")]
     pub system_sshd: bool,

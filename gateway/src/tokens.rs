@@ -58,6 +58,18 @@ impl Role {
         })
     }
 
+    /// A role an API token may be issued for: node tokens come from pairing only, so `node` is not
+    /// offered.
+    pub fn parse_issuable(text: &str) -> anyhow::Result<Role> {
+        match Role::parse(text) {
+            Ok(Role::Node) => {
+                bail!("node tokens come from pairing only: expected gateway, operator or viewer")
+            }
+            Ok(role) => Ok(role),
+            Err(_) => bail!("unknown role {text:?}: expected gateway, operator or viewer"),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Gateway => "gateway",
@@ -218,6 +230,21 @@ mod tests {
         let now = crate::registry::now();
         let exp = t.verify(&tok).unwrap().expires_at;
         assert!(exp.abs_diff(now + MAX_API_TTL.as_secs()) < 5, "exp {exp}");
+    }
+
+    /// Regression: `--role admin` was answered with a list that included `node`, which was then
+    /// refused too.
+    #[test]
+    fn issuable_roles_are_the_ones_listed() {
+        let err = Role::parse_issuable("admin").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "unknown role \"admin\": expected gateway, operator or viewer"
+        );
+        assert!(Role::parse_issuable("node").is_err());
+        for r in ["gateway", "operator", "viewer"] {
+            assert_eq!(Role::parse_issuable(r).unwrap().as_str(), r);
+        }
     }
 
     #[test]

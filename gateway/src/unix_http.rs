@@ -59,22 +59,22 @@ pub fn request(
 }
 
 fn not_reachable(socket: &Path, e: std::io::Error) -> anyhow::Error {
+    let dir = socket.parent().unwrap_or(socket);
     let why = match e.kind() {
-        ErrorKind::NotFound => "it has no socket there",
-        ErrorKind::ConnectionRefused => "its socket is stale: nothing answers",
+        ErrorKind::NotFound if !dir.exists() => format!("there is no data dir {}", dir.display()),
+        ErrorKind::NotFound => format!("no socket at {}", socket.display()),
+        ErrorKind::ConnectionRefused => format!("{} is stale: nothing answers", socket.display()),
         ErrorKind::PermissionDenied => {
             return anyhow::anyhow!(
                 "permission denied on {}: run this as the gateway's user (or root)",
                 socket.display()
             )
         }
-        _ => "",
+        _ => format!("{}: {e}", socket.display()),
     };
-    let dir = socket.parent().unwrap_or(socket);
     anyhow::anyhow!(
-        "the gateway does not seem to be running ({} {why}{}); start it with `gateway serve --data-dir {}`",
-        socket.display(),
-        if why.is_empty() { format!("{e}") } else { String::new() },
+        "the gateway does not seem to be running ({why}); start it with `gateway serve --data-dir {}`, \
+         or pass the --data-dir it runs with",
         dir.display()
     )
 }

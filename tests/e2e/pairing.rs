@@ -79,6 +79,50 @@ fn rejected_node_never_comes_online() {
     assert_eq!(status, 409, "{body}");
 }
 
+/// Regression: `agent join burrow1.garbage` created a node key before it rejected the string.
+#[test]
+fn garbage_join_string_is_refused_before_a_key_is_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = crate::util::isolate(&mut std::process::Command::new(crate::util::bin("agent")))
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["join", "burrow1.garbage", "--name", "typo"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).is_empty());
+    assert!(!data.join("agent.key").exists(), "a key was left behind");
+}
+
+/// The CLI's and the API's wording for what may be asked: roles that exist, and who may do what.
+#[test]
+fn refusals_name_what_would_be_allowed() {
+    let gw = Gateway::start();
+    let out = gw.cli(&["token", "create", "--role", "admin"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("expected gateway, operator or viewer") && !err.contains("node"),
+        "{err}"
+    );
+    let viewer = gw.token("viewer");
+    let (status, body) = gw.api_as(
+        &viewer,
+        "POST",
+        "/api/v1/nodes/x/exec",
+        Some(json!({"command": "true"})),
+    );
+    assert_eq!(status, 403);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("needs operator or gateway; this token is viewer"),
+        "{body}"
+    );
+}
+
 #[test]
 fn reused_token_wrong_pin_and_taken_name_are_refused_with_clear_messages() {
     let gw = Gateway::start();

@@ -259,7 +259,13 @@ fn authorize(ctx: &Ctx, route: &Route, call: &Call) -> Result<Caller, Refusal> {
     if !route.permission.allows(who.role) {
         return Err(Refusal::new(
             Kind::Forbidden,
-            format!("role {} may not do this", who.role.as_str()),
+            format!(
+                "{} {} needs {}; this token is {}",
+                route.method,
+                route.pattern,
+                route.permission.roles(),
+                who.role.as_str()
+            ),
         ));
     }
     Ok(Caller { token: Some(who) })
@@ -325,25 +331,30 @@ pub fn error_reply(r: &Refusal) -> Reply {
     Reply::Json(r.kind.status(), error_body(r))
 }
 
+/// The token of an `Authorization: Bearer <token>` header, or a refusal that says what is wrong.
+fn bearer(header: Option<&str>) -> Result<&str, Refusal> {
+    let unauthorized = |m: &str| Refusal::new(Kind::Unauthorized, m);
+    let header = header
+        .map(str::trim)
+        .ok_or_else(|| unauthorized("missing `Authorization: Bearer <token>`"))?;
+    let (scheme, token) = header.split_once(' ').unwrap_or((header, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(unauthorized(
+            "the Authorization header lacks the `Bearer` scheme: send `Authorization: Bearer <token>`",
+        ));
+    }
+    match token.trim() {
+        "" => Err(unauthorized("`Authorization: Bearer` carries no token")),
+        token => Ok(token),
+    }
+}
+
 /// Checks the bearer token: EdDSA signature by this gateway, not expired, not revoked.
 pub fn authenticate(ctx: &Ctx, call: &Call) -> Result<Verified, Refusal> {
     if let Some(uid) = call.peer_uid {
         return local::authenticate(uid);
     }
-    let token = call
-        .authorization
-        .as_deref()
-        .and_then(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .ok_or_else(|| {
-            Refusal::new(
-                Kind::Unauthorized,
-                "missing `Authorization: Bearer <token>`",
-            )
-        })?;
+    let token = bearer(call.authorization.as_deref())?;
     let verified = ctx
         .pairing
         .tokens
@@ -364,4 +375,21 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refu
     };
     serde_json::from_slice(body)
         .map_err(|e| Refusal::new(Kind::BadRequest, format!("invalid JSON body: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: a header without `Bearer ` was reported as a missing header.
+    #[test]
+    fn authorization_without_the_bearer_scheme_says_so() {
+        assert_eq!(bearer(Some("Bearer abc")).unwrap(), "abc");
+        assert_eq!(bearer(Some("bearer  abc ")).unwrap(), "abc");
+        let msg = |h| bearer(h).unwrap_err().message;
+        assert!(msg(Some("abc.def.ghi")).contains("lacks the `Bearer` scheme"));
+        assert!(msg(Some("Basic dXNlcg==")).contains("lacks the `Bearer` scheme"));
+        assert!(msg(Some("Bearer ")).contains("no token"));
+        assert!(msg(None).contains("missing"));
+    }
 }

@@ -164,10 +164,7 @@ struct TokenBody {
 
 pub fn create_token(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
     let body: TokenBody = parse_body(&req.call.body)?;
-    let role = Role::parse(&body.role).map_err(|e| bad_request(e.to_string()))?;
-    if role == Role::Node {
-        return Err(bad_request("node tokens are issued by pairing only"));
-    }
+    let role = Role::parse_issuable(&body.role).map_err(|e| bad_request(e.to_string()))?;
     let ttl = parse_ttl(body.ttl.as_deref(), "24h")?;
     crate::tokens::check_api_ttl(ttl).map_err(bad_request)?;
     let subject = body

@@ -27,6 +27,16 @@ pub enum Permission {
 }
 
 impl Permission {
+    /// The roles that pass, for people ("operator or gateway").
+    pub fn roles(self) -> &'static str {
+        match self {
+            Permission::Public => "anyone",
+            Permission::Read => "viewer, operator or gateway",
+            Permission::Exec => "operator or gateway",
+            Permission::Admin => "gateway",
+        }
+    }
+
     /// Whether a caller holding `role` passes.
     pub fn allows(self, role: Role) -> bool {
         match self {
@@ -324,6 +334,23 @@ mod tests {
         let err = check_body(r, EXEC_BODY as u64 + 1).unwrap_err();
         assert_eq!(err.kind, Kind::TooLarge);
         assert_eq!(err.kind.status(), 413);
+    }
+
+    /// `roles` says exactly who `allows`.
+    #[test]
+    fn permission_roles_name_who_passes() {
+        use Role::*;
+        for p in [Permission::Read, Permission::Exec, Permission::Admin] {
+            let named: Vec<Role> = [Gateway, Operator, Viewer]
+                .into_iter()
+                .filter(|r| p.roles().contains(r.as_str()))
+                .collect();
+            let allowed: Vec<Role> = [Gateway, Operator, Viewer, Node]
+                .into_iter()
+                .filter(|r| p.allows(*r))
+                .collect();
+            assert_eq!(named, allowed, "{p:?}");
+        }
     }
 
     #[test]
