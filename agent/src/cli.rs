@@ -30,6 +30,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Join (if given a join string and not yet paired), then stay connected and serve commands.
+    #[command(
+        after_long_help = "Example (the string comes from `gateway join create` on the VM):\n  agent run --join burrow1.… --name pi-1 --label room=attic\n  agent run            # once paired"
+    )]
     Run {
         /// The join string from `gateway join create`; ignored once this node is paired.
         #[arg(long, env = "BURROW_JOIN", hide_env_values = true)]
@@ -38,6 +41,7 @@ pub enum Command {
         profile: Profile,
     },
     /// Pair with a gateway and exit (waits while the request is pending approval).
+    #[command(after_long_help = "Example:\n  agent join burrow1.… --name pi-1")]
     Join {
         /// The join string from `gateway join create`.
         join: String,
@@ -45,8 +49,12 @@ pub enum Command {
         profile: Profile,
     },
     /// Print this node's public key and fingerprint.
+    #[command(
+        after_long_help = "Example (compare with the fingerprint `gateway nodes ls --json` shows):\n  agent id"
+    )]
     Id,
     /// Write a hardened systemd unit and the config file, then print how to start the service.
+    #[command(after_long_help = "Example:\n  sudo agent install --join burrow1.… --name pi-1")]
     Install(InstallArgs),
 }
 
@@ -115,5 +123,20 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("labels are KEY=VALUE, got {text:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every subcommand says what it is in one line and shows how it is used (issue 12, point 8).
+    #[test]
+    fn every_subcommand_has_a_summary_and_an_example() {
+        let gaps = burrow_core::settings::help_gaps(&super::Cli::command());
+        assert!(
+            gaps.is_empty(),
+            "subcommands without a summary or an example: {gaps:?}"
+        );
     }
 }

@@ -32,28 +32,47 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway: REST API plus a supervised, locked-down OpenSSH sshd.
+    #[command(
+        after_long_help = "Example:\n  gateway --data-dir ./burrow-data serve --ssh 0.0.0.0:2222"
+    )]
     Serve(ServeArgs),
     /// Join strings for new nodes.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_long_help = "Example:\n  gateway join create --ttl 1h --uses 3"
+    )]
     Join(JoinCommand),
-    /// List and approve or reject nodes.
-    #[command(subcommand)]
+    /// List nodes; approve, reject or revoke them.
+    #[command(
+        subcommand,
+        after_long_help = "Example:\n  gateway nodes ls\n  gateway nodes approve pi-1"
+    )]
     Nodes(NodesCommand),
     /// API bearer tokens.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_long_help = "Example:\n  T=$(gateway token create --role operator --ttl 8h)\n  curl -H \"Authorization: Bearer $T\" localhost:18789/api/v1/nodes"
+    )]
     Token(TokenCommand),
     /// Run a command on a node and print its output; exits with the remote exit code.
+    #[command(
+        after_long_help = "Example (the node's name, then the command after --):\n  gateway exec pi-1 -- uname -a\n  gateway exec pi-1 --timeout 600 -- sh -c 'apt-get update && apt-get -y upgrade'"
+    )]
     Exec(ExecArgs),
     /// Write a hardened systemd unit and the config file, then print how to start the service.
+    #[command(
+        after_long_help = "Example:\n  sudo gateway install --ssh-public vm.example.com:2222\n  gateway install --print config"
+    )]
     Install(InstallArgs),
     /// The audit log.
-    #[command(subcommand)]
+    #[command(subcommand, after_long_help = "Example:\n  gateway audit verify")]
     Audit(AuditCommand),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Check an audit log's hash chain offline; names the first bad entry and exits non-zero.
+    #[command(after_long_help = "Example:\n  gateway audit verify /backup/audit.log")]
     Verify {
         /// The log to check [default: audit.log in the data dir].
         file: Option<PathBuf>,
@@ -142,6 +161,9 @@ pub enum Print {
 #[derive(Debug, Subcommand)]
 pub enum JoinCommand {
     /// Create a join string (printed on stdout).
+    #[command(
+        after_long_help = "Example (on the VM, then on the node with the string it printed):\n  gateway join create --ttl 1h --uses 3 --manual\n  agent run --join burrow1.… --name pi-1"
+    )]
     Create {
         /// How long the string stays valid.
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
@@ -158,23 +180,30 @@ pub enum JoinCommand {
 #[derive(Debug, Subcommand)]
 pub enum NodesCommand {
     /// List nodes.
+    #[command(after_long_help = "Example:\n  gateway nodes ls --json")]
     Ls {
         /// Print the API's JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Approve a pending node.
+    #[command(after_long_help = "Example:\n  gateway nodes approve pi-1")]
     Approve { name: String },
     /// Reject a node: it loses all access at once (link cut, commands cancelled, sessions killed), but
     /// keeps its name and ports, so `approve` brings it back.
+    #[command(after_long_help = "Example:\n  gateway nodes reject pi-1")]
     Reject { name: String },
     /// Remove a node for good: access ends at once, the agent is told and stops, the name is free.
+    #[command(after_long_help = "Example:\n  gateway nodes revoke pi-1")]
     Revoke { name: String },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Print a new API bearer token (minted by the running gateway, which audits who asked).
+    #[command(
+        after_long_help = "Example:\n  gateway token create --role viewer --ttl 30d --subject grafana"
+    )]
     Create {
         /// gateway (admin), operator (exec and read) or viewer (read only).
         #[arg(long, default_value = "operator")]
@@ -202,4 +231,19 @@ pub struct ExecArgs {
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 30m, 1h, 7d)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every subcommand says what it is in one line and shows how it is used (issue 12, point 8).
+    #[test]
+    fn every_subcommand_has_a_summary_and_an_example() {
+        let gaps = burrow_core::settings::help_gaps(&super::Cli::command());
+        assert!(
+            gaps.is_empty(),
+            "subcommands without a summary or an example: {gaps:?}"
+        );
+    }
 }
