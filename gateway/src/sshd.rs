@@ -149,8 +149,9 @@ pub fn write_config(settings: &SshdSettings) -> Result<()> {
     let strict = strict_modes_hold(&settings.dir);
     if !strict {
         log::warn!(
-            "{} lies under a group- or world-writable directory; sshd runs with StrictModes no. \
-             Keep the data dir in a root-owned path (e.g. /var/lib/burrow) to get StrictModes yes",
+            "{} lies under a directory others can write (such as /tmp), where sshd's StrictModes would \
+             refuse every key file, so it runs with StrictModes no; a data dir under a root-owned path \
+             (e.g. /var/lib/burrow, the default) keeps the check on",
             settings.dir.display()
         );
     }
