@@ -398,20 +398,7 @@ mod tests {
 
     /// `sshd -T` (effective settings) for a login of `user` under `config`.
     fn effective(config: &Path, user: &str) -> String {
-        let out = Command::new("/usr/sbin/sshd")
-            .arg("-T")
-            .arg("-f")
-            .arg(config)
-            .arg("-C")
-            .arg(format!("user={user},host=node,addr=192.0.2.1"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        crate::testing::sshd_t(Path::new("/usr/sbin/sshd"), config, user)
     }
 
     #[test]

@@ -17,6 +17,8 @@ mod registry;
 mod runinfo;
 mod serve;
 mod sshd;
+#[cfg(test)]
+mod testing;
 mod tokens;
 mod unix_http;
 

@@ -200,7 +200,7 @@ fn wait_for_signal() -> anyhow::Result<()> {
 }
 
 /// A free port on the given address (for `--ssh 127.0.0.1:0`): bind, read, release.
-fn free_port(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+pub fn free_port(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
     let l = TcpListener::bind(addr).with_context(|| format!("finding a free port on {addr}"))?;
     Ok(l.local_addr()?)
 }

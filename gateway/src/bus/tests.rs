@@ -39,15 +39,6 @@ fn registry_with(dir: &std::path::Path, node: &Identity, ports: [u16; 2]) -> Arc
     registry
 }
 
-/// A port nothing listens on (bound, read back, released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
@@ -63,7 +54,11 @@ fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 fn dial_ignores_the_port_a_heartbeat_reported() {
     let dir = tempfile::tempdir().unwrap();
     let node = Identity::generate("node");
-    let registry = registry_with(dir.path(), &node, [free_port(), free_port()]);
+    let registry = registry_with(
+        dir.path(),
+        &node,
+        [crate::testing::free_port(), crate::testing::free_port()],
+    );
     // Anyone with a node token could once make the gateway dial this.
     let squatter = TcpListener::bind("127.0.0.1:0").unwrap();
     squatter.set_nonblocking(true).unwrap();
@@ -89,7 +84,7 @@ fn relay_dropping_the_agents_frames_is_cut_within_the_liveness_bound() {
     let gateway = Identity::generate("gateway");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let registry = registry_with(dir.path(), &node, [port, free_port()]);
+    let registry = registry_with(dir.path(), &node, [port, crate::testing::free_port()]);
     // The agent side of the relay: the handshake passes both ways, then the agent's frames are
     // dropped (nothing more arrives at the gateway) while the gateway's keep arriving.
     let got_exec = Arc::new(AtomicBool::new(false));

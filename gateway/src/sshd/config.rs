@@ -141,7 +141,6 @@ pub(super) fn quoted(path: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use std::fs;
-    use std::process::Command;
 
     use super::super::tests::{settings, TempDir};
     use super::super::{users, write_config, AUTHORIZED_KEYS_HEADER};
@@ -149,20 +148,7 @@ mod tests {
 
     /// `sshd -T` for a login of `user` under the managed config.
     fn effective(s: &SshdSettings, user: &str) -> String {
-        let out = Command::new(&s.binary)
-            .arg("-T")
-            .arg("-f")
-            .arg(s.config_path())
-            .arg("-C")
-            .arg(format!("user={user},host=node,addr=127.0.0.1"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        crate::testing::sshd_t(&s.binary, &s.config_path(), user)
     }
 
     /// The managed sshd as sshd itself reads it: enrollment logins cannot listen and reach only the

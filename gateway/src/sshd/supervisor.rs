@@ -321,14 +321,6 @@ mod tests {
             .unwrap()
     }
 
-    fn free_port() -> u16 {
-        TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
-
     /// Regression: a rejected node kept its sshd session and listener indefinitely. `cut_off` ends
     /// the sessions of the node's key (found by its login) and of its ports within 2 s, its key can
     /// no longer log in, and another node's session is left alone.
@@ -343,7 +335,7 @@ mod tests {
                 let id = Identity::generate(name);
                 let key = dir.0.join(format!("{name}_key"));
                 id.save(&key).unwrap();
-                (id, key, free_port())
+                (id, key, crate::testing::free_port())
             })
             .collect();
         let lines: Vec<String> = (nodes.iter())
