@@ -206,6 +206,8 @@ fn heartbeat_source() -> crate::service::HeartbeatSource {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .sample(),
+        max_jobs: 0,
+        running: 0,
     })
 }
 

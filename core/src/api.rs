@@ -84,6 +84,13 @@ pub struct Heartbeat {
     pub version: String,
     /// Health figures.
     pub metrics: Metrics,
+    /// Commands the agent runs at once at most (its `--max-concurrent`); the gateway starts no more
+    /// than this on the node and queues the rest. 0: not said (the gateway assumes 64).
+    #[serde(default)]
+    pub max_jobs: u32,
+    /// Commands running on the node now (attached or not).
+    #[serde(default)]
+    pub running: u32,
 }
 
 /// Health figures an agent reports.

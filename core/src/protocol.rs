@@ -57,8 +57,43 @@
 //! - [`Message::Data`] carries bytes, [`Message::Eof`] half-closes (the sender sends no more on that
 //!   stream; the other direction stays open), [`Message::Reset`] aborts both directions.
 //!   [`Message::Resize`] and [`Message::Signal`] act on a request's pty and process.
-//! - An exec request ends with exactly one [`Message::Exit`] or [`Message::Failed`] from the agent;
-//!   [`Message::Cancel`] from the gateway stops it.
+//! - An exec request ends with exactly one [`Message::Exit`], [`Message::Failed`] or
+//!   [`Message::Unknown`] from the agent; [`Message::Cancel`] from the gateway stops it. After an `Exit`
+//!   or `Failed`, the gateway sends [`Message::Done`] once the outcome is stored durably; until then the
+//!   agent keeps it (in its data dir if the connection drops first).
+//!
+//! # Jobs outlive connections (at most once)
+//!
+//! A job id names one command on one node for good. The agent records every job id it accepts
+//! durably (in its data dir, bounded) *before* it starts the command, so an `Exec` whose job id it has
+//! seen is never run again, whichever connection it comes on. Instead:
+//!
+//! - the job still runs (its connection dropped, the command went on up to its timeout): the new
+//!   request attaches to it; output produced while it was detached (kept, bounded) comes first, then
+//!   live output, then the `Exit`;
+//! - the job ended and its outcome is still kept (no `Done` came): its kept output and its `Exit` or
+//!   `Failed` are sent again on the new request;
+//! - the agent cannot say how it ended (outcome no longer kept, or the agent restarted while it ran):
+//!   [`Message::Unknown`] with a code of [`unknown`].
+//!
+//! So a gateway that is unsure whether an `Exec` arrived (a link dropped during delivery, a restart)
+//! simply sends it again with the same job id: it runs once, and its outcome reaches the gateway.
+//! [`ExecSpec::stdin`] asks for a [`stream::STDIN`]: the gateway sends `Data` on it within credit the
+//! agent grants (starting at [`INITIAL_WINDOW`]) and ends it with `Eof`; without it the command's
+//! standard input is `/dev/null`.
+//!
+//! # Files
+//!
+//! A file transfer is its own request, opened with [`Message::Open`] on stream
+//! [`stream::FIRST_OPENED`] with [`Purpose::File`] and JSON params [`FileParams`]:
+//!
+//! - `put`: the gateway sends the bytes as `Data` on that stream (within credit the agent grants),
+//!   then `Eof`; the agent writes a temporary file beside the target, fsyncs and renames it into place
+//!   (an interrupted transfer leaves nothing), then answers `Exit` (exit code 0) or `Failed`.
+//! - `get`: the agent sends the file as `Data` on that stream (within credit the gateway grants), then
+//!   `Eof`, then `Exit`; or `Failed` (not found, not a regular file, unreadable).
+//!
+//! `Cancel` or `Reset` aborts a transfer (a `put` then leaves nothing behind).
 //!
 //! # Flow control
 //!
@@ -131,6 +166,33 @@ pub mod bye {
     pub const REPLACED: &str = "replaced";
 }
 
+/// Codes of [`Message::Unknown`].
+pub mod unknown {
+    /// The job ran here, but its outcome is no longer kept (evicted by the agent's bounds).
+    pub const FORGOTTEN: &str = "forgotten";
+    /// The agent stopped (crash, restart) while the job ran; its processes were killed then.
+    pub const INTERRUPTED: &str = "interrupted";
+}
+
+/// Params of a [`Purpose::File`] stream (JSON in [`Message::Open`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileParams {
+    /// `"put"` (gateway → node) or `"get"` (node → gateway).
+    pub op: String,
+    /// Absolute path on the node.
+    pub path: String,
+    /// The job this transfer belongs to (for the agent's logs).
+    #[serde(default)]
+    pub job: String,
+    /// `put`: permission bits of the new file (default 0o644).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    /// `put`: the exact size that will follow, when known; the agent refuses at once if it cannot
+    /// hold it and fails the transfer if a different amount arrives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
 /// Which side of the connection a peer claims to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -184,6 +246,10 @@ pub struct ExecSpec {
     pub cwd: Option<String>,
     /// Kill the process group after this many seconds.
     pub timeout_s: u64,
+    /// The gateway sends the command's standard input on [`stream::STDIN`]; otherwise it reads
+    /// `/dev/null`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin: bool,
 }
 
 /// How a command ended.
@@ -309,6 +375,22 @@ pub enum Message {
         /// Request id.
         id: u32,
     },
+    /// Gateway → agent: the request's outcome (`Exit` or `Failed`) is stored durably; the agent may
+    /// forget it.
+    Done {
+        /// Request id.
+        id: u32,
+    },
+    /// Agent → gateway: the request's job id ran here before, but how it ended cannot be told (see
+    /// [`unknown`]); it will not run again. The last frame of a request.
+    Unknown {
+        /// Request id.
+        id: u32,
+        /// One of [`unknown`].
+        code: String,
+        /// For humans.
+        reason: String,
+    },
     /// Agent → gateway: version and metrics, on connect and every 30 s.
     Heartbeat(Heartbeat),
     /// Gateway → agent: the gateway ends the link, and why.
@@ -341,6 +423,8 @@ impl Message {
             Message::Exit { .. } => "Exit",
             Message::Failed { .. } => "Failed",
             Message::Cancel { .. } => "Cancel",
+            Message::Done { .. } => "Done",
+            Message::Unknown { .. } => "Unknown",
             Message::Heartbeat(_) => "Heartbeat",
             Message::Bye { .. } => "Bye",
             Message::Ping(_) => "Ping",

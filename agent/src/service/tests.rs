@@ -548,6 +548,7 @@ fn heartbeats_go_out_on_the_connection_at_once_and_then_periodically() {
             uptime_s: 42,
             ..Default::default()
         },
+        ..Default::default()
     };
     let gateway = Identity::generate("gateway");
     let (mut stream, agent) = spawn_agent_with(gateway.public(), 8, liveness, Some(Box::new(beat)));

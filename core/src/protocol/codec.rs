@@ -26,11 +26,14 @@ mod kind {
     pub const BYE: u8 = 15;
     pub const PING: u8 = 16;
     pub const PONG: u8 = 17;
+    pub const DONE: u8 = 18;
+    pub const UNKNOWN: u8 = 19;
 }
 
 /// Length of a `Hello` payload: version, role, identity key, ephemeral key, nonce.
 const HELLO_LEN: usize = 2 + 1 + 32 + 32 + 32;
 
+/// The payload of `Bye` and `Unknown`: a code and a reason.
 #[derive(Serialize, Deserialize)]
 struct ByeBody {
     code: String,
@@ -126,6 +129,15 @@ impl Message {
                 b.extend_from_slice(message.as_bytes());
             }
             Message::Cancel { id } => head(&mut b, kind::CANCEL, *id),
+            Message::Done { id } => head(&mut b, kind::DONE, *id),
+            Message::Unknown { id, code, reason } => {
+                head(&mut b, kind::UNKNOWN, *id);
+                let body = ByeBody {
+                    code: code.clone(),
+                    reason: reason.clone(),
+                };
+                serde_json::to_writer(&mut b, &body).expect("wire types serialize");
+            }
             Message::Heartbeat(beat) => {
                 head(&mut b, kind::HEARTBEAT, 0);
                 serde_json::to_writer(&mut b, beat).expect("wire types serialize");
@@ -265,6 +277,16 @@ impl Message {
             },
             kind::CANCEL if p.is_empty() => Message::Cancel { id },
             kind::CANCEL => return Err(proto("Cancel carries a payload")),
+            kind::DONE if p.is_empty() => Message::Done { id },
+            kind::DONE => return Err(proto("Done carries a payload")),
+            kind::UNKNOWN => {
+                let body: ByeBody = from_json(p, "Unknown")?;
+                Message::Unknown {
+                    id,
+                    code: body.code,
+                    reason: body.reason,
+                }
+            }
             kind::HEARTBEAT => Message::Heartbeat(from_json(p, "Heartbeat")?),
             kind::BYE => {
                 let body: ByeBody = from_json(p, "Bye")?;

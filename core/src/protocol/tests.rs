@@ -79,6 +79,12 @@ pub(crate) fn samples() -> Vec<Message> {
             message: "no such file".into(),
         },
         Message::Cancel { id: 5 },
+        Message::Done { id: 5 },
+        Message::Unknown {
+            id: 6,
+            code: super::unknown::FORGOTTEN.into(),
+            reason: "outcome no longer kept".into(),
+        },
         Message::Heartbeat(Heartbeat {
             version: "0.1.0".into(),
             metrics: Metrics {
@@ -86,6 +92,8 @@ pub(crate) fn samples() -> Vec<Message> {
                 load1: 0.5,
                 ..Metrics::default()
             },
+            max_jobs: 64,
+            running: 2,
         }),
         Message::Bye {
             code: bye::REVOKED.into(),

@@ -93,6 +93,7 @@ fn validate(body: ExecBody) -> Result<ExecSpec, Refusal> {
         env: body.env,
         cwd: body.cwd,
         timeout_s,
+        stdin: false,
     })
 }
 
