@@ -26,15 +26,26 @@ use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use crate::refusal::{Kind, Refusal};
 use crate::registry::{now, rfc3339, Approval, Registry};
 
-/// What a running job reports.
+/// What a request on a node's link reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Stdout(Vec<u8>),
     Stderr(Vec<u8>),
+    /// The agent took `bytes` more of what the gateway sends on `stream` (stdin).
+    Credit {
+        stream: u32,
+        bytes: u32,
+    },
     Exit(ExitStatus),
     /// The agent could not run it.
     Failed(String),
-    /// The link to the node went down before the command ended.
+    /// The job ran on the node before, and how it ended cannot be told (`code`: one of
+    /// [`burrow_core::protocol::unknown`]).
+    Unknown {
+        code: String,
+        reason: String,
+    },
+    /// The link to the node went down before the request ended (the node may still be running it).
     Lost(String),
 }
 
@@ -46,6 +57,8 @@ struct Link {
     closer: TcpStream,
     jobs: Mutex<HashMap<u32, Sender<Event>>>,
     next_id: AtomicU32,
+    /// Commands the agent runs at once at most, from its heartbeat (0: not said yet).
+    max_jobs: AtomicU32,
     last_rx: Mutex<Instant>,
     /// Disconnected once the reader thread has seen the link end (its sender lives there).
     reader_done: Receiver<()>,
@@ -95,59 +108,98 @@ impl Link {
     }
 }
 
+/// Called with a node's id whenever its link comes up or its heartbeat changes what it can take.
+pub type LinkHook = Box<dyn Fn(&str) + Send + Sync>;
+
 pub struct Bus {
     identity: Identity,
+    on_link: Mutex<Option<Arc<LinkHook>>>,
     registry: Arc<Registry>,
     links: Mutex<HashMap<String, Arc<Link>>>,
     dialing: Mutex<HashSet<String>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
-/// A command in flight. Dropping it before it ends cancels it on the node.
-pub struct Job {
+/// A request in flight on one link. Dropping it only stops listening: the node goes on (a job owns
+/// itself; it is stopped by [`Request::cancel`] or [`RequestHandle::cancel`]).
+pub struct Request {
     /// The request id on the node's link.
     pub id: u32,
-    /// The gateway-chosen job id sent in `Exec` (see [`new_job_id`]).
-    pub job: String,
     link: Arc<Link>,
     rx: Receiver<Event>,
-    done: bool,
 }
 
-impl Job {
-    /// The next event, or `None` when `deadline` passes first.
-    pub fn next(&mut self, deadline: Instant) -> Option<Event> {
-        let wait = deadline.saturating_duration_since(Instant::now());
-        let event = match self.rx.recv_timeout(wait) {
-            Ok(e) => e,
-            Err(RecvTimeoutError::Timeout) => return None,
-            Err(RecvTimeoutError::Disconnected) => Event::Lost("link closed".into()),
-        };
-        let (stream, taken) = match &event {
-            Event::Stdout(d) => (stream::STDOUT, d.len()),
-            Event::Stderr(d) => (stream::STDERR, d.len()),
-            _ => {
-                self.done = true;
-                return Some(event);
-            }
-        };
-        // The consumer has taken this output: let the agent send as much again on that stream.
-        let _ = self.link.send(&Message::Credit {
-            id: self.id,
-            stream,
-            bytes: taken as u32,
-        });
-        Some(event)
+/// What another thread needs to cancel a request.
+#[derive(Clone)]
+pub struct RequestHandle {
+    id: u32,
+    link: Arc<Link>,
+}
+
+impl RequestHandle {
+    /// Asks the agent to stop the request (its process group is killed); its `Exit` follows.
+    pub fn cancel(&self) {
+        let _ = self.link.send(&Message::Cancel { id: self.id });
     }
 }
 
-impl Drop for Job {
+impl Request {
+    /// The next event, or `None` when `deadline` passes first.
+    pub fn next(&mut self, deadline: Instant) -> Option<Event> {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match self.rx.recv_timeout(wait) {
+            Ok(e) => Some(e),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => Some(Event::Lost("link closed".into())),
+        }
+    }
+
+    /// The consumer has taken `bytes` of `stream`: the agent may send as much again on it.
+    pub fn credit(&self, stream: u32, bytes: usize) {
+        let _ = self.link.send(&Message::Credit {
+            id: self.id,
+            stream,
+            bytes: bytes as u32,
+        });
+    }
+
+    /// Sends bytes on a stream the gateway writes (stdin), within credit the caller tracks.
+    pub fn send_data(&self, stream: u32, data: Vec<u8>) -> Result<(), Refusal> {
+        self.link.send(&Message::Data {
+            id: self.id,
+            stream,
+            data,
+        })
+    }
+
+    /// Half-closes a stream the gateway writes.
+    pub fn send_eof(&self, stream: u32) -> Result<(), Refusal> {
+        self.link.send(&Message::Eof {
+            id: self.id,
+            stream,
+        })
+    }
+
+    /// The outcome is stored durably: the agent may forget it.
+    pub fn done(&self) {
+        let _ = self.link.send(&Message::Done { id: self.id });
+    }
+
+    pub fn cancel(&self) {
+        self.handle().cancel();
+    }
+
+    pub fn handle(&self) -> RequestHandle {
+        RequestHandle {
+            id: self.id,
+            link: self.link.clone(),
+        }
+    }
+}
+
+impl Drop for Request {
     fn drop(&mut self) {
         lock(&self.link.jobs).remove(&self.id);
-        if !self.done {
-            log::debug!("job {} on {}: cancelled", self.job, self.link.node);
-            let _ = self.link.send(&Message::Cancel { id: self.id });
-        }
     }
 }
 
@@ -155,6 +207,7 @@ impl Bus {
     pub fn new(identity: Identity, registry: Arc<Registry>) -> Bus {
         Bus {
             identity,
+            on_link: Mutex::new(None),
             registry,
             links: Mutex::new(HashMap::new()),
             dialing: Mutex::new(HashSet::new()),
@@ -162,20 +215,31 @@ impl Bus {
         }
     }
 
-    /// Commands in flight on every link (a job leaves its link's table with its last event).
-    pub fn running(&self) -> usize {
-        lock(&self.links)
-            .values()
-            .map(|l| lock(&l.jobs).len())
-            .sum()
-    }
-
     pub fn is_linked(&self, node: &str) -> bool {
         lock(&self.links).contains_key(node)
     }
 
-    /// Starts a command on a node as job `job` (from [`new_job_id`]).
-    pub fn exec(&self, node: &str, job: String, spec: ExecSpec) -> Result<Job, Refusal> {
+    /// How many commands the node takes at once, as its agent said (`None` until it has).
+    pub fn max_jobs(&self, node: &str) -> Option<usize> {
+        let links = lock(&self.links);
+        let n = links.get(node)?.max_jobs.load(Ordering::Relaxed);
+        (n > 0).then_some(n as usize)
+    }
+
+    /// Sets what is called when a link comes up (the job scheduler's wake-up).
+    pub fn on_link(&self, hook: LinkHook) {
+        *lock(&self.on_link) = Some(Arc::new(hook));
+    }
+
+    fn linked(&self, node: &str) {
+        let hook = lock(&self.on_link).clone();
+        if let Some(hook) = hook {
+            hook(node);
+        }
+    }
+
+    /// Starts (or, for a job id the node has seen, attaches to) job `job` on a node.
+    pub fn exec(&self, node: &str, job: String, spec: ExecSpec) -> Result<Request, Refusal> {
         let link = lock(&self.links).get(node).cloned();
         let Some(link) = link else {
             return Err(self.why_unavailable(node));
@@ -183,27 +247,18 @@ impl Bus {
         let id = link.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = unbounded();
         lock(&link.jobs).insert(id, tx);
-        let message = Message::Exec {
+        let message = Message::Exec { id, job, spec };
+        let request = Request {
             id,
-            job: job.clone(),
-            spec,
-        };
-        let mut job = Job {
-            id,
-            job,
             link: link.clone(),
             rx,
-            done: false,
         };
-        if let Err(refusal) = link.send(&message) {
-            // Never sent: nothing to cancel on the node.
-            job.done = true;
-            return Err(refusal);
-        }
-        Ok(job)
+        link.send(&message)?;
+        Ok(request)
     }
 
-    fn why_unavailable(&self, node: &str) -> Refusal {
+    /// Why a node cannot take a command now (not found, pending, rejected, offline since …).
+    pub fn why_unavailable(&self, node: &str) -> Refusal {
         let state = self.registry.read();
         match state.nodes.get(node).map(|n| n.approval) {
             None => Refusal::new(Kind::NotFound, format!("no node {node:?}")),
@@ -309,6 +364,7 @@ impl Bus {
             closer,
             jobs: Mutex::new(HashMap::new()),
             next_id: AtomicU32::new(1),
+            max_jobs: AtomicU32::new(0),
             last_rx: Mutex::new(Instant::now()),
             reader_done,
         });
@@ -321,6 +377,7 @@ impl Bus {
             l.port = Some(port);
         });
         log::info!("node {node} online (port {port})");
+        self.linked(node);
         let bus = self.clone();
         let handle = std::thread::Builder::new()
             .name(format!("link-{node}"))
@@ -351,8 +408,14 @@ impl Bus {
                     stream: stream::STDERR,
                     data,
                 } => (id, Event::Stderr(data), false),
+                Message::Credit { id, stream, bytes } => {
+                    (id, Event::Credit { stream, bytes }, false)
+                }
                 Message::Exit { id, status } => (id, Event::Exit(status), true),
                 Message::Failed { id, message } => (id, Event::Failed(message), true),
+                Message::Unknown { id, code, reason } => {
+                    (id, Event::Unknown { code, reason }, true)
+                }
                 Message::Ping(v) => {
                     let _ = link.send(&Message::Pong(v));
                     continue;
@@ -360,7 +423,11 @@ impl Bus {
                 Message::Pong(_) => continue,
                 // The link's handshake authenticated the node: no token needed.
                 Message::Heartbeat(beat) => {
+                    let before = link.max_jobs.swap(beat.max_jobs, Ordering::Relaxed);
                     self.registry.record_heartbeat(&link.node, beat);
+                    if before != link.max_jobs.load(Ordering::Relaxed) {
+                        self.linked(&link.node);
+                    }
                     continue;
                 }
                 // Streams opened by the agent come with later features.

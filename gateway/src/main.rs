@@ -10,6 +10,7 @@ mod client;
 mod config;
 mod health;
 mod install;
+mod jobs;
 mod nonce;
 mod pairing;
 mod refusal;
@@ -17,6 +18,7 @@ mod registry;
 mod runinfo;
 mod serve;
 mod sshd;
+mod store;
 #[cfg(test)]
 mod testing;
 mod tokens;

@@ -41,7 +41,6 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, for tests and documentation.
-    #[cfg(test)]
     pub const ALL: [Kind; 15] = [
         Kind::BadRequest,
         Kind::Unauthorized,
@@ -95,6 +94,11 @@ impl Kind {
             Kind::Timeout => "timeout",
             Kind::Internal => "internal",
         }
+    }
+
+    /// The kind of a stable code (as stored with a job's result).
+    pub fn from_code(code: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.code() == code)
     }
 }
 

@@ -102,6 +102,15 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         false => Some(Arc::new(Supervisor::start(settings.clone())?)),
     };
     let bus = Arc::new(Bus::new(identity, registry.clone()));
+    let store = crate::store::Store::open(&data_dir)?;
+    let jobs = crate::jobs::Jobs::new(
+        bus.clone(),
+        registry.clone(),
+        store,
+        crate::jobs::Limits {
+            output_per_node: args.max_answer_bytes,
+        },
+    )?;
     // A weak handle, so `serve` stays the only owner and `stop()` (which also kills sshd's
     // sessions) runs at shutdown.
     let status_of = supervisor.as_ref().map(Arc::downgrade);
@@ -112,6 +121,7 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         registry: registry.clone(),
         pairing: pairing.clone(),
         bus: bus.clone(),
+        jobs: jobs.clone(),
         started: Instant::now(),
         answer_limit: args.max_answer_bytes,
         draining: Default::default(),
@@ -131,6 +141,7 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         contact: contact_json,
     });
     let api = Api::start(server, ctx.clone())?;
+    jobs.start()?;
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
     let health = health::spawn(registry, bus.clone(), stop_rx)?;
     runinfo::write(
@@ -174,15 +185,18 @@ fn drain(api: Api, ctx: &Ctx, grace: std::time::Duration) -> anyhow::Result<()> 
         .store(true, std::sync::atomic::Ordering::Relaxed);
     let deadline = Instant::now() + grace;
     // Nothing signals a job's end to this thread; a short poll against the deadline does.
-    while ctx.bus.running() > 0 && Instant::now() < deadline {
+    while ctx.jobs.running() > 0 && Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    if ctx.bus.running() > 0 {
+    if ctx.jobs.running() > 0 {
         log::warn!(
-            "shutdown grace of {} is over: cancelling the commands still running",
-            humantime::format_duration(grace)
+            "shutdown grace of {} is over: {} commands go on running on their nodes; the next \
+             start of the gateway collects their outcomes",
+            humantime::format_duration(grace),
+            ctx.jobs.running()
         );
     }
+    ctx.jobs.shutdown();
     ctx.bus.shutdown();
     // Unblocks and joins the workers; the last answers (finished or cut-off commands) are written.
     drop(api);

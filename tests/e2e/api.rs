@@ -120,7 +120,12 @@ fn body_over_the_route_limit_is_413_declared_or_counted() {
 fn oversized_command_is_413_and_the_link_survives() {
     let (gw, _agent) = online("big");
     let running = std::thread::scope(|s| {
-        let other = s.spawn(|| gw.exec("big", json!({"command": "sleep 1; echo still here"})));
+        let other = s.spawn(|| {
+            gw.exec(
+                "big",
+                json!({"command": "sleep 1; echo still here", "lane": "other"}),
+            )
+        });
         let (status, out) = gw.exec("big", json!({"command": "x".repeat(1 << 20)}));
         assert_eq!(
             (status, out["code"].as_str()),
@@ -169,7 +174,11 @@ fn whole_answers_are_capped_and_gateway_memory_stays_bounded() {
     let round = || {
         std::thread::scope(|s| {
             let handles: Vec<_> = (0..5)
-                .map(|_| s.spawn(|| gw.exec("zeros", json!({ "command": command }))))
+                .map(|i| {
+                    let body = json!({ "command": command, "lane": format!("lane-{i}") });
+                    let gw = &gw;
+                    s.spawn(move || gw.exec("zeros", body))
+                })
                 .collect();
             for h in handles {
                 let (status, out) = h.join().unwrap();
@@ -206,8 +215,9 @@ fn text_output_has_no_truncation_and_no_base64() {
 
 /// Starts a streamed exec on a raw connection and returns it unread: it holds one API worker until
 /// the command ends.
-fn held_exec(gw: &Gateway, token: &str, node: &str, command: &str) -> TcpStream {
-    let body = json!({ "command": command, "timeout_s": 120 }).to_string();
+/// An exec in lane `lane` (commands of one lane run one after the other) held open by its client.
+fn held_exec(gw: &Gateway, token: &str, node: &str, command: &str, lane: &str) -> TcpStream {
+    let body = json!({ "command": command, "timeout_s": 120, "lane": lane }).to_string();
     let mut s = TcpStream::connect(gw.api).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     write!(
@@ -261,7 +271,7 @@ fn forty_held_execs_do_not_starve_heartbeats() {
     let done = marker.path().join("done");
     let command = format!("sleep 20; echo x >> {}", done.display());
     let mut held: Vec<TcpStream> = (0..40)
-        .map(|_| held_exec(&gw, &token, "busy", &command))
+        .map(|i| held_exec(&gw, &token, "busy", &command, &format!("lane-{i}")))
         .collect();
     // The API is full (32 workers): a plain request now waits.
     let t0 = unix_now();

@@ -34,7 +34,16 @@ fn ndjson_streams_output_as_it_is_produced() {
     let mut lines = BufReader::new(resp.into_body().into_reader()).lines();
     let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
     let first_at = started.elapsed();
-    assert_eq!(first, json!({"event": "stdout", "data": "a\n"}));
+    assert_eq!(
+        (
+            first["event"].as_str(),
+            first["data"].as_str(),
+            first["node"].as_str()
+        ),
+        (Some("stdout"), Some("a\n"), Some("stream")),
+        "{first}"
+    );
+    assert_eq!(first["job_id"].as_str().map(str::len), Some(32), "{first}");
     let rest: Vec<Value> = lines
         .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
         .collect();
@@ -44,7 +53,10 @@ fn ndjson_streams_output_as_it_is_produced() {
         first_at + Duration::from_millis(1500) < ended_at,
         "first line at {first_at:?}, end at {ended_at:?}: not streamed"
     );
-    assert_eq!(rest[0], json!({"event": "stdout", "data": "b\n"}));
+    assert_eq!(
+        (rest[0]["event"].as_str(), rest[0]["data"].as_str()),
+        (Some("stdout"), Some("b\n"))
+    );
     let exit = rest.last().unwrap();
     assert_eq!(exit["event"], "exit");
     assert_eq!(exit["exit_code"], 0);
@@ -108,7 +120,9 @@ fn concurrent_commands_on_one_node_do_not_block_each_other() {
         std::thread::spawn(move || {
             gw.exec(
                 "busy",
-                json!({"command": "head -c 3000000 /dev/zero | tr '\\0' x; sleep 3; echo done"}),
+                // Another lane: commands of one lane run one after the other.
+                json!({"command": "head -c 3000000 /dev/zero | tr '\\0' x; sleep 3; echo done",
+                       "lane": "slow"}),
             )
         })
     };

@@ -3,6 +3,7 @@
 
 mod api;
 mod audit;
+mod bus;
 mod cli_socket;
 mod exec;
 mod hostile_http;

@@ -85,7 +85,7 @@ fn start_long_command(
     node: &str,
     dir: &std::path::Path,
 ) -> (u32, u32, std::thread::JoinHandle<(u16, serde_json::Value)>) {
-    start_sleep(gw, node, &dir.join("command.pid"), 300)
+    start_sleep(gw, node, &dir.join("command.pid"), 300, "default")
 }
 
 /// `sh -c 'echo $$ > PIDFILE; sleep SECS; echo done'` on `node`, as [`start_long_command`].
@@ -94,12 +94,13 @@ fn start_sleep(
     node: &str,
     pidfile: &std::path::Path,
     secs: u32,
+    lane: &str,
 ) -> (u32, u32, std::thread::JoinHandle<(u16, serde_json::Value)>) {
     let pidfile = pidfile.to_path_buf();
     let command = format!("echo $$ > {}; sleep {secs}; echo done", pidfile.display());
     let (gw2, node2) = (gw.clone(), node.to_string());
-    let answer =
-        std::thread::spawn(move || gw2.exec(&node2, json!({"command": command, "timeout_s": 600})));
+    let body = json!({"command": command, "timeout_s": 600, "lane": lane});
+    let answer = std::thread::spawn(move || gw2.exec(&node2, body));
     let mut pids = None;
     wait_until(Duration::from_secs(20), "the command to run", || {
         let Some(sh) = std::fs::read_to_string(&pidfile)
@@ -132,12 +133,17 @@ fn commands_killed_on_agent_stop() {
     wait_until(Duration::from_secs(2), "its command to be gone", || {
         !alive(sh) && !alive(sleep)
     });
+    assert!(agent.proc.log_text().contains("stopping 1 running command"));
+    // The job waits for its node; the agent's next start tells how the command ended (killed by
+    // SIGTERM, kept since the link was gone) or that it cannot say (interrupted: node_lost).
+    agent.restart();
     let (status, out) = answer.join().unwrap();
     eprintln!("exec answered {status}: {out}");
     assert_ne!(out["stdout"], "done\n", "{out}");
-    // With the link up the end is reported (killed by SIGTERM); a race with the exit may lose it.
-    assert!(status != 200 || out["signal"] == 15, "{out}");
-    assert!(agent.proc.log_text().contains("stopping 1 running command"));
+    assert!(
+        (status == 200 && out["signal"] == 15) || out["code"] == "node_lost",
+        "{out}"
+    );
 }
 
 /// Regression: after a crash (SIGKILL) of the agent, its commands ran on forever; the next start
@@ -154,12 +160,18 @@ fn commands_left_by_a_crashed_agent_are_killed_at_next_start() {
         alive(sh) && alive(sleep),
         "a SIGKILLed agent cannot kill anything itself"
     );
-    let _ = answer.join().unwrap();
     agent.restart();
     wait_until(
         Duration::from_secs(10),
         "the leftover command to be killed",
         || !alive(sh) && !alive(sleep),
+    );
+    // Back, the node says the job was interrupted: it never runs it again.
+    let (status, out) = answer.join().unwrap();
+    assert_eq!(
+        (status, out["code"].as_str()),
+        (503, Some("node_lost")),
+        "{out}"
     );
     assert!(agent
         .proc
@@ -169,16 +181,17 @@ fn commands_left_by_a_crashed_agent_are_killed_at_next_start() {
 }
 
 /// Regression: on SIGTERM the gateway waited for the longest running command (up to days) until
-/// systemd SIGKILLed it. Now a command that ends within `--shutdown-grace` is answered, the rest are
-/// cancelled (killed on the node, answered as lost) and the gateway exits when the grace is over.
+/// systemd SIGKILLed it. Now a command that ends within `--shutdown-grace` is answered; the rest go on
+/// running on their nodes (jobs own themselves), the gateway exits when the grace is over, and its next
+/// start collects them: here the long one is found running and cancelled.
 #[test]
 fn gateway_stops_within_its_grace() {
     let gw = std::sync::Arc::new(Gateway::start_with(&["--shutdown-grace", "3s"]));
     let agent = Agent::start(&gw.join(&[]), "graceful");
     gw.wait_status("graceful", "online");
     let dir = agent.dir.path();
-    let (_, short_sleep, short) = start_sleep(&gw, "graceful", &dir.join("short.pid"), 2);
-    let (long_sh, long_sleep, long) = start_sleep(&gw, "graceful", &dir.join("long.pid"), 300);
+    let (_, short_sleep, short) = start_sleep(&gw, "graceful", &dir.join("short.pid"), 2, "a");
+    let (long_sh, long_sleep, long) = start_sleep(&gw, "graceful", &dir.join("long.pid"), 300, "b");
     let pid = gw.proc.child.id();
     let stopped = std::time::Instant::now();
     let _ = std::process::Command::new("kill")
@@ -215,14 +228,10 @@ fn gateway_stops_within_its_grace() {
         "{out}"
     );
     let (status, out) = long.join().unwrap();
-    assert_ne!(
-        status, 200,
+    assert_eq!(
+        (status, out["code"].as_str()),
+        (503, Some("unavailable")),
         "the long command is not reported as finished: {out}"
-    );
-    wait_until(
-        Duration::from_secs(5),
-        "the cancelled command to be killed on the node",
-        || !alive(long_sh) && !alive(long_sleep),
     );
     assert!(
         took >= Duration::from_millis(2900),
@@ -233,4 +242,29 @@ fn gateway_stops_within_its_grace() {
         "{}",
         gw.log_text()
     );
+    assert!(
+        alive(long_sh) && alive(long_sleep),
+        "the node goes on with its command while the gateway is away"
+    );
+    let gw = std::sync::Arc::try_unwrap(gw)
+        .ok()
+        .expect("no other user")
+        .restart();
+    gw.wait_status("graceful", "online");
+    let (status, jobs) = gw.api("GET", "/api/v1/jobs?state=running", None);
+    assert_eq!(status, 200, "{jobs}");
+    let job = jobs["jobs"][0]["job_id"]
+        .as_str()
+        .expect("the long job, still running")
+        .to_string();
+    let (status, out) = gw.api("POST", &format!("/api/v1/jobs/{job}/cancel"), None);
+    assert_eq!(status, 200, "{out}");
+    wait_until(
+        Duration::from_secs(10),
+        "the cancelled command to be killed on the node",
+        || !alive(long_sh) && !alive(long_sleep),
+    );
+    wait_until(Duration::from_secs(10), "the job to end cancelled", || {
+        gw.api("GET", &format!("/api/v1/jobs/{job}"), None).1["state"] == "cancelled"
+    });
 }

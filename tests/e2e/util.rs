@@ -305,19 +305,28 @@ pub struct Agent {
 impl Agent {
     /// `agent run --join <join> --name <name>` in a fresh data dir.
     pub fn start(join: &str, name: &str) -> Agent {
+        Agent::start_with(join, name, &[])
+    }
+
+    /// Like [`Agent::start`], with more `agent run` arguments (`--capability gpu`, `--label k=v`).
+    /// Commands it runs see `TEST_NODE=<name>`, so one broadcast command can act per node.
+    pub fn start_with(join: &str, name: &str, extra: &[&str]) -> Agent {
         let dir = tempfile::Builder::new()
             .prefix("burrow-agent")
             .tempdir()
             .unwrap();
-        let proc = Agent::spawn(
-            dir.path(),
-            &["--join", join, "--name", name, "--capability", "test"],
-        );
+        std::fs::write(dir.path().join("name"), name).unwrap();
+        let mut args = vec!["--join", join, "--name", name, "--capability", "test"];
+        args.extend_from_slice(extra);
+        let proc = Agent::spawn(dir.path(), &args);
         Agent { dir, proc }
     }
 
     fn spawn(dir: &Path, args: &[&str]) -> Proc {
         let mut cmd = Command::new(bin("agent"));
+        if let Ok(name) = std::fs::read_to_string(dir.join("name")) {
+            cmd.env("TEST_NODE", name);
+        }
         cmd.arg("--data-dir")
             .arg(dir.join("data"))
             .args(["--log", "debug", "run"])

@@ -1,32 +1,43 @@
-//! `POST /api/v1/nodes/{id}/exec`: run a command on a node, answered whole (JSON) or streamed
-//! (`Accept: application/x-ndjson`, one event per line as output is produced).
+//! Running commands: `POST /api/v1/exec` (any target) and `POST /api/v1/nodes/{id}/exec` (one node,
+//! the answer shape of before the command bus), answered whole (JSON), streamed (`Accept:
+//! application/x-ndjson`) or at once (`"async": true`, 202). Every one is a job ([`crate::jobs`]):
+//! the answer is a subscriber, and a client that goes away leaves the job running.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use burrow_core::protocol::{ExecSpec, ExitStatus};
+use burrow_core::protocol::{stream, ExecSpec, ExitStatus};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::routes::Req;
 use super::{error_body, parse_body, Ctx, Reply};
-use crate::bus::{Event, Job};
+use crate::jobs::state::{self, NodeState};
+use crate::jobs::target::Target;
+use crate::jobs::{Batch, Ev, Job, JobKind, NodeResult, Submit, GRACE};
 use crate::refusal::{bad_request, Kind, Refusal};
 
 /// Default and largest command timeout.
 const DEFAULT_TIMEOUT_S: u64 = 60;
 const MAX_TIMEOUT_S: u64 = 7 * 24 * 3600;
-/// The gateway waits this much longer than the node's own timeout before giving up on the node.
-const GRACE: Duration = Duration::from_secs(15);
-/// Output kept per stream in a whole (non-streamed) answer unless `serve --max-answer-bytes` says
-/// otherwise; the rest is counted and dropped. Streamed answers have no cap.
+/// Output kept per node and stream (in the store and in whole answers) unless `serve
+/// --max-answer-bytes` says otherwise; the rest is counted. Streamed answers have no cap.
 pub const DEFAULT_ANSWER_LIMIT: usize = 1 << 20;
+/// A whole (non-streamed) answer carries at most this much output over all nodes.
+pub const ANSWER_TOTAL: usize = 64 << 20;
+/// Longest queue TTL.
+const MAX_QUEUE_TTL_S: u64 = 30 * 24 * 3600;
+/// Lane names: short words.
+const MAX_LANE: usize = 64;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ExecBody {
+    #[serde(default)]
+    target: Option<Value>,
     #[serde(default)]
     command: Option<String>,
     #[serde(default)]
@@ -37,35 +48,190 @@ struct ExecBody {
     env: BTreeMap<String, String>,
     #[serde(default)]
     cwd: Option<String>,
+    #[serde(default)]
+    lane: Option<String>,
+    #[serde(default)]
+    queue_ttl_s: Option<u64>,
+    #[serde(default)]
+    batch: Option<Value>,
+    #[serde(default, rename = "async")]
+    run_async: bool,
+    #[serde(default)]
+    stdin: Option<String>,
+    #[serde(default)]
+    stdin_b64: Option<String>,
 }
 
+/// `POST /api/v1/exec`.
+pub fn fleet(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
+    let body: ExecBody = parse_body(&req.call.body)?;
+    let target_value = body
+        .target
+        .clone()
+        .ok_or_else(|| bad_request("\"target\" is missing (a node id, a list, \"*\", …)"))?;
+    let target = Target::from_json(&target_value)?;
+    let text = match &target_value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let run_async = body.run_async;
+    let job = submit(ctx, req, body, target, text)?;
+    if run_async {
+        return Ok(accepted(&job));
+    }
+    if wants_ndjson(req) {
+        return Ok(Reply::Stream(Box::new(Lines::new(ctx, job, true))));
+    }
+    job.wait(deadline_of(&job));
+    Ok(Reply::Json(200, job_json(&job, ctx.answer_limit)))
+}
+
+/// `POST /api/v1/nodes/{id}/exec`: one node, the answer of before the bus plus `state`.
 pub fn exec(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
-    let (node, call) = (req.param(0), req.call);
-    let body: ExecBody = parse_body(&call.body)?;
+    let node = req.param(0).to_string();
+    let body: ExecBody = parse_body(&req.call.body)?;
+    if body.target.is_some() {
+        return Err(bad_request(
+            "this route runs on the node in its path; use POST /api/v1/exec for a \"target\"",
+        ));
+    }
+    // The node must exist and be approved: refused as before, with its own code.
+    if !ctx.bus.is_linked(&node) && body.queue_ttl_s.is_none() {
+        return Err(ctx.bus.why_unavailable(&node));
+    }
+    let run_async = body.run_async;
+    let target = Target::Ids(vec![node.clone()]);
+    let job = submit(ctx, req, body, target, node)?;
+    if run_async {
+        return Ok(accepted(&job));
+    }
+    if wants_ndjson(req) {
+        return Ok(Reply::Stream(Box::new(Lines::new(ctx, job, false))));
+    }
+    if !job.wait(deadline_of(&job)) {
+        if job.is_stopped() {
+            return Err(Refusal::new(
+                Kind::Unavailable,
+                format!(
+                    "the gateway is shutting down; job {} goes on on the node (GET /api/v1/jobs/{} \
+                     once the gateway is back)",
+                    job.meta.id, job.meta.id
+                ),
+            ));
+        }
+        return Err(Refusal::new(
+            Kind::Timeout,
+            format!(
+                "the node did not finish the command in time (job {})",
+                job.meta.id
+            ),
+        ));
+    }
+    let r = job.results().remove(0);
+    match (&r.exit, &r.error) {
+        (Some(_), _) => {
+            let mut out = result_json(&r, ctx.answer_limit, &mut usize::MAX.clone());
+            out.insert("job_id".into(), json!(job.meta.id));
+            Ok(Reply::Json(200, Value::Object(out)))
+        }
+        (None, Some((code, message))) => Err(Refusal::new(
+            Kind::from_code(code).unwrap_or(Kind::ExecFailed),
+            message.clone(),
+        )),
+        (None, None) => Err(Refusal::new(
+            Kind::Internal,
+            format!(
+                "job {} ended {} without a reason",
+                job.meta.id,
+                r.state.name()
+            ),
+        )),
+    }
+}
+
+fn submit(
+    ctx: &Ctx,
+    req: &Req,
+    body: ExecBody,
+    target: Target,
+    target_text: String,
+) -> Result<Arc<Job>, Refusal> {
+    let lane = body.lane.clone().unwrap_or_else(|| "default".into());
+    if lane.is_empty()
+        || lane.len() > MAX_LANE
+        || !lane
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    {
+        return Err(bad_request(format!(
+            "lane must be 1 to {MAX_LANE} letters, digits or -_.:"
+        )));
+    }
+    if let Some(ttl) = body.queue_ttl_s {
+        if ttl == 0 || ttl > MAX_QUEUE_TTL_S {
+            return Err(bad_request(format!(
+                "queue_ttl_s must be between 1 and {MAX_QUEUE_TTL_S}"
+            )));
+        }
+    }
+    let batch = body.batch.as_ref().map(parse_batch).transpose()?;
+    let stdin = match (&body.stdin, &body.stdin_b64) {
+        (Some(_), Some(_)) => return Err(bad_request("give \"stdin\" or \"stdin_b64\", not both")),
+        (Some(text), None) => Some(text.clone().into_bytes()),
+        (None, Some(b64)) => Some(
+            STANDARD
+                .decode(b64)
+                .map_err(|e| bad_request(format!("stdin_b64 is not base64: {e}")))?,
+        ),
+        (None, None) => None,
+    };
+    let queue_ttl_s = body.queue_ttl_s;
     let spec = validate(body)?;
-    let timeout = Duration::from_secs(spec.timeout_s);
-    let job_id = crate::bus::new_job_id();
+    let job = ctx.jobs.submit(Submit {
+        kind: JobKind::Exec { spec, stdin },
+        actor: req.caller.actor().to_string(),
+        target,
+        target_text,
+        lane,
+        queue_ttl_s,
+        batch,
+    })?;
+    let JobKind::Exec { spec, .. } = &job.meta.kind;
+    let nodes: Vec<String> = job.results().into_iter().map(|r| r.node).collect();
     ctx.pairing.audit().record(
         req.caller.actor(),
         "exec",
-        node,
-        json!({"job_id": job_id, "command": spec.command, "argv": spec.argv, "cwd": spec.cwd}),
+        &job.meta.target,
+        json!({"job_id": job.meta.id, "command": spec.command, "argv": spec.argv,
+               "cwd": spec.cwd, "nodes": nodes, "lane": job.meta.lane}),
     );
-    let job = ctx.bus.exec(node, job_id.clone(), spec)?;
-    let deadline = Instant::now() + timeout + GRACE;
-    let streaming = call
-        .accept
-        .as_deref()
-        .is_some_and(|a| a.contains("application/x-ndjson"));
-    if streaming {
-        return Ok(Reply::Stream(Box::new(Lines {
-            job,
-            deadline,
-            ended: false,
-            started: Instant::now(),
-        })));
+    Ok(job)
+}
+
+fn parse_batch(v: &Value) -> Result<Batch, Refusal> {
+    let bad = || bad_request("batch is a number of nodes (10) or a share of them (\"25%\")");
+    match v {
+        Value::Number(n) => n
+            .as_u64()
+            .filter(|n| *n > 0)
+            .map(|n| Batch::Nodes(n as usize))
+            .ok_or_else(bad),
+        Value::String(s) => match s.strip_suffix('%') {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| (1..=100).contains(p))
+                .map(Batch::Percent)
+                .ok_or_else(bad),
+            None => s
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .map(Batch::Nodes)
+                .ok_or_else(bad),
+        },
+        _ => Err(bad()),
     }
-    collect(job, deadline, job_id, node, ctx.answer_limit)
 }
 
 fn validate(body: ExecBody) -> Result<ExecSpec, Refusal> {
@@ -97,68 +263,92 @@ fn validate(body: ExecBody) -> Result<ExecSpec, Refusal> {
     })
 }
 
-fn collect(
-    mut job: Job,
-    deadline: Instant,
-    job_id: String,
-    node: &str,
-    limit: usize,
-) -> Result<Reply, Refusal> {
-    let (mut stdout, mut stderr) = (Capped::new(limit), Capped::new(limit));
-    loop {
-        let event = job.next(deadline).ok_or_else(|| {
-            Refusal::new(
-                Kind::Timeout,
-                format!("node {node:?} did not finish the command in time"),
-            )
-        })?;
-        match event {
-            Event::Stdout(d) => stdout.push(&d),
-            Event::Stderr(d) => stderr.push(&d),
-            Event::Exit(status) => {
-                let mut out = Map::new();
-                out.insert("job_id".into(), json!(job_id));
-                out.insert("node".into(), json!(node));
-                exit_fields(&mut out, &status);
-                bytes_field(&mut out, "stdout", &stdout.kept);
-                bytes_field(&mut out, "stderr", &stderr.kept);
-                out.insert(
-                    "truncated".into(),
-                    json!(stdout.dropped > 0 || stderr.dropped > 0),
-                );
-                out.insert(
-                    "dropped_bytes".into(),
-                    json!({"stdout": stdout.dropped, "stderr": stderr.dropped}),
-                );
-                return Ok(Reply::Json(200, Value::Object(out)));
+fn wants_ndjson(req: &Req) -> bool {
+    req.call
+        .accept
+        .as_deref()
+        .is_some_and(|a| a.contains("application/x-ndjson"))
+}
+
+/// How long an answer waits for a job: its timeout, its queue TTL and the grace.
+fn deadline_of(job: &Job) -> Instant {
+    let JobKind::Exec { spec, .. } = &job.meta.kind;
+    let queued = job.meta.queue_ttl_s.unwrap_or(0);
+    // Queued behind other commands in a lane, a part may wait for several timeouts: a whole
+    // answer waits for the command's own time plus a grace, then answers with what is known.
+    Instant::now() + Duration::from_secs(spec.timeout_s + queued) + GRACE + GRACE
+}
+
+fn accepted(job: &Job) -> Reply {
+    let nodes: Vec<String> = job.results().into_iter().map(|r| r.node).collect();
+    Reply::Json(
+        202,
+        json!({"job_id": job.meta.id, "state": job.state().name(), "nodes": nodes}),
+    )
+}
+
+/// The whole answer of a job: `{"job_id", "state", "results": […], "summary": {…}}`.
+pub fn job_json(job: &Job, per_stream: usize) -> Value {
+    let results = job.results();
+    let mut budget = ANSWER_TOTAL;
+    let list: Vec<Value> = results
+        .iter()
+        .map(|r| Value::Object(result_json(r, per_stream, &mut budget)))
+        .collect();
+    let JobKind::Exec { spec, .. } = &job.meta.kind;
+    let mut out = json!({
+        "job_id": job.meta.id,
+        "kind": job.meta.kind.name(),
+        "state": job.state().name(),
+        "created_at": crate::registry::rfc3339(job.meta.created_at),
+        "actor": job.meta.actor,
+        "target": job.meta.target,
+        "lane": job.meta.lane,
+        "results": list,
+        "summary": state::summary(results.iter().map(|r| r.state)),
+    });
+    if let Some(c) = &spec.command {
+        out["command"] = json!(c);
+    }
+    if let Some(a) = &spec.argv {
+        out["argv"] = json!(a);
+    }
+    out
+}
+
+/// One node's result; output beyond `per_stream` (already cut when stored) or beyond what is left of
+/// `budget` is counted in `dropped_bytes`.
+pub fn result_json(r: &NodeResult, per_stream: usize, budget: &mut usize) -> Map<String, Value> {
+    let mut out = Map::new();
+    out.insert("node".into(), json!(r.node));
+    out.insert("state".into(), json!(r.state.name()));
+    match &r.exit {
+        Some(s) => exit_fields(&mut out, s),
+        None => {
+            for k in ["exit_code", "signal", "duration_ms"] {
+                out.insert(k.into(), Value::Null);
             }
-            Event::Failed(message) => return Err(Refusal::new(Kind::ExecFailed, message)),
-            Event::Lost(message) => return Err(Refusal::new(Kind::NodeLost, message)),
+            out.insert("timed_out".into(), json!(false));
         }
     }
-}
-
-/// One stream of a whole answer: the first `limit` bytes, and a count of the rest.
-struct Capped {
-    kept: Vec<u8>,
-    limit: usize,
-    dropped: u64,
-}
-
-impl Capped {
-    fn new(limit: usize) -> Capped {
-        Capped {
-            kept: Vec::new(),
-            limit,
-            dropped: 0,
-        }
+    let mut dropped = [0u64; 2];
+    for (i, name) in ["stdout", "stderr"].into_iter().enumerate() {
+        let kept = &r.output[i].kept;
+        let n = kept.len().min(per_stream).min(*budget);
+        *budget -= n;
+        dropped[i] = r.output[i].dropped + (kept.len() - n) as u64;
+        bytes_field(&mut out, name, &kept[..n]);
     }
-
-    fn push(&mut self, data: &[u8]) {
-        let room = self.limit.saturating_sub(self.kept.len()).min(data.len());
-        self.kept.extend_from_slice(&data[..room]);
-        self.dropped += (data.len() - room) as u64;
+    out.insert("truncated".into(), json!(dropped != [0, 0]));
+    out.insert(
+        "dropped_bytes".into(),
+        json!({"stdout": dropped[0], "stderr": dropped[1]}),
+    );
+    if let Some((code, message)) = &r.error {
+        out.insert("error".into(), json!(message));
+        out.insert("code".into(), json!(code));
     }
+    out
 }
 
 fn exit_fields(out: &mut Map<String, Value>, s: &ExitStatus) {
@@ -197,21 +387,101 @@ fn base64_len(n: usize) -> usize {
     n.div_ceil(3) * 4
 }
 
-/// The NDJSON event stream of one job.
-struct Lines {
-    job: Job,
-    deadline: Instant,
+/// The NDJSON events of a job: kept ones first (a replay), then live ones as they happen.
+pub struct Lines {
+    job: Arc<Job>,
+    replay: std::vec::IntoIter<Arc<Ev>>,
+    live: Option<crossbeam_channel::Receiver<Arc<Ev>>>,
+    /// The fleet form: a `job` event first, node ids on every event, a `summary` last.
+    fleet: bool,
+    begun: bool,
     ended: bool,
-    started: Instant,
+    deadline: Instant,
 }
 
 impl Lines {
-    /// The last event: `{"event": "error", "error": …, "code": …}`, the one error shape of the API.
-    fn error(&mut self, kind: Kind, message: String) -> Value {
-        self.ended = true;
-        let mut event = error_body(&Refusal::new(kind, message));
-        event["event"] = json!("error");
-        event
+    pub fn new(ctx: &Ctx, job: Arc<Job>, fleet: bool) -> Lines {
+        let sub = ctx.jobs.subscribe(&job);
+        Lines {
+            deadline: deadline_of(&job),
+            job,
+            replay: sub.replay.into_iter(),
+            live: sub.live,
+            fleet,
+            begun: false,
+            ended: false,
+        }
+    }
+
+    fn next_event(&mut self) -> Option<Arc<Ev>> {
+        if let Some(ev) = self.replay.next() {
+            return Some(ev);
+        }
+        let rx = self.live.as_ref()?;
+        let wait = self.deadline.saturating_duration_since(Instant::now());
+        rx.recv_timeout(wait).ok()
+    }
+
+    fn render(&self, ev: &Ev) -> Option<Value> {
+        let id = &self.job.meta.id;
+        let mut out = Map::new();
+        match ev {
+            Ev::Start { node } => {
+                if !self.fleet {
+                    return None;
+                }
+                out.insert("event".into(), json!("start"));
+                out.insert("node".into(), json!(node));
+            }
+            Ev::Output {
+                node,
+                stream: s,
+                data,
+            } => {
+                let name = if *s == stream::STDERR {
+                    "stderr"
+                } else {
+                    "stdout"
+                };
+                out.insert("event".into(), json!(name));
+                out.insert("node".into(), json!(node));
+                bytes_field(&mut out, "data", data);
+            }
+            Ev::End { result } => {
+                out.insert("node".into(), json!(result.node));
+                out.insert("state".into(), json!(result.state.name()));
+                match (&result.exit, &result.error) {
+                    (Some(s), _) => {
+                        out.insert("event".into(), json!("exit"));
+                        exit_fields(&mut out, s);
+                    }
+                    (None, error) => {
+                        let (code, message) = error.clone().unwrap_or_else(|| {
+                            ("internal".into(), format!("ended {}", result.state.name()))
+                        });
+                        let kind = Kind::from_code(&code).unwrap_or(Kind::ExecFailed);
+                        let mut e = error_body(&Refusal::new(kind, message));
+                        e["event"] = json!("error");
+                        if let Value::Object(m) = e {
+                            out.extend(m);
+                        }
+                    }
+                }
+            }
+            Ev::Finished => {
+                if !self.fleet {
+                    return None;
+                }
+                out.insert("event".into(), json!("summary"));
+                out.insert("state".into(), json!(self.job.state().name()));
+                out.insert(
+                    "summary".into(),
+                    state::summary(self.job.results().iter().map(|r| r.state)),
+                );
+            }
+        }
+        out.insert("job_id".into(), json!(id));
+        Some(Value::Object(out))
     }
 }
 
@@ -222,33 +492,50 @@ impl Iterator for Lines {
         if self.ended {
             return None;
         }
-        let mut out = Map::new();
-        match self.job.next(self.deadline) {
-            Some(Event::Stdout(d)) => {
-                out.insert("event".into(), json!("stdout"));
-                bytes_field(&mut out, "data", &d);
-            }
-            Some(Event::Stderr(d)) => {
-                out.insert("event".into(), json!("stderr"));
-                bytes_field(&mut out, "data", &d);
-            }
-            Some(Event::Exit(status)) => {
+        if !self.begun && self.fleet {
+            self.begun = true;
+            let nodes: Vec<String> = self.job.results().into_iter().map(|r| r.node).collect();
+            return Some(json!({"event": "job", "job_id": self.job.meta.id, "nodes": nodes}));
+        }
+        loop {
+            let Some(ev) = self.next_event() else {
                 self.ended = true;
-                out.insert("event".into(), json!("exit"));
-                exit_fields(&mut out, &status);
-            }
-            Some(Event::Failed(message)) => return Some(self.error(Kind::ExecFailed, message)),
-            Some(Event::Lost(message)) => return Some(self.error(Kind::NodeLost, message)),
-            None => {
+                // The job goes on; this answer stops following it.
                 let message = format!(
-                    "node did not finish the command within {}s",
-                    self.started.elapsed().as_secs()
+                    "stopped following job {} (it goes on: GET /api/v1/jobs/{}/stream)",
+                    self.job.meta.id, self.job.meta.id
                 );
-                return Some(self.error(Kind::Timeout, message));
+                let mut e = error_body(&Refusal::new(Kind::Timeout, message));
+                e["event"] = json!("error");
+                e["job_id"] = json!(self.job.meta.id);
+                return Some(e);
+            };
+            if matches!(*ev, Ev::Finished) {
+                self.ended = true;
+            }
+            let single_end = !self.fleet && matches!(*ev, Ev::End { .. });
+            if let Some(v) = self.render(&ev) {
+                if single_end {
+                    self.ended = true;
+                }
+                return Some(v);
+            }
+            if self.ended {
+                return None;
             }
         }
-        Some(Value::Object(out))
     }
+}
+
+/// The job states a result can be listed by (for `?state=`).
+pub fn parse_state(text: &str) -> Result<NodeState, Refusal> {
+    NodeState::parse(text).ok_or_else(|| {
+        let names: Vec<&str> = NodeState::ALL.iter().map(|s| s.name()).collect();
+        bad_request(format!(
+            "unknown state {text:?}; one of {}",
+            names.join(", ")
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -289,13 +576,32 @@ mod tests {
     }
 
     #[test]
-    fn answers_keep_the_limit_and_count_the_rest() {
-        let mut c = Capped::new(10);
-        c.push(b"12345678");
-        c.push(b"abcdef");
-        c.push(b"xyz");
-        assert_eq!(c.kept, b"12345678ab");
-        assert_eq!(c.dropped, 7);
+    fn a_whole_answer_keeps_its_budget_and_counts_the_rest() {
+        let mut r = NodeResult::new("pi-1".into());
+        r.output[0].kept = b"12345678".to_vec();
+        r.output[0].dropped = 2;
+        let mut budget = 5;
+        let out = result_json(&r, 100, &mut budget);
+        assert_eq!(out["stdout"], "12345");
+        assert_eq!(out["dropped_bytes"]["stdout"], 5);
+        assert_eq!(out["truncated"], true);
+        assert_eq!(budget, 0);
+    }
+
+    #[test]
+    fn batches_are_counts_or_shares() {
+        assert_eq!(parse_batch(&json!(10)).unwrap(), Batch::Nodes(10));
+        assert_eq!(parse_batch(&json!("25%")).unwrap(), Batch::Percent(25));
+        assert_eq!(parse_batch(&json!("3")).unwrap(), Batch::Nodes(3));
+        for bad in [
+            json!(0),
+            json!("0%"),
+            json!("101%"),
+            json!("x"),
+            json!(true),
+        ] {
+            assert!(parse_batch(&bad).is_err(), "{bad}");
+        }
     }
 
     /// An exec body at the route's limit, escaped as badly as JSON allows, still encodes to a frame

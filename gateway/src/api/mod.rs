@@ -7,6 +7,7 @@
 
 mod agent;
 mod exec;
+mod jobs;
 mod local;
 mod nodes;
 pub mod routes;
@@ -40,6 +41,7 @@ pub struct Ctx {
     pub registry: Arc<Registry>,
     pub pairing: Arc<Pairing>,
     pub bus: Arc<Bus>,
+    pub jobs: Arc<crate::jobs::Jobs>,
     pub started: Instant,
     /// The sshd supervisor's status, as JSON.
     pub sshd_status: Box<dyn Fn() -> Value + Send + Sync>,
@@ -366,6 +368,45 @@ pub fn authenticate(ctx: &Ctx, call: &Call) -> Result<Verified, Refusal> {
     Ok(verified)
 }
 
+/// The query string of `path` as decoded `(key, value)` pairs (`+` is a space, `%XX` a byte).
+pub fn query(path: &str) -> Result<Vec<(String, String)>, Refusal> {
+    let Some((_, q)) = path.split_once('?') else {
+        return Ok(Vec::new());
+    };
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((percent_decode(k)?, percent_decode(v)?))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> Result<String, Refusal> {
+    let bad = || Refusal::new(Kind::BadRequest, format!("bad escape in query {text:?}"));
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = text.get(i + 1..i + 3).ok_or_else(bad)?;
+                out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad())
+}
+
 /// Parses a JSON body into `T`, with a 400 that says what is wrong.
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
     let body = if body.iter().all(u8::is_ascii_whitespace) {
@@ -380,6 +421,23 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_strings_decode() {
+        let q = query("/api/v1/jobs?node=pi%2D1&state=failed&x=a+b&flag").unwrap();
+        assert_eq!(
+            q,
+            vec![
+                ("node".into(), "pi-1".into()),
+                ("state".into(), "failed".into()),
+                ("x".into(), "a b".into()),
+                ("flag".into(), "".into())
+            ]
+        );
+        assert!(query("/x?a=%zz").is_err());
+        assert!(query("/x?a=%ff").is_err());
+        assert!(query("/x").unwrap().is_empty());
+    }
 
     /// Regression: a header without `Bearer ` was reported as a missing header.
     #[test]

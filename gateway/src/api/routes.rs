@@ -8,7 +8,7 @@
 
 use serde_json::json;
 
-use super::{agent, exec, nodes, Call, Ctx, Reply};
+use super::{agent, exec, jobs, nodes, Call, Ctx, Reply};
 use crate::refusal::{Kind, Refusal};
 use crate::tokens::{Role, Verified};
 
@@ -170,6 +170,41 @@ pub const ROUTES: &[Route] = &[
         permission: Permission::Exec,
         body_limit: EXEC_BODY,
         handler: exec::exec,
+    },
+    Route {
+        method: "POST",
+        pattern: "/api/v1/exec",
+        permission: Permission::Exec,
+        body_limit: EXEC_BODY,
+        handler: exec::fleet,
+    },
+    Route {
+        method: "GET",
+        pattern: "/api/v1/jobs",
+        permission: Permission::Read,
+        body_limit: SMALL,
+        handler: jobs::list,
+    },
+    Route {
+        method: "GET",
+        pattern: "/api/v1/jobs/{id}",
+        permission: Permission::Read,
+        body_limit: SMALL,
+        handler: jobs::show,
+    },
+    Route {
+        method: "GET",
+        pattern: "/api/v1/jobs/{id}/stream",
+        permission: Permission::Read,
+        body_limit: SMALL,
+        handler: jobs::stream,
+    },
+    Route {
+        method: "POST",
+        pattern: "/api/v1/jobs/{id}/cancel",
+        permission: Permission::Exec,
+        body_limit: SMALL,
+        handler: jobs::cancel,
     },
     Route {
         method: "POST",

