@@ -399,6 +399,17 @@ fn signed_pair(
     name: &str,
     secret: Option<&str>,
 ) -> (u16, serde_json::Value) {
+    signed_pair_with(gw, key, name, secret, &[])
+}
+
+/// [`signed_pair`] proposing `labels`.
+fn signed_pair_with(
+    gw: &Gateway,
+    key: &burrow_core::identity::Identity,
+    name: &str,
+    secret: Option<&str>,
+    labels: &[(&str, &str)],
+) -> (u16, serde_json::Value) {
     use base64::engine::general_purpose::STANDARD;
     use base64::Engine;
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -423,7 +434,10 @@ fn signed_pair(
         join_secret: secret.map(str::to_string),
         hostname: "probe".into(),
         capabilities: Vec::new(),
-        labels: Default::default(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         os: "linux".into(),
         arch: "x86_64".into(),
         version: "0".into(),
@@ -474,5 +488,88 @@ fn unauthenticated_pairing_does_not_reveal_whether_a_name_exists() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Salt's grains trap: a node that could set its own labels would receive what is pushed to the
+/// group it claims. Labels are fixed when the node is approved; asking again with other labels
+/// changes nothing; an operator can change them (audited) and targeting follows.
+#[test]
+fn a_node_cannot_change_its_labels_after_approval_an_operator_can() {
+    let gw = Gateway::start();
+    let secret = burrow_core::join::JoinTicket::decode(&gw.join(&[]))
+        .unwrap()
+        .secret;
+    let key = burrow_core::identity::Identity::generate("labelled");
+    let (status, out) = signed_pair_with(&gw, &key, "labelled", Some(&secret), &[("site", "home")]);
+    assert_eq!(
+        (status, out["status"].as_str()),
+        (200, Some("approved")),
+        "{out}"
+    );
+    let (status, out) = signed_pair_with(&gw, &key, "labelled", None, &[("site", "vault")]);
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(gw.node("labelled")["labels"], json!({"site": "home"}));
+    let targets = |sel: &str| {
+        let (status, out) = gw.api(
+            "POST",
+            "/api/v1/exec",
+            Some(json!({"target": sel, "command": "true", "async": true})),
+        );
+        (status, out["nodes"].clone())
+    };
+    assert_eq!(targets("label:site=home"), (202, json!(["labelled"])));
+    assert_eq!(targets("label:site=vault").0, 404);
+    let operator = gw.token("operator");
+    let (status, out) = gw.api_as(
+        &operator,
+        "PATCH",
+        "/api/v1/nodes/labelled",
+        Some(json!({"labels": {"site": "vault", "rack": "2"}, "capabilities": ["gpu"]})),
+    );
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["labels"], json!({"site": "vault", "rack": "2"}));
+    assert_eq!(targets("label:site=vault"), (202, json!(["labelled"])));
+    assert_eq!(targets("label:site=home").0, 404);
+    assert_eq!(targets("cap:gpu,label:rack=2"), (202, json!(["labelled"])));
+    let (_, listed) = gw.api("GET", "/api/v1/nodes?label=rack=2&capability=gpu", None);
+    assert_eq!(listed["nodes"].as_array().unwrap().len(), 1, "{listed}");
+    let (_, none) = gw.api("GET", "/api/v1/nodes?label=rack=3", None);
+    assert_eq!(none["nodes"], json!([]));
+    let (status, _) = gw.api("GET", "/api/v1/nodes?status=sideways", None);
+    assert_eq!(status, 400);
+    let (status, out) = gw.api_as(
+        &operator,
+        "PATCH",
+        "/api/v1/nodes/labelled",
+        Some(json!({"labels": {"rack": null}})),
+    );
+    assert_eq!(
+        (status, out["labels"].clone()),
+        (200, json!({"site": "vault"}))
+    );
+    let viewer = gw.token("viewer");
+    let (status, _) = gw.api_as(
+        &viewer,
+        "PATCH",
+        "/api/v1/nodes/labelled",
+        Some(json!({"labels": {"a": "b"}})),
+    );
+    assert_eq!(status, 403);
+    let (status, _) = gw.api_as(
+        &operator,
+        "PATCH",
+        "/api/v1/nodes/labelled",
+        Some(json!({"labels": {"bad key": "b"}})),
+    );
+    assert_eq!(status, 400);
+    // The audit writer appends in the background: wait for both entries.
+    crate::util::wait_until(
+        Duration::from_secs(5),
+        "two node.label audit entries",
+        || {
+            let audit = std::fs::read_to_string(gw.data().join("audit.log")).unwrap_or_default();
+            audit.matches("\"node.label\"").count() == 2
+        },
     );
 }

@@ -256,6 +256,10 @@ impl Gateway {
         let resp = match method {
             "GET" => agent.get(&url).header("Authorization", &auth).call(),
             "DELETE" => agent.delete(&url).header("Authorization", &auth).call(),
+            "PATCH" => agent
+                .patch(&url)
+                .header("Authorization", &auth)
+                .send(body.unwrap_or(Value::Null).to_string()),
             _ => agent
                 .post(&url)
                 .header("Authorization", &auth)

@@ -37,15 +37,120 @@ pub fn status(ctx: &Ctx, _req: &Req) -> Result<Reply, Refusal> {
     ))
 }
 
-pub fn list(ctx: &Ctx, _req: &Req) -> Result<Reply, Refusal> {
+/// `GET /api/v1/nodes?status=&label=k=v&capability=c`: every filter given must hold (labels and
+/// capabilities may repeat).
+pub fn list(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
+    let mut status: Option<String> = None;
+    let mut selector = crate::jobs::target::Selector::default();
+    for (key, value) in super::query(&req.call.path)? {
+        match key.as_str() {
+            "status" => {
+                const STATUSES: [&str; 4] = ["online", "offline", "pending", "rejected"];
+                if !STATUSES.contains(&value.as_str()) {
+                    return Err(bad_request(format!(
+                        "status is one of {}",
+                        STATUSES.join(", ")
+                    )));
+                }
+                status = Some(value);
+            }
+            "label" => {
+                let (k, v) = value
+                    .split_once('=')
+                    .filter(|(k, _)| !k.is_empty())
+                    .ok_or_else(|| bad_request("label=KEY=VALUE, as in label=site=home"))?;
+                selector.labels.insert(k.into(), v.into());
+            }
+            "capability" => selector.capabilities.push(value),
+            other => {
+                return Err(bad_request(format!(
+                    "unknown parameter {other:?} (status, label, capability)"
+                )))
+            }
+        }
+    }
     let nodes: Vec<Value> = ctx
         .registry
         .read()
         .nodes
         .values()
+        .filter(|n| selector.matches(n))
         .map(|n| node_json(ctx, n))
+        .filter(|n| status.as_deref().is_none_or(|s| n["status"] == s))
         .collect();
     Ok(Reply::Json(200, json!({ "nodes": nodes })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LabelBody {
+    /// Labels to set; a `null` value removes the label.
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, Option<String>>,
+    /// Replaces the capabilities when given.
+    #[serde(default)]
+    capabilities: Option<Vec<String>>,
+}
+
+/// `PATCH /api/v1/nodes/{id}`: an operator changes a node's labels and capabilities (the node itself
+/// cannot: they are fixed when it is approved, so it cannot make itself a target). Audited.
+pub fn label(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
+    let id = req.param(0).to_string();
+    let body: LabelBody = parse_body(&req.call.body)?;
+    if body.labels.is_empty() && body.capabilities.is_none() {
+        return Err(bad_request(
+            "nothing to change: give \"labels\" (null removes one) and/or \"capabilities\"",
+        ));
+    }
+    let word = |w: &str, what: &str| -> Result<(), Refusal> {
+        let ok = !w.is_empty()
+            && w.len() <= 64
+            && w.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
+        if ok {
+            Ok(())
+        } else {
+            Err(bad_request(format!(
+                "{what} {w:?}: 1 to 64 letters, digits or -_./"
+            )))
+        }
+    };
+    for (k, v) in &body.labels {
+        word(k, "label key")?;
+        if let Some(v) = v {
+            if v.len() > 256 || v.contains(['\n', '\0', ',']) {
+                return Err(bad_request(format!(
+                    "label {k}: the value is at most 256 bytes, without newlines or commas"
+                )));
+            }
+        }
+    }
+    for c in body.capabilities.iter().flatten() {
+        word(c, "capability")?;
+    }
+    let node = ctx.registry.update(|s| {
+        let node = s
+            .nodes
+            .get_mut(&id)
+            .ok_or_else(|| not_found(format!("no node {id:?}")))?;
+        for (k, v) in &body.labels {
+            match v {
+                Some(v) => node.labels.insert(k.clone(), v.clone()),
+                None => node.labels.remove(k),
+            };
+        }
+        if let Some(caps) = &body.capabilities {
+            node.capabilities.clone_from(caps);
+        }
+        Ok::<_, Refusal>(node.clone())
+    })?;
+    ctx.pairing.audit().record(
+        req.caller.actor(),
+        "node.label",
+        &node.id,
+        json!({"labels": node.labels, "capabilities": node.capabilities}),
+    );
+    Ok(Reply::Json(200, node_json(ctx, &node)))
 }
 
 pub fn show(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {

@@ -144,6 +144,13 @@ pub const ROUTES: &[Route] = &[
         handler: nodes::show,
     },
     Route {
+        method: "PATCH",
+        pattern: "/api/v1/nodes/{id}",
+        permission: Permission::Exec,
+        body_limit: FORM,
+        handler: nodes::label,
+    },
+    Route {
         method: "DELETE",
         pattern: "/api/v1/nodes/{id}",
         permission: Permission::Admin,
