@@ -31,7 +31,21 @@ use crate::registry::{now, rfc3339, Approval, Registry};
 pub enum Event {
     Stdout(Vec<u8>),
     Stderr(Vec<u8>),
-    /// The agent took `bytes` more of what the gateway sends on `stream` (stdin).
+    /// Bytes on another stream of the request (a file being read).
+    Data {
+        stream: u32,
+        data: Vec<u8>,
+    },
+    /// The agent sends no more on `stream`.
+    Eof {
+        stream: u32,
+    },
+    /// The agent aborted `stream`.
+    Reset {
+        stream: u32,
+        reason: String,
+    },
+    /// The agent took `bytes` more of what the gateway sends on `stream` (stdin, a file).
     Credit {
         stream: u32,
         bytes: u32,
@@ -154,6 +168,11 @@ impl Request {
         }
     }
 
+    /// The events as a channel, for `select!` with other sources.
+    pub fn events(&self) -> &Receiver<Event> {
+        &self.rx
+    }
+
     /// The consumer has taken `bytes` of `stream`: the agent may send as much again on it.
     pub fn credit(&self, stream: u32, bytes: usize) {
         let _ = self.link.send(&Message::Credit {
@@ -254,6 +273,33 @@ impl Bus {
             rx,
         };
         link.send(&message)?;
+        Ok(request)
+    }
+
+    /// Opens a file transfer on a node (protocol: "Files") on stream `stream::FIRST_OPENED`.
+    pub fn open_file(
+        &self,
+        node: &str,
+        params: &burrow_core::protocol::FileParams,
+    ) -> Result<Request, Refusal> {
+        let link = lock(&self.links).get(node).cloned();
+        let Some(link) = link else {
+            return Err(self.why_unavailable(node));
+        };
+        let id = link.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = unbounded();
+        lock(&link.jobs).insert(id, tx);
+        let request = Request {
+            id,
+            link: link.clone(),
+            rx,
+        };
+        link.send(&Message::Open {
+            id,
+            stream: stream::FIRST_OPENED,
+            purpose: burrow_core::protocol::Purpose::File,
+            params: serde_json::to_string(params).expect("file params serialize"),
+        })?;
         Ok(request)
     }
 
@@ -430,8 +476,11 @@ impl Bus {
                     }
                     continue;
                 }
-                // Streams opened by the agent come with later features.
-                Message::Data { .. } | Message::Eof { .. } | Message::Reset { .. } => continue,
+                Message::Data { id, stream, data } => (id, Event::Data { stream, data }, false),
+                Message::Eof { id, stream } => (id, Event::Eof { stream }, false),
+                Message::Reset { id, stream, reason } => {
+                    (id, Event::Reset { stream, reason }, false)
+                }
                 other => break format!("unexpected {} from the agent", other.kind_name()),
             };
             let mut jobs = lock(&link.jobs);

@@ -31,6 +31,7 @@
 
 pub mod persist;
 pub mod state;
+mod stdin;
 pub mod target;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -38,7 +39,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use burrow_core::protocol::{stream, unknown, ExecSpec, ExitStatus, INITIAL_WINDOW, MAX_CHUNK};
+use burrow_core::protocol::{stream, unknown, ExecSpec, ExitStatus};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use serde::{Deserialize, Serialize};
 
@@ -70,19 +71,34 @@ pub enum JobKind {
         /// Fixed standard input (from the request body), sent once the command started.
         #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_b64")]
         stdin: Option<Vec<u8>>,
+        /// Standard input comes from `PUT /api/v1/jobs/{id}/stdin` (one node only).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        stdin_stream: bool,
     },
+    /// A file pushed to the nodes (the upload is the source: run by the uploader's request).
+    Put {
+        path: String,
+        mode: u32,
+        /// Bytes announced by the uploader, if it said.
+        size: Option<u64>,
+    },
+    /// A file read from one node.
+    Get { path: String },
 }
 
 impl JobKind {
     pub fn name(&self) -> &'static str {
         match self {
             JobKind::Exec { .. } => "exec",
+            JobKind::Put { .. } => "put",
+            JobKind::Get { .. } => "get",
         }
     }
 
     fn timeout(&self) -> Duration {
         match self {
             JobKind::Exec { spec, .. } => Duration::from_secs(spec.timeout_s),
+            JobKind::Put { .. } | JobKind::Get { .. } => Duration::from_secs(3600),
         }
     }
 }
@@ -151,6 +167,15 @@ pub struct NodeResult {
     pub ended_at: Option<u64>,
     /// stdout, stderr.
     pub output: [Capped; 2],
+    /// A file transfer's bytes and SHA-256 (hex).
+    pub transfer: Option<Transfer>,
+}
+
+/// What a file transfer moved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transfer {
+    pub bytes: u64,
+    pub sha256: String,
 }
 
 impl NodeResult {
@@ -163,6 +188,7 @@ impl NodeResult {
             started_at: None,
             ended_at: None,
             output: Default::default(),
+            transfer: None,
         }
     }
 }
@@ -205,6 +231,9 @@ struct Live {
 /// A job in memory (while not ended, or loaded from the store to be shown).
 pub struct Job {
     pub meta: JobMeta,
+    /// Streamed stdin: the uploader's end (taken by the one `PUT …/stdin`) and the command's end.
+    stdin_tx: Mutex<Option<Sender<Vec<u8>>>>,
+    stdin_rx: Mutex<Option<Receiver<Vec<u8>>>>,
     live: Mutex<Live>,
     changed: Condvar,
     /// Parts running now (for the batch window).
@@ -213,7 +242,22 @@ pub struct Job {
 
 impl Job {
     fn new(meta: JobMeta, results: Vec<NodeResult>) -> Job {
+        let streamed = matches!(
+            meta.kind,
+            JobKind::Exec {
+                stdin_stream: true,
+                ..
+            }
+        );
+        let (tx, rx) = if streamed {
+            let (tx, rx) = bounded(4);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         Job {
+            stdin_tx: Mutex::new(tx),
+            stdin_rx: Mutex::new(rx),
             meta,
             live: Mutex::new(Live {
                 results,
@@ -239,6 +283,11 @@ impl Job {
 
     pub fn state(&self) -> NodeState {
         state::job_state(self.live().results.iter().map(|r| r.state))
+    }
+
+    /// The sending end of a streamed stdin, once: `None` if the job takes none or it is taken.
+    pub fn take_stdin(&self) -> Option<Sender<Vec<u8>>> {
+        lock(&self.stdin_tx).take()
     }
 
     /// Whether the gateway stopped following it (shutting down).
@@ -454,6 +503,18 @@ impl Jobs {
             return Err(Refusal::new(
                 Kind::NotFound,
                 format!("target {:?} matches no node", submit.target_text),
+            ));
+        }
+        if matches!(
+            submit.kind,
+            JobKind::Exec {
+                stdin_stream: true,
+                ..
+            }
+        ) && chosen.len() != 1
+        {
+            return Err(crate::refusal::bad_request(
+                "stdin_stream is for one node; for many, send \"stdin\" or \"stdin_b64\"",
             ));
         }
         let batch = submit.batch.map(|b| match b {
@@ -715,9 +776,17 @@ impl Jobs {
 
     /// One node's part, on its own thread, from `Exec` to the durable end.
     fn run_part(self: &Arc<Self>, job: &Arc<Job>, idx: usize, node: &str, resumed: bool) {
-        let JobKind::Exec { spec, stdin } = &job.meta.kind;
+        let JobKind::Exec {
+            spec,
+            stdin,
+            stdin_stream,
+        } = &job.meta.kind
+        else {
+            // Transfers are run by their uploader's request, never from a lane.
+            return self.part_stopped(job, node);
+        };
         let mut spec = spec.clone();
-        spec.stdin = stdin.is_some();
+        spec.stdin = stdin.is_some() || *stdin_stream;
         let deadline = Instant::now() + job.meta.kind.timeout() + GRACE;
         let mut delivered = resumed;
         loop {
@@ -745,6 +814,7 @@ impl Jobs {
                     continue;
                 }
             };
+            let first = !delivered;
             if !delivered {
                 delivered = true;
                 self.started(job, idx, node, deadline);
@@ -757,7 +827,13 @@ impl Jobs {
             if cancelled {
                 request.cancel();
             }
-            match self.follow(job, idx, node, request, stdin.as_deref(), deadline) {
+            // Input goes once: a request that attaches after a dropped link sends none again.
+            let feed = match (first, stdin, lock(&job.stdin_rx).take()) {
+                (true, Some(data), _) => Some(stdin::Feed::fixed(data.clone())),
+                (true, None, Some(rx)) => Some(stdin::Feed::stream(rx)),
+                _ => None,
+            };
+            match self.follow(job, idx, node, request, feed, deadline) {
                 Followed::Ended => return,
                 Followed::LinkLost => {
                     job.live().handles.remove(&idx);
@@ -770,7 +846,8 @@ impl Jobs {
         }
     }
 
-    fn started(&self, job: &Arc<Job>, idx: usize, node: &str, deadline: Instant) {
+    /// A part has reached its node.
+    pub fn started(&self, job: &Arc<Job>, idx: usize, node: &str, deadline: Instant) {
         let t = now();
         let r = {
             let mut live = job.live();
@@ -799,35 +876,35 @@ impl Jobs {
         idx: usize,
         node: &str,
         mut request: Request,
-        stdin: Option<&[u8]>,
+        mut stdin: Option<stdin::Feed>,
         deadline: Instant,
     ) -> Followed {
-        let mut stdin = stdin.map(|s| (s, 0usize, u64::from(INITIAL_WINDOW)));
         let mut last_save = Instant::now();
         loop {
             // Standard input goes out as the agent's credit allows.
-            if let Some((data, sent, credit)) = stdin.as_mut() {
-                while *sent < data.len() && *credit > 0 {
-                    let n = (data.len() - *sent).min(MAX_CHUNK).min(*credit as usize);
-                    if request
-                        .send_data(stream::STDIN, data[*sent..*sent + n].to_vec())
-                        .is_err()
-                    {
-                        break;
-                    }
-                    *sent += n;
-                    *credit -= n as u64;
-                }
-                if *sent == data.len() {
-                    let _ = request.send_eof(stream::STDIN);
-                    stdin = None;
-                }
+            if let Some(feed) = stdin.as_mut() {
+                feed.pump(&request);
             }
             if self.stopping.load(Ordering::Relaxed) {
                 return Followed::Stopping;
             }
             let wait = deadline.min(Instant::now() + Duration::from_secs(1));
-            let Some(event) = request.next(wait) else {
+            let next = match stdin.as_ref().and_then(stdin::Feed::wants) {
+                Some(more) => crossbeam_channel::select! {
+                    recv(request.events()) -> e => {
+                        Some(e.unwrap_or_else(|_| Event::Lost("link closed".into())))
+                    }
+                    recv(more) -> chunk => {
+                        if let Some(feed) = stdin.as_mut() {
+                            feed.got(chunk, &request);
+                        }
+                        continue;
+                    }
+                    default(wait.saturating_duration_since(Instant::now())) => None,
+                },
+                None => request.next(wait),
+            };
+            let Some(event) = next else {
                 if Instant::now() >= deadline {
                     let why = Refusal::new(
                         Kind::Timeout,
@@ -852,10 +929,16 @@ impl Jobs {
                     request.credit(stream::STDERR, n);
                 }
                 Event::Credit { stream: s, bytes } => {
-                    if let (Some((_, _, credit)), stream::STDIN) = (stdin.as_mut(), s) {
-                        *credit += u64::from(bytes);
+                    if let (Some(feed), stream::STDIN) = (stdin.as_mut(), s) {
+                        feed.credit(bytes);
                     }
                 }
+                // The command stopped reading its input: the rest is not sent.
+                Event::Reset {
+                    stream: stream::STDIN,
+                    ..
+                } => stdin = None,
+                Event::Data { .. } | Event::Eof { .. } | Event::Reset { .. } => {}
                 Event::Exit(status) => {
                     let cancelled = job.live().cancelled;
                     let state = if status.timed_out {
@@ -972,7 +1055,7 @@ impl Jobs {
     }
 
     /// Ends a part: durable first, then subscribers and waiters.
-    fn finish(
+    pub fn finish(
         &self,
         job: &Arc<Job>,
         idx: usize,
@@ -1019,6 +1102,71 @@ impl Jobs {
             job.live().subscribers.clear();
         }
         job.changed.notify_all();
+    }
+
+    /// Creates a file transfer job on `nodes` (offline ones end at once); the caller moves the bytes,
+    /// calling [`Jobs::started`], [`Jobs::set_transfer`] and [`Jobs::finish`] for each part.
+    pub fn submit_transfer(
+        self: &Arc<Self>,
+        kind: JobKind,
+        actor: &str,
+        target_text: &str,
+        nodes: Vec<String>,
+    ) -> Result<Arc<Job>, Refusal> {
+        let t = now();
+        let results: Vec<NodeResult> = nodes
+            .into_iter()
+            .map(|node| {
+                let mut r = NodeResult::new(node.clone());
+                if !self.bus.is_linked(&node) {
+                    let why = self.bus.why_unavailable(&node);
+                    r.state = NodeState::Offline;
+                    r.error = Some((why.kind.code().into(), why.message));
+                    r.ended_at = Some(t);
+                }
+                r
+            })
+            .collect();
+        let seq = {
+            let mut s = lock(&self.sched);
+            s.next_seq += 1;
+            s.next_seq - 1
+        };
+        let meta = JobMeta {
+            id: crate::bus::new_job_id(),
+            seq,
+            kind,
+            created_at: t,
+            actor: actor.to_string(),
+            target: target_text.to_string(),
+            lane: "files".into(),
+            queue_ttl_s: None,
+            batch: None,
+            any_of: None,
+        };
+        {
+            let (meta, results) = (meta.clone(), results.clone());
+            self.store
+                .write(move |tx| persist::insert(tx, &meta, &results))
+                .map_err(|e| Refusal::new(Kind::Internal, format!("storing the job: {e:#}")))?;
+        }
+        let job = Arc::new(Job::new(meta, results));
+        if !job.is_finished() {
+            lock(&self.sched)
+                .active
+                .insert(job.meta.id.clone(), job.clone());
+        }
+        Ok(job)
+    }
+
+    /// Records what a transfer part moved (before its [`Jobs::finish`]).
+    pub fn set_transfer(&self, job: &Job, idx: usize, transfer: Transfer) {
+        job.live().results[idx].transfer = Some(transfer);
+    }
+
+    /// Whether someone cancelled the job.
+    pub fn is_cancelled(&self, job: &Job) -> bool {
+        job.live().cancelled
     }
 
     /// A job by id: the live one, or as stored.

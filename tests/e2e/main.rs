@@ -6,6 +6,7 @@ mod audit;
 mod bus;
 mod cli_socket;
 mod exec;
+mod files;
 mod hostile_http;
 mod link;
 mod pairing;

@@ -256,6 +256,10 @@ impl Gateway {
         let resp = match method {
             "GET" => agent.get(&url).header("Authorization", &auth).call(),
             "DELETE" => agent.delete(&url).header("Authorization", &auth).call(),
+            "PUT" => agent
+                .put(&url)
+                .header("Authorization", &auth)
+                .send(body.map(|b| b.to_string()).unwrap_or_default()),
             "PATCH" => agent
                 .patch(&url)
                 .header("Authorization", &auth)

@@ -60,6 +60,9 @@ struct ExecBody {
     stdin: Option<String>,
     #[serde(default)]
     stdin_b64: Option<String>,
+    /// Input comes from `PUT /api/v1/jobs/{id}/stdin` (one node).
+    #[serde(default)]
+    stdin_stream: bool,
 }
 
 /// `POST /api/v1/exec`.
@@ -185,10 +188,20 @@ fn submit(
         ),
         (None, None) => None,
     };
+    let stdin_stream = body.stdin_stream;
+    if stdin_stream && stdin.is_some() {
+        return Err(bad_request(
+            "give \"stdin\"/\"stdin_b64\" or \"stdin_stream\", not both",
+        ));
+    }
     let queue_ttl_s = body.queue_ttl_s;
     let spec = validate(body)?;
     let job = ctx.jobs.submit(Submit {
-        kind: JobKind::Exec { spec, stdin },
+        kind: JobKind::Exec {
+            spec,
+            stdin,
+            stdin_stream,
+        },
         actor: req.caller.actor().to_string(),
         target,
         target_text,
@@ -196,15 +209,12 @@ fn submit(
         queue_ttl_s,
         batch,
     })?;
-    let JobKind::Exec { spec, .. } = &job.meta.kind;
     let nodes: Vec<String> = job.results().into_iter().map(|r| r.node).collect();
-    ctx.pairing.audit().record(
-        req.caller.actor(),
-        "exec",
-        &job.meta.target,
-        json!({"job_id": job.meta.id, "command": spec.command, "argv": spec.argv,
-               "cwd": spec.cwd, "nodes": nodes, "lane": job.meta.lane}),
-    );
+    let mut detail = json!({"job_id": job.meta.id, "nodes": nodes, "lane": job.meta.lane});
+    describe(&job.meta.kind, &mut detail);
+    ctx.pairing
+        .audit()
+        .record(req.caller.actor(), "exec", &job.meta.target, detail);
     Ok(job)
 }
 
@@ -272,11 +282,37 @@ fn wants_ndjson(req: &Req) -> bool {
 
 /// How long an answer waits for a job: its timeout, its queue TTL and the grace.
 fn deadline_of(job: &Job) -> Instant {
-    let JobKind::Exec { spec, .. } = &job.meta.kind;
+    let timeout = match &job.meta.kind {
+        JobKind::Exec { spec, .. } => spec.timeout_s,
+        JobKind::Put { .. } | JobKind::Get { .. } => 3600,
+    };
     let queued = job.meta.queue_ttl_s.unwrap_or(0);
     // Queued behind other commands in a lane, a part may wait for several timeouts: a whole
     // answer waits for the command's own time plus a grace, then answers with what is known.
-    Instant::now() + Duration::from_secs(spec.timeout_s + queued) + GRACE + GRACE
+    Instant::now() + Duration::from_secs(timeout + queued) + GRACE + GRACE
+}
+
+/// What a job does, in `out` (`command`/`argv`/`cwd`, or the file's `path`, `mode`, `size`).
+pub fn describe(kind: &JobKind, out: &mut Value) {
+    match kind {
+        JobKind::Exec { spec, .. } => {
+            if let Some(c) = &spec.command {
+                out["command"] = json!(c);
+            }
+            if let Some(a) = &spec.argv {
+                out["argv"] = json!(a);
+            }
+            if let Some(cwd) = &spec.cwd {
+                out["cwd"] = json!(cwd);
+            }
+        }
+        JobKind::Put { path, mode, size } => {
+            out["path"] = json!(path);
+            out["mode"] = json!(format!("{mode:04o}"));
+            out["size"] = json!(size);
+        }
+        JobKind::Get { path } => out["path"] = json!(path),
+    }
 }
 
 fn accepted(job: &Job) -> Reply {
@@ -295,7 +331,6 @@ pub fn job_json(job: &Job, per_stream: usize) -> Value {
         .iter()
         .map(|r| Value::Object(result_json(r, per_stream, &mut budget)))
         .collect();
-    let JobKind::Exec { spec, .. } = &job.meta.kind;
     let mut out = json!({
         "job_id": job.meta.id,
         "kind": job.meta.kind.name(),
@@ -307,12 +342,7 @@ pub fn job_json(job: &Job, per_stream: usize) -> Value {
         "results": list,
         "summary": state::summary(results.iter().map(|r| r.state)),
     });
-    if let Some(c) = &spec.command {
-        out["command"] = json!(c);
-    }
-    if let Some(a) = &spec.argv {
-        out["argv"] = json!(a);
-    }
+    describe(&job.meta.kind, &mut out);
     out
 }
 
@@ -344,6 +374,10 @@ pub fn result_json(r: &NodeResult, per_stream: usize, budget: &mut usize) -> Map
         "dropped_bytes".into(),
         json!({"stdout": dropped[0], "stderr": dropped[1]}),
     );
+    if let Some(t) = &r.transfer {
+        out.insert("bytes".into(), json!(t.bytes));
+        out.insert("sha256".into(), json!(t.sha256));
+    }
     if let Some((code, message)) = &r.error {
         out.insert("error".into(), json!(message));
         out.insert("code".into(), json!(code));

@@ -7,7 +7,7 @@ use super::exec::{job_json, parse_state, Lines};
 use super::routes::Req;
 use super::{Ctx, Reply};
 use crate::jobs::persist::Filter;
-use crate::refusal::{bad_request, Refusal};
+use crate::refusal::{bad_request, conflict, Kind, Refusal};
 
 /// Default and largest page of `GET /api/v1/jobs`.
 const PAGE: usize = 50;
@@ -82,4 +82,47 @@ pub fn cancel(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
         json!({"job_id": job.meta.id}),
     );
     Ok(Reply::Json(200, job_json(&job, ctx.answer_limit)))
+}
+
+/// Bytes read from an uploader at a time.
+const STDIN_CHUNK: usize = burrow_core::protocol::MAX_CHUNK;
+
+/// `PUT /api/v1/jobs/{id}/stdin`: the request body is the command's standard input, streamed as it
+/// arrives (the node's pace sets the upload's); the body's end is the input's end.
+pub fn stdin(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
+    let job = ctx.jobs.get(req.param(0))?;
+    if job.is_finished() {
+        return Err(conflict(format!("job {} has ended", job.meta.id)));
+    }
+    let tx = job.take_stdin().ok_or_else(|| {
+        conflict(format!(
+            "job {} takes no streamed stdin, or its stdin is already being sent \
+             (create it with \"stdin_stream\": true)",
+            job.meta.id
+        ))
+    })?;
+    let mut body = req.body.borrow_mut();
+    let mut total = 0u64;
+    loop {
+        let mut chunk = vec![0u8; STDIN_CHUNK];
+        let n = match body.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(bad_request(format!("reading the body: {e}"))),
+        };
+        chunk.truncate(n);
+        if tx.send(chunk).is_err() {
+            return Err(Refusal::new(
+                Kind::Conflict,
+                format!("the command ended after reading {total} bytes of its input"),
+            ));
+        }
+        total += n as u64;
+    }
+    drop(tx);
+    Ok(Reply::Json(
+        200,
+        json!({"job_id": job.meta.id, "bytes": total}),
+    ))
 }

@@ -7,6 +7,7 @@
 
 mod agent;
 mod exec;
+mod files;
 mod jobs;
 mod local;
 mod nodes;
@@ -66,6 +67,8 @@ pub struct Call {
     pub authorization: Option<String>,
     pub accept: Option<String>,
     pub body: Vec<u8>,
+    /// The declared `Content-Length`, if any (chunked bodies have none).
+    pub content_length: Option<u64>,
     /// The caller's Unix uid when it came through the CLI socket (`local.rs`); never set over TCP.
     pub peer_uid: Option<u32>,
 }
@@ -75,6 +78,12 @@ pub enum Reply {
     Json(u16, Value),
     /// NDJSON lines, streamed as they come; the iterator ends with the last line.
     Stream(Box<dyn Iterator<Item = Value> + Send>),
+    /// Raw bytes (`application/octet-stream`, chunked) of a job, named in `X-Burrow-Job`; an error
+    /// from the reader ends the response without its final chunk, so the client sees it is cut.
+    Bytes {
+        job_id: String,
+        body: Box<dyn Read + Send>,
+    },
 }
 
 /// The running API servers (TCP, and the CLI's Unix socket); dropping it stops the workers.
@@ -175,6 +184,7 @@ fn serve(ctx: &Ctx, mut request: Request) {
         authorization: header("Authorization"),
         accept: header("Accept"),
         body: Vec::new(),
+        content_length: request.body_length().map(|n| n as u64),
         peer_uid: request.peer_credentials().map(|c| c.uid),
     };
     let declared = request.body_length();
@@ -195,6 +205,19 @@ fn serve(ctx: &Ctx, mut request: Request) {
             request.respond(response)
         }
         Reply::Stream(lines) => stream(request, lines),
+        Reply::Bytes { job_id, body } => {
+            let headers = vec![
+                content_type("application/octet-stream"),
+                Header::from_bytes(&b"X-Burrow-Job"[..], job_id.as_bytes()).expect("hex header"),
+            ];
+            request.respond(Response::new(
+                tiny_http::StatusCode(200),
+                headers,
+                body,
+                None,
+                None,
+            ))
+        }
     };
     if let Err(e) = result {
         log::debug!("writing response: {e}");
@@ -228,11 +251,13 @@ pub fn dispatch(ctx: &Ctx, mut call: Call, declared: Option<usize>, body: &mut d
             return error_reply(&Refusal::new(Kind::NotFound, format!("no route {path}")))
         }
     };
-    if let Err(r) = read_body(route, declared, body, &mut call.body) {
-        return error_reply(&r);
+    if route.body_limit != routes::STREAMED {
+        if let Err(r) = read_body(route, declared, body, &mut call.body) {
+            return error_reply(&r);
+        }
     }
     authorize(ctx, route, &call)
-        .and_then(|caller| run_handler(ctx, route, &call, params, caller))
+        .and_then(|caller| run_handler(ctx, route, &call, params, caller, body))
         .unwrap_or_else(|r| error_reply(&r))
 }
 
@@ -279,11 +304,13 @@ fn run_handler(
     call: &Call,
     params: Vec<&str>,
     caller: Caller,
+    body: &mut dyn Read,
 ) -> Result<Reply, Refusal> {
     let req = Req {
         call,
         params,
         caller,
+        body: std::cell::RefCell::new(body),
     };
     catch_unwind(AssertUnwindSafe(|| (route.handler)(ctx, &req))).unwrap_or_else(|_| {
         log::error!("handler for {} {} panicked", call.method, call.path);

@@ -8,7 +8,7 @@
 
 use serde_json::json;
 
-use super::{agent, exec, jobs, nodes, Call, Ctx, Reply};
+use super::{agent, exec, files, jobs, nodes, Call, Ctx, Reply};
 use crate::refusal::{Kind, Refusal};
 use crate::tokens::{Role, Verified};
 
@@ -67,6 +67,8 @@ pub struct Req<'a> {
     /// The `{…}` segments of the pattern, in order.
     pub params: Vec<&'a str>,
     pub caller: Caller,
+    /// The body as it arrives, for [`STREAMED`] routes (others find it read in `call.body`).
+    pub body: std::cell::RefCell<&'a mut dyn std::io::Read>,
 }
 
 impl Req<'_> {
@@ -97,7 +99,11 @@ const FORM: usize = 64 << 10;
 /// protocol's frame limit (`burrow_core::protocol::MAX_FRAME`, 1 MiB) with room for the envelope.
 pub const EXEC_BODY: usize = 512 << 10;
 
-/// The largest `body_limit` of any route.
+/// The `body_limit` of routes whose handler reads the body itself, as it arrives, in bounded
+/// memory (file uploads, streamed stdin): any size, checked by the handler.
+pub const STREAMED: usize = usize::MAX;
+
+/// The largest `body_limit` of any route that is read whole before its handler runs.
 pub const MAX_BODY_LIMIT: usize = EXEC_BODY;
 
 pub const ROUTES: &[Route] = &[
@@ -186,6 +192,27 @@ pub const ROUTES: &[Route] = &[
         handler: exec::fleet,
     },
     Route {
+        method: "PUT",
+        pattern: "/api/v1/nodes/{id}/files",
+        permission: Permission::Exec,
+        body_limit: STREAMED,
+        handler: files::put_one,
+    },
+    Route {
+        method: "GET",
+        pattern: "/api/v1/nodes/{id}/files",
+        permission: Permission::Exec,
+        body_limit: SMALL,
+        handler: files::get,
+    },
+    Route {
+        method: "PUT",
+        pattern: "/api/v1/files",
+        permission: Permission::Exec,
+        body_limit: STREAMED,
+        handler: files::put_many,
+    },
+    Route {
         method: "GET",
         pattern: "/api/v1/jobs",
         permission: Permission::Read,
@@ -205,6 +232,13 @@ pub const ROUTES: &[Route] = &[
         permission: Permission::Read,
         body_limit: SMALL,
         handler: jobs::stream,
+    },
+    Route {
+        method: "PUT",
+        pattern: "/api/v1/jobs/{id}/stdin",
+        permission: Permission::Exec,
+        body_limit: STREAMED,
+        handler: jobs::stdin,
     },
     Route {
         method: "POST",
@@ -280,7 +314,7 @@ fn matches<'p>(pattern: &str, segments: &[&'p str]) -> Option<Vec<&'p str>> {
 
 /// The refusal for a body of `len` bytes on `route` (declared or counted), if it is too large.
 pub fn check_body(route: &Route, len: u64) -> Result<(), Refusal> {
-    if len > route.body_limit as u64 {
+    if route.body_limit != STREAMED && len > route.body_limit as u64 {
         return Err(Refusal::new(
             Kind::TooLarge,
             format!(
@@ -308,7 +342,7 @@ mod tests {
     fn every_row_is_unique_and_well_formed() {
         for (i, a) in ROUTES.iter().enumerate() {
             assert!(a.pattern.starts_with('/'), "{}", a.pattern);
-            assert!(["GET", "POST", "PUT", "DELETE"].contains(&a.method));
+            assert!(["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&a.method));
             for b in &ROUTES[i + 1..] {
                 assert!(
                     !(a.method == b.method && a.pattern == b.pattern),
@@ -323,7 +357,11 @@ mod tests {
     #[test]
     fn max_body_limit_is_the_largest_route_limit() {
         assert_eq!(
-            ROUTES.iter().map(|r| r.body_limit).max(),
+            ROUTES
+                .iter()
+                .map(|r| r.body_limit)
+                .filter(|l| *l != STREAMED)
+                .max(),
             Some(MAX_BODY_LIMIT)
         );
     }

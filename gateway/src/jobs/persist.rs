@@ -43,6 +43,7 @@ CREATE TABLE results (
     stderr         BLOB NOT NULL DEFAULT x'',
     stdout_dropped INTEGER NOT NULL DEFAULT 0,
     stderr_dropped INTEGER NOT NULL DEFAULT 0,
+    transfer       TEXT,
     PRIMARY KEY (job, idx)
 );
 CREATE INDEX results_by_node ON results(node, job);
@@ -93,7 +94,8 @@ pub fn update(
     tx.execute(
         "UPDATE results SET node = ?3, state = ?4, exit_code = ?5, signal = ?6, timed_out = ?7,
              duration_ms = ?8, error = ?9, code = ?10, started_at = ?11, ended_at = ?12,
-             stdout = ?13, stderr = ?14, stdout_dropped = ?15, stderr_dropped = ?16
+             stdout = ?13, stderr = ?14, stdout_dropped = ?15, stderr_dropped = ?16,
+             transfer = ?17
          WHERE job = ?1 AND idx = ?2",
         params![
             job,
@@ -112,6 +114,9 @@ pub fn update(
             r.output[1].kept,
             r.output[0].dropped as i64,
             r.output[1].dropped as i64,
+            r.transfer
+                .as_ref()
+                .map(|t| serde_json::to_string(t).expect("transfers serialize")),
         ],
     )?;
     Ok(())
@@ -161,6 +166,8 @@ fn result_of(row: &Row) -> rusqlite::Result<NodeResult> {
     r.output[1].kept = row.get("stderr")?;
     r.output[0].dropped = row.get::<_, i64>("stdout_dropped")? as u64;
     r.output[1].dropped = row.get::<_, i64>("stderr_dropped")? as u64;
+    let transfer: Option<String> = row.get("transfer")?;
+    r.transfer = transfer.and_then(|t| serde_json::from_str(&t).ok());
     Ok(r)
 }
 
