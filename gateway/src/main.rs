@@ -17,6 +17,7 @@ mod registry;
 mod runinfo;
 mod serve;
 mod sshd;
+mod store;
 #[cfg(test)]
 mod testing;
 mod tokens;
