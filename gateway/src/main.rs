@@ -3,6 +3,7 @@
 
 mod api;
 mod audit;
+mod backup;
 mod bus;
 mod cli;
 mod client;

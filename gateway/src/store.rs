@@ -47,6 +47,15 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle reader connections kept for reuse; more are opened when needed and closed after use.
 const MAX_IDLE_READERS: usize = 4;
 
+/// The schema version this build writes (the last migration's number).
+#[cfg_attr(
+    not(test),
+    allow(dead_code, reason = "for `gateway backup` and the status route")
+)]
+pub fn schema_version() -> u32 {
+    migrations::latest(MIGRATIONS)
+}
+
 /// The store; share it as `Arc<Store>` (it is `Send + Sync`).
 pub struct Store {
     path: PathBuf,
