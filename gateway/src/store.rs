@@ -163,7 +163,8 @@ impl Store {
 
     /// Like [`Store::write`], but returns at once without waiting for the commit (for output chunks,
     /// heartbeats: things that need not be durable when acknowledged). Ordered with other writes. A
-    /// failure is logged, nobody else hears of it.
+    /// failure is logged, nobody else hears of it. (It waits only if the writer is thousands of
+    /// changes behind: the queue is bounded, so a flood costs time, not memory.)
     pub fn write_lazy(
         &self,
         f: impl FnOnce(&Transaction) -> rusqlite::Result<()> + Send + 'static,

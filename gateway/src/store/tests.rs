@@ -95,6 +95,12 @@ fn open_creates_a_private_wal_database_at_the_latest_schema_and_reopens() {
     store
         .write(|t| t.execute("INSERT INTO meta VALUES ('k', 'v')", []))
         .unwrap();
+    // SQLite gives the write-ahead log and its index the database's own mode.
+    for side in ["-wal", "-shm"] {
+        let file = dir.path().join(format!("{DB_FILE}{side}"));
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", file.display());
+    }
     drop(store);
     // Reopening applies no migration again (it would fail: the tables exist) and keeps the data.
     let store = Store::open(dir.path()).unwrap();

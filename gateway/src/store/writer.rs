@@ -146,7 +146,10 @@ fn commit_batch(
         match (change.apply)(&tx) {
             Some(answer) => match tx.execute_batch("RELEASE change") {
                 Ok(()) => waiting.push(answer),
-                Err(e) => answer(Err(format!("writing {shown}: {e}"))),
+                Err(e) => {
+                    undo(&tx, &shown);
+                    answer(Err(format!("writing {shown}: {e}")))
+                }
             },
             None if conn.is_autocommit() => {
                 // SQLite ended the whole transaction: nothing before this change will be committed.
@@ -164,11 +167,7 @@ fn commit_batch(
                     }
                 };
             }
-            None => {
-                if let Err(e) = tx.execute_batch("ROLLBACK TO change; RELEASE change") {
-                    log::error!("undoing a failed change to {shown}: {e}");
-                }
-            }
+            None => undo(&tx, &shown),
         }
     }
     let committed = tx
@@ -181,6 +180,13 @@ fn commit_batch(
     }
     for answer in waiting {
         answer(committed.clone());
+    }
+}
+
+/// Undoes the current change (back to its savepoint).
+fn undo(tx: &Transaction, shown: &std::path::Display) {
+    if let Err(e) = tx.execute_batch("ROLLBACK TO change; RELEASE change") {
+        log::error!("undoing a failed change to {shown}: {e}");
     }
 }
 
