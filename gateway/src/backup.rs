@@ -297,6 +297,7 @@ mod tests {
                 started.elapsed() < Duration::from_secs(30),
                 "the writer did not start"
             );
+            std::thread::sleep(Duration::from_millis(5));
         }
         let out = tempfile::tempdir().unwrap();
         let dest = out.path().join("gw.db");

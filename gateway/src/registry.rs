@@ -97,8 +97,9 @@ pub struct State {
     pub revoked_jtis: BTreeMap<String, u64>,
 }
 
-/// What is known live about a node. `last_seen`, `metrics` and `agent_version` are also saved
-/// (lazily) and come back after a restart; the rest starts empty.
+/// What is known live about a node. `last_seen`, `metrics` and `agent_version` are saved with its
+/// heartbeats ([`Registry::record_heartbeat`], lazily) and come back after a restart; the rest
+/// starts empty.
 #[derive(Debug, Clone, Default)]
 pub struct Live {
     pub online: bool,
