@@ -67,6 +67,15 @@ pub enum Command {
     /// The audit log.
     #[command(subcommand, after_long_help = "Example:\n  gateway audit verify")]
     Audit(AuditCommand),
+    /// Copy the gateway's database to FILE, safely while it runs; restoring: docs/backup.md.
+    #[command(after_long_help = "Example:\n  gateway backup /srv/backup/burrow-$(date +%F).db")]
+    Backup {
+        /// The backup file to write (refused if it exists, unless --force).
+        file: std::path::PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

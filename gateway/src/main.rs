@@ -3,6 +3,7 @@
 
 mod api;
 mod audit;
+mod backup;
 mod bus;
 mod cli;
 mod client;
@@ -58,6 +59,13 @@ fn run(cli: cli::Cli) -> anyhow::Result<u8> {
             let path = file.unwrap_or_else(|| dir.join("audit.log"));
             let n = audit::verify(&path)?;
             println!("{}: {n} entries, chain intact", path.display());
+        }
+        Command::Backup { file, force } => {
+            let report = match force {
+                false => backup::run(dir, &file)?,
+                true => backup::run_with(dir, &file, true)?,
+            };
+            println!("{report}");
         }
     }
     Ok(0)

@@ -1,15 +1,32 @@
 //! The node registry: who is paired, pending or rejected, which join tokens exist, which API tokens are
-//! revoked (persisted crash-safely in `state.json`), and what the gateway knows live about each node
-//! (online, last seen, metrics; not persisted).
+//! revoked, and what the gateway knows live about each node (online, last seen, metrics).
+//!
+//! The registry is kept in memory and persisted in the store (`burrow.db`, tables of migration 1,
+//! rows in `store::registry`): [`Registry::update`] writes the rows it changed durably before it
+//! returns. When and what each node last reported (`last_seen`, its last heartbeat) is written lazily,
+//! at most every [`BEAT_SAVE_EVERY`] per node, so it survives a restart without an fsync per beat.
+//!
+//! Before the store, the registry lived in `state.json`. The first start with such a file imports it
+//! into the database, in one transaction that also records the file's SHA-256 in `meta`, then renames
+//! it `state.json.imported` (kept, not deleted). A crash between the two finishes the rename at the
+//! next start; a `state.json` that differs from what was imported, or that turns up beside a
+//! registry already in the database, is an error: the gateway never picks one silently.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use burrow_core::api::{Heartbeat, Metrics};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::store::registry::{self as rows, Diff};
+use crate::store::Store;
+
+/// A node's `last_seen` and last heartbeat are written to the store at most this often (seconds).
+pub const BEAT_SAVE_EVERY: u64 = 10;
 
 /// Where a node stands in pairing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,7 +38,7 @@ pub enum Approval {
 }
 
 /// A node as persisted.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeRecord {
     pub id: String,
     /// OpenSSH line of the node's key.
@@ -45,7 +62,7 @@ pub struct NodeRecord {
 }
 
 /// A join token as persisted (the secret itself is never stored, only its hash).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JoinTokenRecord {
     pub id: String,
     pub secret_hash: String,
@@ -68,8 +85,8 @@ impl JoinTokenRecord {
     }
 }
 
-/// Everything in `state.json`.
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// The persisted registry (also the format of the old `state.json`, which is imported once).
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct State {
     #[serde(default)]
     pub nodes: BTreeMap<String, NodeRecord>,
@@ -80,7 +97,9 @@ pub struct State {
     pub revoked_jtis: BTreeMap<String, u64>,
 }
 
-/// What is known live about a node (not persisted).
+/// What is known live about a node. `last_seen`, `metrics` and `agent_version` are saved with its
+/// heartbeats ([`Registry::record_heartbeat`], lazily) and come back after a restart; the rest
+/// starts empty.
 #[derive(Debug, Clone, Default)]
 pub struct Live {
     pub online: bool,
@@ -93,36 +112,71 @@ pub struct Live {
 
 /// The registry; all mutation goes through [`Registry::update`], which persists before returning.
 pub struct Registry {
-    path: PathBuf,
+    store: Arc<Store>,
     state: Mutex<State>,
+    /// What the store holds: [`Registry::update`] writes the difference to this.
+    persisted: Mutex<State>,
     live: Mutex<HashMap<String, Live>>,
+    /// When each node's heartbeat was last queued for the store.
+    beats_saved: Mutex<HashMap<String, u64>>,
 }
 
 impl Registry {
-    /// Opens `state.json` in `data_dir` (a missing file is an empty registry; a corrupt one is an error,
-    /// never silently replaced).
+    /// Opens the store in `data_dir` and the registry in it (importing an old `state.json` first; a
+    /// corrupt one is an error, never silently replaced). [`Registry::store`] shares the store.
     pub fn open(data_dir: &Path) -> anyhow::Result<Registry> {
-        let path = data_dir.join("state.json");
-        let state = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("parsing {} (fix or move it away)", path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
+        Registry::with_store(data_dir, &Store::open(data_dir)?)
+    }
+
+    /// The registry in an open store; `data_dir` is where an old `state.json` may wait for import.
+    pub fn with_store(data_dir: &Path, store: &Arc<Store>) -> anyhow::Result<Registry> {
+        import_state_json(data_dir, store)?;
+        let (state, beats) = store.read(|c| Ok((rows::load(c)?, rows::load_beats(c)?)))?;
+        let mut live = HashMap::new();
+        for (id, seen, beat) in beats {
+            let beat = beat.and_then(|b: String| match serde_json::from_str::<Heartbeat>(&b) {
+                Ok(beat) => Some(beat),
+                Err(e) => {
+                    log::warn!("node {id}: ignoring its saved heartbeat ({e})");
+                    None
+                }
+            });
+            let entry: &mut Live = live.entry(id).or_default();
+            entry.last_seen = Some(seen);
+            if let Some(beat) = beat {
+                entry.metrics = Some(beat.metrics);
+                entry.agent_version = Some(beat.version);
+            }
+        }
         Ok(Registry {
-            path,
+            store: store.clone(),
+            persisted: Mutex::new(state.clone()),
             state: Mutex::new(state),
-            live: Mutex::new(HashMap::new()),
+            live: Mutex::new(live),
+            beats_saved: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The store the registry lives in.
+    #[cfg_attr(
+        not(test),
+        allow(
+            dead_code,
+            reason = "for the jobs module, which shares the registry's store"
+        )
+    )]
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
     }
 
     /// Read access.
     pub fn read(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
-    /// Applies `change`, then writes the state crash-safely. If `change` fails nothing is written; if
-    /// writing fails the error is returned (the in-memory change stays, and the next write retries).
+    /// Applies `change`, then writes the rows it changed in one durable store transaction. If
+    /// `change` fails nothing is written; if writing fails the error is returned (the in-memory change
+    /// stays, and the next update writes it too).
     pub fn update<T, E: From<anyhow::Error>>(
         &self,
         change: impl FnOnce(&mut State) -> Result<T, E>,
@@ -131,8 +185,14 @@ impl Registry {
         let out = change(&mut state)?;
         let now = now();
         state.revoked_jtis.retain(|_, exp| *exp > now);
-        let json = serde_json::to_vec_pretty(&*state).expect("state serializes");
-        burrow_core::atomic_file::write(&self.path, &json, 0o600).map_err(anyhow::Error::from)?;
+        let mut persisted = lock(&self.persisted);
+        let diff = Diff::between(&persisted, &state);
+        if !diff.is_empty() {
+            self.store
+                .write(move |tx| diff.apply(tx))
+                .map_err(E::from)?;
+            *persisted = state.clone();
+        }
         Ok(out)
     }
 
@@ -148,9 +208,26 @@ impl Registry {
 
     /// A heartbeat from an approved node, over its secure link (or the older HTTP route): seen now,
     /// with these metrics and this agent version. The port it names is not recorded: the link's own
-    /// port is (`Bus::attach`), and nothing dials a port a node merely reports.
+    /// port is (`Bus::attach`), and nothing dials a port a node merely reports. Saved to the store
+    /// lazily, at most every [`BEAT_SAVE_EVERY`] seconds per node.
     pub fn record_heartbeat(&self, id: &str, beat: Heartbeat) {
         let t = now();
+        let due = {
+            let mut saved = lock(&self.beats_saved);
+            match saved.get(id) {
+                Some(&last) if t < last.saturating_add(BEAT_SAVE_EVERY) && t >= last => false,
+                _ => {
+                    saved.insert(id.to_string(), t);
+                    true
+                }
+            }
+        };
+        if due {
+            let json = serde_json::to_string(&beat).ok();
+            let id = id.to_string();
+            self.store
+                .write_lazy(move |tx| rows::record_beat(tx, &id, t, json.as_deref()));
+        }
         self.set_live(id, |l| {
             l.last_seen = Some(t);
             l.metrics = Some(beat.metrics);
@@ -159,8 +236,83 @@ impl Registry {
     }
 
     fn live_map(&self) -> MutexGuard<'_, HashMap<String, Live>> {
-        self.live.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.live)
     }
+}
+
+/// Imports `<data_dir>/state.json` into the store once (see the module doc).
+fn import_state_json(data_dir: &Path, store: &Store) -> anyhow::Result<()> {
+    let path = data_dir.join("state.json");
+    let shown = path.display();
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {shown}")),
+    };
+    let hash = burrow_core::join::hex(&Sha256::digest(&bytes));
+    let (imported, empty) = store.read(|c| {
+        Ok((
+            rows::meta(c, rows::IMPORTED_STATE_JSON)?,
+            rows::is_empty(c)?,
+        ))
+    })?;
+    let db = store.path().display();
+    let counts = match imported {
+        // Imported, but the rename did not happen (a crash in between): finish it.
+        Some(h) if h == hash => None,
+        Some(_) => bail!(
+            "{shown} is not the state.json that was imported into {db}: the database holds the              registry now; move {shown} away"
+        ),
+        None if !empty => bail!(
+            "both {shown} and {db} hold a registry; the database is the one in use: move {shown}              away (or, to start over from the file, move the database and its -wal file away)"
+        ),
+        None => {
+            let mut state: State = serde_json::from_slice(&bytes)
+                .with_context(|| format!("parsing {shown} (fix or move it away)"))?;
+            let now = now();
+            state.revoked_jtis.retain(|_, exp| *exp > now);
+            let counts = (state.nodes.len(), state.join_tokens.len());
+            let diff = Diff::between(&State::default(), &state);
+            store
+                .write(move |tx| {
+                    diff.apply(tx)?;
+                    rows::set_meta(tx, rows::IMPORTED_STATE_JSON, &hash)
+                })
+                .with_context(|| format!("importing {shown} into {db}"))?;
+            Some(counts)
+        }
+    };
+    let kept = kept_name(data_dir);
+    std::fs::rename(&path, &kept)
+        .and_then(|()| std::fs::File::open(data_dir)?.sync_all())
+        .with_context(|| format!("renaming {shown} to {}", kept.display()))?;
+    match counts {
+        Some((nodes, tokens)) => log::info!(
+            "imported {shown} into {db} ({nodes} nodes, {tokens} join tokens); the file is kept as {}",
+            kept.display()
+        ),
+        None => log::info!(
+            "{shown} was imported into {db} before; renamed it to {}",
+            kept.display()
+        ),
+    }
+    Ok(())
+}
+
+/// `state.json.imported`, or `state.json.imported.N` if that is taken (an older import is kept too).
+fn kept_name(data_dir: &Path) -> std::path::PathBuf {
+    let first = data_dir.join("state.json.imported");
+    if !first.exists() {
+        return first;
+    }
+    (1..)
+        .map(|n| data_dir.join(format!("state.json.imported.{n}")))
+        .find(|p| !p.exists())
+        .unwrap_or(first)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Unix seconds now.
@@ -185,20 +337,182 @@ pub fn rfc3339(unix: u64) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn persists_across_reopen_and_refuses_corrupt_state() {
-        let dir = std::env::temp_dir().join(format!("burrow-reg-{}", std::process::id()));
-        burrow_core::atomic_file::private_dir(&dir).unwrap();
-        let reg = Registry::open(&dir).unwrap();
+    fn node(id: &str) -> NodeRecord {
+        NodeRecord {
+            id: id.into(),
+            public_key: format!("ssh-ed25519 AAAA {id}"),
+            fingerprint: format!("SHA256:{id}"),
+            approval: Approval::Approved,
+            hostname: format!("{id}.lan"),
+            capabilities: vec!["gpu".into(), "test".into()],
+            labels: BTreeMap::from([("site".into(), "home".into())]),
+            os: "linux".into(),
+            arch: "aarch64".into(),
+            version: "0.1.0".into(),
+            ports: Some([41000, 41001]),
+            created_at: 1_700_000_000,
+            approved_at: Some(1_700_000_001),
+            pending_until: None,
+            join_token: "jt1".into(),
+        }
+    }
+
+    fn token(id: &str) -> JoinTokenRecord {
+        JoinTokenRecord {
+            id: id.into(),
+            secret_hash: format!("hash-{id}"),
+            enrollment_key: format!("ssh-ed25519 BBBB {id}"),
+            created_at: 1_700_000_000,
+            // A year-10000 expiry from an old state file is kept as it is.
+            expires_at: 1_700_000_000 + 10_000 * 365 * 86400,
+            uses: 3,
+            used: 1,
+            manual: true,
+            revoked: false,
+        }
+    }
+
+    fn sample() -> State {
+        let mut s = State::default();
+        for id in ["pi-1", "pi-2"] {
+            s.nodes.insert(id.into(), node(id));
+        }
+        let mut pending = node("pi-3");
+        pending.approval = Approval::Pending;
+        pending.ports = None;
+        pending.approved_at = None;
+        pending.pending_until = Some(1_700_000_600);
+        s.nodes.insert("pi-3".into(), pending);
+        // Not in id order: the registry keeps the list's order.
+        s.join_tokens = vec![token("zz"), token("aa")];
+        s.revoked_jtis.insert("j1".into(), now() + 600);
+        s
+    }
+
+    fn set(reg: &Registry, to: State) {
         reg.update(|s| {
-            s.revoked_jtis.insert("j1".into(), now() + 60);
+            *s = to;
             Ok::<_, anyhow::Error>(())
         })
         .unwrap();
-        let again = Registry::open(&dir).unwrap();
-        assert!(again.read().revoked_jtis.contains_key("j1"));
-        std::fs::write(dir.join("state.json"), b"{not json").unwrap();
-        assert!(Registry::open(&dir).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn round_trips_through_the_store_and_writes_only_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(dir.path()).unwrap();
+        let mut want = sample();
+        set(&reg, want.clone());
+        assert_eq!(*Registry::open(dir.path()).unwrap().read(), want);
+
+        // Remove one node, change another, drop a token and an expired jti: all of it persists.
+        want.nodes.remove("pi-2");
+        want.nodes
+            .get_mut("pi-1")
+            .unwrap()
+            .labels
+            .insert("rack".into(), "2".into());
+        want.join_tokens.remove(0);
+        want.revoked_jtis.insert("old".into(), 1);
+        set(&reg, want.clone());
+        want.revoked_jtis.remove("old");
+        assert_eq!(*reg.read(), want, "expired jtis are forgotten");
+        assert_eq!(*Registry::open(dir.path()).unwrap().read(), want);
+
+        // An update that changes nothing, or fails, costs no transaction.
+        let commits = reg.store().commits();
+        reg.update(|_| Ok::<_, anyhow::Error>(())).unwrap();
+        let failed: anyhow::Result<()> = reg.update(|s| {
+            s.nodes.clear();
+            Err(anyhow::anyhow!("refused"))
+        });
+        assert!(failed.is_err());
+        assert_eq!(reg.store().commits(), commits);
+    }
+
+    #[test]
+    fn heartbeats_survive_a_restart_and_are_saved_at_most_every_10_s() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(dir.path()).unwrap();
+        set(&reg, sample());
+        let beat = |uptime_s| Heartbeat {
+            version: "9.9.9".into(),
+            metrics: Metrics {
+                uptime_s,
+                ..Metrics::default()
+            },
+            max_jobs: 64,
+            running: 0,
+        };
+        reg.record_heartbeat("pi-1", beat(100));
+        reg.record_heartbeat("pi-1", beat(200));
+        assert_eq!(reg.live("pi-1").metrics.unwrap().uptime_s, 200);
+        // Dropping the registry closes the store, which commits what is queued.
+        drop(reg);
+        let reg = Registry::open(dir.path()).unwrap();
+        let live = reg.live("pi-1");
+        assert!(!live.online);
+        assert!(live.last_seen.unwrap() + 60 > now());
+        assert_eq!(live.agent_version.as_deref(), Some("9.9.9"));
+        assert_eq!(
+            live.metrics.unwrap().uptime_s,
+            100,
+            "the second beat, 0 s later, was not written"
+        );
+        assert_eq!(reg.live("pi-2").last_seen, None);
+    }
+
+    #[test]
+    fn imports_state_json_once_and_keeps_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("state.json");
+        let bytes = serde_json::to_vec_pretty(&sample()).unwrap();
+        std::fs::write(&old, &bytes).unwrap();
+        let reg = Registry::open(dir.path()).unwrap();
+        assert_eq!(*reg.read(), sample());
+        assert!(!old.exists());
+        let kept = dir.path().join("state.json.imported");
+        assert_eq!(std::fs::read(&kept).unwrap(), bytes);
+        drop(reg);
+        assert_eq!(*Registry::open(dir.path()).unwrap().read(), sample());
+
+        // The same file back (a crash before the rename): no second import, renamed again.
+        std::fs::write(&old, &bytes).unwrap();
+        assert_eq!(*Registry::open(dir.path()).unwrap().read(), sample());
+        assert!(!old.exists() && dir.path().join("state.json.imported.1").exists());
+
+        // A different state.json beside the database is refused, and left where it is.
+        std::fs::write(&old, b"{}").unwrap();
+        let err = format!("{:#}", Registry::open(dir.path()).err().unwrap());
+        assert!(
+            err.contains("not the state.json that was imported"),
+            "{err}"
+        );
+        assert!(old.exists());
+    }
+
+    #[test]
+    fn a_corrupt_state_json_is_an_error_and_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("state.json");
+        std::fs::write(&old, b"{not json").unwrap();
+        let err = format!("{:#}", Registry::open(dir.path()).err().unwrap());
+        assert!(
+            err.contains("parsing") && err.contains("state.json"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&old).unwrap(), b"{not json");
+        // Fixed, it imports (the failed attempt left an empty database behind).
+        std::fs::write(&old, serde_json::to_vec(&sample()).unwrap()).unwrap();
+        assert_eq!(*Registry::open(dir.path()).unwrap().read(), sample());
+    }
+
+    #[test]
+    fn a_state_json_beside_a_registry_that_was_never_imported_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        set(&Registry::open(dir.path()).unwrap(), sample());
+        std::fs::write(dir.path().join("state.json"), b"{}").unwrap();
+        let err = format!("{:#}", Registry::open(dir.path()).err().unwrap());
+        assert!(err.contains("both"), "{err}");
     }
 }

@@ -102,7 +102,7 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         false => Some(Arc::new(Supervisor::start(settings.clone())?)),
     };
     let bus = Arc::new(Bus::new(identity, registry.clone()));
-    let store = crate::store::Store::open(&data_dir)?;
+    let store = registry.store().clone();
     let jobs = crate::jobs::Jobs::new(
         bus.clone(),
         registry.clone(),

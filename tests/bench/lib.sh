@@ -55,6 +55,8 @@ UsePAM no
 StrictModes no
 PasswordAuthentication no
 ClientAliveInterval 15
+MaxSessions 100
+MaxStartups 100:30:200
 CFG
   /usr/sbin/sshd -D -e -f "$WORK/sshd/config" 2>"$WORK/sshd.log" & pids+=($!)
   SSH=(ssh -i "$WORK/sshd/user" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR

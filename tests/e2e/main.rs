@@ -15,4 +15,5 @@ mod relay;
 mod revocation;
 mod security;
 mod sshd_access;
+mod store;
 mod util;

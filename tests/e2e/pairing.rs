@@ -339,19 +339,22 @@ fn absurd_ttls_are_refused_with_400() {
     );
 }
 
-/// Regression: a `state.json` already holding a join token that expires in the year 10000+ made
-/// `serve` panic at start; it now starts, and the token still pairs (cut to the one-year bound).
+/// Regression: a registry already holding a join token that expires in the year 10000+ (saved in
+/// `state.json` before TTLs were bounded, now imported into the store) made `serve` panic at start;
+/// it now starts, and the token still pairs (cut to the one-year bound).
 #[test]
-fn state_json_with_a_10000y_join_token_still_serves_and_pairs() {
+fn a_stored_10000y_join_token_still_serves_and_pairs() {
     let gw = Gateway::start();
     let join = gw.join(&[]);
     let gw = gw.restart_after(|data| {
-        let path = data.join("state.json");
-        let mut state: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        let created = state["join_tokens"][0]["created_at"].as_u64().unwrap();
-        state["join_tokens"][0]["expires_at"] = json!(created + 10_000 * 365 * 86400);
-        std::fs::write(&path, state.to_string()).unwrap();
+        let db = rusqlite::Connection::open(data.join("burrow.db")).unwrap();
+        let changed = db
+            .execute(
+                "UPDATE join_tokens SET expires_at = created_at + ?1",
+                [10_000i64 * 365 * 86400],
+            )
+            .unwrap();
+        assert_eq!(changed, 1);
     });
     let _agent = Agent::start(&join, "pi-old-state");
     gw.wait_status("pi-old-state", "online");
