@@ -235,6 +235,9 @@ pub struct Job {
     stdin_tx: Mutex<Option<Sender<Vec<u8>>>>,
     stdin_rx: Mutex<Option<Receiver<Vec<u8>>>>,
     live: Mutex<Live>,
+    /// Held while an event is appended and sent, and while a part's end is decided and sent: events
+    /// reach every subscriber in the order of the log, and `Finished` comes after every `End`.
+    emitting: Mutex<()>,
     changed: Condvar,
     /// Parts running now (for the batch window).
     running: AtomicUsize,
@@ -267,6 +270,7 @@ impl Job {
                 stopped: false,
                 handles: HashMap::new(),
             }),
+            emitting: Mutex::new(()),
             changed: Condvar::new(),
             running: AtomicUsize::new(0),
         }
@@ -324,6 +328,12 @@ impl Job {
     /// Sends `ev` to every subscriber (waiting for the slow ones until `deadline`: that is the
     /// backpressure) and keeps it for replay if `keep`.
     fn emit(&self, ev: Ev, keep: bool, deadline: Instant) {
+        let _order = lock(&self.emitting);
+        self.emit_in_order(ev, keep, deadline);
+    }
+
+    /// [`Job::emit`] for a caller that holds `emitting`.
+    fn emit_in_order(&self, ev: Ev, keep: bool, deadline: Instant) {
         let ev = Arc::new(ev);
         let subs: Vec<(u64, Sender<Arc<Ev>>)> = {
             let mut live = self.live();
@@ -1063,7 +1073,8 @@ impl Jobs {
         exit: Option<ExitStatus>,
         error: Option<Refusal>,
     ) {
-        let r = {
+        let _order = lock(&job.emitting);
+        let (r, last) = {
             let mut live = job.live();
             live.handles.remove(&idx);
             let r = &mut live.results[idx];
@@ -1074,7 +1085,8 @@ impl Jobs {
             r.exit = exit;
             r.error = error.map(|e| (e.kind.code().to_string(), e.message));
             r.ended_at = Some(now());
-            r.clone()
+            let r = r.clone();
+            (r, live.results.iter().all(|r| r.state.is_final()))
         };
         let id = job.meta.id.clone();
         let stored = r.clone();
@@ -1089,15 +1101,15 @@ impl Jobs {
             );
         }
         let far = Instant::now() + Duration::from_secs(30);
-        job.emit(
+        job.emit_in_order(
             Ev::End {
                 result: Box::new(r),
             },
             true,
             far,
         );
-        if job.is_finished() {
-            job.emit(Ev::Finished, true, far);
+        if last {
+            job.emit_in_order(Ev::Finished, true, far);
             lock(&self.sched).active.remove(&job.meta.id);
             job.live().subscribers.clear();
         }
@@ -1245,7 +1257,7 @@ impl Jobs {
     pub fn subscribe(&self, job: &Job) -> Subscription {
         let mut live = job.live();
         let replay = live.log.clone();
-        if live.results.iter().all(|r| r.state.is_final()) {
+        if live.log.last().is_some_and(|e| matches!(**e, Ev::Finished)) {
             return Subscription { replay, live: None };
         }
         let (tx, rx) = bounded(SUBSCRIBER_BACKLOG);
