@@ -230,12 +230,13 @@ terms joined by `,` must all match (`cap:gpu,label:site=home`); `any:<target>` p
 loaded one. The words after TARGET are joined with spaces and run by the node's /bin/sh -c, as ssh
 does, so quote what the local shell must not expand.
 
-Output: one node's stdout and stderr come through unchanged and the exit code is the node's (124:
-timed out, 128+N: killed by signal N, 255: did not run, 130: cancelled by Ctrl-C). With several
-nodes each line is prefixed `[node] `, a summary line goes to stderr, and the exit code is 0 only if
-every node succeeded, else 1. Usage errors exit 2. Piped stdin streams to one node's command, or is
-sent whole (up to 8 MiB) to each of several; -n sends none. Ctrl-C cancels the job and waits for
-its end; a second Ctrl-C stops waiting at once.
+Output: one node's stdout and stderr come through unchanged and the exit code is the node's
+(124: timed out, 128+N: killed by signal N, 130: cancelled by Ctrl-C, 255: it did not run, or the
+gateway could not be asked). With several nodes each line is prefixed `[node] `, a summary line
+goes to stderr, and the exit code is 0 only if every node succeeded, else 1 (255 if the gateway
+could not be asked). Usage errors exit 2. Piped stdin streams to one node's command, or is sent
+whole (up to 8 MiB) to each of several; -n sends none. Ctrl-C cancels the job and waits for its
+end; a second Ctrl-C stops waiting at once.
 
 Example:
   gateway exec pi-1 uname -a

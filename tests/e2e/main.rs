@@ -3,6 +3,8 @@
 
 mod api;
 mod audit;
+mod cli_bus;
+mod cli_contract;
 mod cli_socket;
 mod exec;
 mod hostile_http;

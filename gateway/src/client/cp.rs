@@ -223,18 +223,15 @@ fn download(client: &Client, remote: &Remote, local: &str) -> anyhow::Result<u8>
     let job = response.header("x-burrow-job").unwrap_or("?").to_string();
     let mut body = response.into_reader();
     let what = format!("{}:{}", remote.target, remote.path);
-    let (bytes, sha) = if local == "-" {
+    let got = if local == "-" {
         let mut out = std::io::stdout().lock();
-        let got = copy_hashing(&mut body, &mut out, &what)?;
-        out.flush()?;
-        got
+        copy_hashing(&mut body, &mut out, &what, length)
+            .and_then(|got| out.flush().map(|()| got).map_err(Into::into))
     } else {
         let dest = destination(Path::new(local), remote.path);
-        save(&mut body, &dest, &what)?
+        save(&mut body, &dest, &what, length)
     };
-    if let Some(length) = length.filter(|l| *l != bytes) {
-        bail!("{what}: the transfer stopped after {bytes} of {length} bytes (job {job})");
-    }
+    let (bytes, sha) = got.with_context(|| format!("job {job}"))?;
     let line = format!("{what}: {bytes} bytes, sha256 {sha}");
     if local == "-" {
         eprintln!("{line}");
@@ -253,8 +250,14 @@ fn destination(local: &Path, remote_path: &str) -> PathBuf {
     }
 }
 
-/// Writes `body` to a temp file next to `dest`, syncs it and renames it over `dest`.
-fn save(body: &mut impl Read, dest: &Path, what: &str) -> anyhow::Result<(u64, String)> {
+/// Writes `body` (`length` bytes, if known) to a temp file next to `dest`, syncs it and renames it
+/// over `dest`; on any failure the temp file is removed and `dest` left as it was.
+fn save(
+    body: &mut impl Read,
+    dest: &Path,
+    what: &str,
+    length: Option<u64>,
+) -> anyhow::Result<(u64, String)> {
     let dir = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -273,7 +276,7 @@ fn save(body: &mut impl Read, dest: &Path, what: &str) -> anyhow::Result<(u64, S
         .mode(0o666)
         .open(&temp)
         .with_context(|| format!("creating {}", temp.display()))?;
-    let result = copy_hashing(body, &mut file, what).and_then(|got| {
+    let result = copy_hashing(body, &mut file, what, length).and_then(|got| {
         file.sync_all()
             .with_context(|| format!("syncing {}", temp.display()))?;
         std::fs::rename(&temp, dest)
@@ -286,11 +289,13 @@ fn save(body: &mut impl Read, dest: &Path, what: &str) -> anyhow::Result<(u64, S
     result
 }
 
-/// Copies in pieces, hashing on the way: (bytes, sha256 hex).
+/// Copies in pieces, hashing on the way: (bytes, sha256 hex). Fewer bytes than `length` (a
+/// transfer cut short) is an error.
 fn copy_hashing(
     from: &mut impl Read,
     to: &mut impl Write,
     what: &str,
+    length: Option<u64>,
 ) -> anyhow::Result<(u64, String)> {
     let mut hash = Sha256::new();
     let mut buf = vec![0u8; PIECE];
@@ -305,6 +310,9 @@ fn copy_hashing(
         hash.update(&buf[..n]);
         to.write_all(&buf[..n])?;
         total += n as u64;
+    }
+    if let Some(length) = length.filter(|l| *l != total) {
+        bail!("{what}: the transfer stopped after {total} of {length} bytes");
     }
     Ok((total, hex(&hash.finalize())))
 }

@@ -105,7 +105,7 @@ fn each_node_is_reported_and_checked_against_what_was_sent() {
 fn a_download_lands_whole_or_not_at_all() {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("got");
-    let (bytes, sha) = save(&mut &b"abc"[..], &dest, "pi-1:/x").unwrap();
+    let (bytes, sha) = save(&mut &b"abc"[..], &dest, "pi-1:/x", Some(3)).unwrap();
     assert_eq!((bytes, std::fs::read(&dest).unwrap()), (3, b"abc".to_vec()));
     assert_eq!(
         sha,
@@ -125,8 +125,14 @@ fn a_download_lands_whole_or_not_at_all() {
             Ok(n)
         }
     }
-    let err = save(&mut Cut(PIECE * 2 + 3), &dest, "pi-1:/x").unwrap_err();
+    let err = save(&mut Cut(PIECE * 2 + 3), &dest, "pi-1:/x", None).unwrap_err();
     assert!(format!("{err:#}").contains("receiving pi-1:/x"), "{err:#}");
+    // A body that ends early (Content-Length not reached) is cut too.
+    let err = save(&mut &b"abcd"[..], &dest, "pi-1:/x", Some(10)).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("after 4 of 10 bytes"),
+        "{err:#}"
+    );
     assert_eq!(std::fs::read(&dest).unwrap(), b"abc", "the old file stays");
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(left.len(), 1, "no temp file left: {left:?}");
