@@ -7,6 +7,7 @@ mod cli_bus;
 mod cli_contract;
 mod cli_socket;
 mod exec;
+mod fake_gateway;
 mod hostile_http;
 mod link;
 mod pairing;
