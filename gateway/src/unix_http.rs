@@ -48,7 +48,8 @@ impl Response {
     }
 }
 
-/// Sends one request to the gateway listening on `socket` and reads the response head.
+/// Sends one request to the gateway listening on `socket` and reads the response head. If the
+/// gateway answers before taking the whole body (a refusal) and hangs up, that answer is returned.
 pub fn request(
     socket: &Path,
     method: &str,
@@ -60,10 +61,14 @@ pub fn request(
     let mut all = headers.to_vec();
     all.push(("Content-Length", &length));
     let mut stream = send_head(socket, method, path, &all)?;
-    stream
-        .write_all(body)
-        .with_context(|| format!("sending {method} {path} to the gateway"))?;
-    read_response(BufReader::new(stream))
+    let sent = stream.write_all(body);
+    match (sent, read_response(BufReader::new(stream))) {
+        (_, Ok(response)) => Ok(response),
+        (Err(e), Err(_)) => {
+            Err(e).with_context(|| format!("sending {method} {path} to the gateway"))
+        }
+        (Ok(()), Err(e)) => Err(e),
+    }
 }
 
 /// Connects and sends the request line and headers (plus `Host` and `Connection: close`).
