@@ -569,3 +569,61 @@ fn fake_jobs_commands() {
     assert_eq!(code, 1);
     assert!(err.contains("no job nope"), "{err}");
 }
+
+/// `jobs attach`: Ctrl-C detaches (130) and cancels nothing; a refused exec (no such target) is
+/// 255, like ssh when it cannot reach the host, with the gateway's reason.
+#[test]
+fn fake_attach_detaches_on_ctrl_c_and_refusals_are_255() {
+    let fake = Fake::start(|mut c| {
+        match c.head.route().as_str() {
+        "GET /api/v1/jobs/j1" => c.reply(
+            200,
+            &json!({"job_id": "j1", "state": "running", "results": [{"node": "a", "state": "running"}]}),
+        ),
+        "GET /api/v1/jobs/j1/stream" => {
+            c.start_chunked("application/x-ndjson", "");
+            let e = json!({"event": "stdout", "job_id": "j1", "node": "a", "data": "tick\n"});
+            c.event(&e).unwrap();
+            // Open until the CLI goes away.
+            let raw = c.raw();
+            raw.set_read_timeout(Some(PATIENCE)).unwrap();
+            let _ = raw.read(&mut [0u8; 1]);
+        }
+        "POST /api/v1/exec" => {
+            c.body();
+            c.reply(
+                400,
+                &json!({"error": "no node matches \"glob:nope-*\"", "code": "no_match"}),
+            );
+        }
+        other => panic!("unexpected {other}"),
+    }
+    });
+    let mut child = fake
+        .cli(&["jobs", "attach", "j1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "tick\n", "one node: unprefixed");
+    interrupt(&child);
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("detached; job j1 goes on"), "{err}");
+    assert!(!fake.routes().iter().any(|r| r.contains("cancel")));
+
+    let (_, err, code) = fake.run(&["exec", "glob:nope-*", "true"], None);
+    assert_eq!(code, 255);
+    assert_eq!(err, "gateway: error: no node matches \"glob:nope-*\"\n");
+}
