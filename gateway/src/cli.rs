@@ -60,7 +60,7 @@ pub enum Command {
     /// Jobs (every exec and file transfer is one): list, show, cancel, follow.
     #[command(
         subcommand,
-        after_long_help = "Example:\n  gateway jobs ls --state running\n  gateway jobs attach j-0190c3a1"
+        after_long_help = "Example:\n  gateway jobs ls --state running\n  gateway jobs attach 7e62b9f72bc9d384c809e42f3980d7e3"
     )]
     Jobs(JobsCommand),
     /// Copy a file to nodes or from a node, streamed (any size), checked by SHA-256.
@@ -339,7 +339,9 @@ pub enum JobsCommand {
         json: bool,
     },
     /// Show a job: what ran where, each node's state, exit code and stored output.
-    #[command(after_long_help = "Example:\n  gateway jobs show j-0190c3a1 --json")]
+    #[command(
+        after_long_help = "Example:\n  gateway jobs show 7e62b9f72bc9d384c809e42f3980d7e3 --json"
+    )]
     Show {
         /// The job id.
         id: String,
@@ -348,14 +350,19 @@ pub enum JobsCommand {
         json: bool,
     },
     /// Cancel a job: queued nodes never run it, running ones are killed (process group).
-    #[command(after_long_help = "Example:\n  gateway jobs cancel j-0190c3a1")]
+    #[command(
+        after_long_help = "Example:\n  gateway jobs cancel 7e62b9f72bc9d384c809e42f3980d7e3"
+    )]
     Cancel {
         /// The job id.
         id: String,
     },
-    /// Follow a job's output (replayed from the start, then live) and exit like `gateway exec`;
-    /// Ctrl-C detaches and leaves the job running.
-    #[command(after_long_help = "Example:\n  gateway jobs attach j-0190c3a1")]
+    /// Follow a job's output from its start, then live; prints and exits like `gateway exec`.
+    ///
+    /// Ctrl-C detaches and leaves the job running (`gateway jobs cancel ID` stops it).
+    #[command(
+        after_long_help = "Example:\n  gateway jobs attach 7e62b9f72bc9d384c809e42f3980d7e3"
+    )]
     Attach {
         /// The job id.
         id: String,
