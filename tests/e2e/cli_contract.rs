@@ -627,3 +627,52 @@ fn fake_attach_detaches_on_ctrl_c_and_refusals_are_255() {
     assert_eq!(code, 255);
     assert_eq!(err, "gateway: error: no node matches \"glob:nope-*\"\n");
 }
+
+/// The stdin upload refused with 409 because the command ended first (`yes | gateway exec pi-1
+/// head -1`) is no news, as with ssh; any other refusal is said on stderr.
+#[test]
+fn fake_stdin_refusals_only_speak_when_they_matter() {
+    for (status, quiet) in [(409, true), (500, false)] {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (tx, rx) = (Mutex::new(tx), Mutex::new(rx));
+        let fake = Fake::start(move |mut c| match c.head.route().as_str() {
+            "POST /api/v1/exec" => {
+                c.body();
+                c.reply(
+                    202,
+                    &json!({"job_id": "j1", "state": "queued", "nodes": ["pi-1"]}),
+                );
+            }
+            "PUT /api/v1/jobs/j1/stdin" => {
+                c.body();
+                let e = json!({"error": "the command ended after reading 0 bytes of its input",
+                               "code": "conflict"});
+                c.reply(status, &e);
+                tx.lock().unwrap().send(()).unwrap();
+            }
+            "GET /api/v1/jobs/j1/stream" => {
+                // The stdin answer first, so the CLI has it before the job ends.
+                rx.lock().unwrap().recv_timeout(PATIENCE).unwrap();
+                c.start_chunked("application/x-ndjson", "");
+                for e in [
+                    json!({"event": "job", "job_id": "j1", "nodes": ["pi-1"]}),
+                    json!({"event": "exit", "job_id": "j1", "node": "pi-1", "state": "succeeded",
+                           "exit_code": 0, "signal": null, "timed_out": false, "duration_ms": 1}),
+                    json!({"event": "summary", "job_id": "j1", "state": "succeeded",
+                           "summary": summary(&[("succeeded", 1)])}),
+                ] {
+                    c.event(&e).unwrap();
+                }
+                c.end_chunked();
+            }
+            other => panic!("unexpected {other}"),
+        });
+        let (_, err, code) = fake.run(&["exec", "pi-1", "true"], Some(b"data".to_vec()));
+        assert_eq!(code, 0, "{err}");
+        if quiet {
+            assert_eq!(err, "");
+        } else {
+            assert!(err.contains("gateway: stdin: the command ended"), "{err}");
+        }
+    }
+}

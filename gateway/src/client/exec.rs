@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 use super::interrupt::{CtrlC, Mode};
 use super::render::{Printer, Step, DID_NOT_RUN};
 use super::target::{is_node_id, segment};
-use super::{api_error, exit_code, json_answer, Client, Usage, JSON, NDJSON};
+use super::{api_error, exit_code, json_answer, ApiError, Client, Usage, JSON, NDJSON};
 use crate::cli::{Batch, ExecArgs};
 use crate::unix_http::{Response, Upload};
 
@@ -95,8 +95,14 @@ fn exec(data_dir: &Path, args: ExecArgs) -> anyhow::Result<u8> {
         client.send("POST", "/api/v1/exec", NDJSON, Some(&body))?
     };
     follow(response, &mut printer, Some(&ctrl_c))?;
-    if let Some(Err(e)) = pump.map(StdinPump::finish) {
-        eprintln!("gateway: stdin: {e:#}");
+    match pump.map(StdinPump::finish) {
+        // 409: the command ended before it read all its input, as `yes | … head -1` does; ssh
+        // says nothing then either.
+        Some(Err(e))
+            if e.downcast_ref::<ApiError>()
+                .is_some_and(|a| a.status == 409) => {}
+        Some(Err(e)) => eprintln!("gateway: stdin: {e:#}"),
+        _ => {}
     }
     let code = printer.finish(ctrl_c.cancelled())?;
     if args.json {
@@ -261,13 +267,19 @@ pub(super) fn check(response: Response) -> anyhow::Result<Response> {
 }
 
 /// The thread that sends the CLI's stdin to a job as it comes (`PUT /api/v1/jobs/{id}/stdin`,
-/// chunked; the body's end is the command's EOF). Stopped when the job is over: the pipe's write
-/// end is dropped (wakes its `poll` on stdin) and the connection shut down (wakes a blocked write).
+/// chunked; the body's end is the command's EOF). Stopped when the job is over: dropping the pipe's
+/// write end wakes its `poll` on stdin; if it is busy on the connection instead (the gateway's
+/// answer on its way) it gets [`STDIN_GRACE`] to finish, then the connection is shut down, which
+/// wakes a blocked write or read.
 struct StdinPump {
     stop: Option<OwnedFd>,
     closer: UnixStream,
-    thread: Option<JoinHandle<anyhow::Result<u64>>>,
+    done: std::sync::mpsc::Receiver<anyhow::Result<u64>>,
+    thread: Option<JoinHandle<()>>,
 }
+
+/// How long a stopped stdin pump may take to finish what it is sending or reading.
+const STDIN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl StdinPump {
     fn start(client: &Client, job: &str) -> anyhow::Result<StdinPump> {
@@ -275,43 +287,44 @@ impl StdinPump {
         let upload = client.upload("PUT", &path, None)?;
         let closer = upload.closer().context("sharing the stdin connection")?;
         let (wake, stop) = rustix::pipe::pipe().context("creating the stdin pump's pipe")?;
+        let (tx, done) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("stdin-pump".into())
-            .spawn(move || pump(upload, &wake))
+            .spawn(move || {
+                let _ = tx.send(pump(upload, &wake));
+            })
             .context("starting the stdin thread")?;
         Ok(StdinPump {
             stop: Some(stop),
             closer,
+            done,
             thread: Some(thread),
         })
     }
 
-    /// Stops the pump (if stdin has not ended yet) and says whether stdin got through; an error
-    /// after we stopped it is no news and is not reported.
+    /// Stops the pump (if stdin has not ended yet) and returns how stdin went; a pump cut off
+    /// after its grace reports nothing (the job is over: its input is no news).
     fn finish(mut self) -> anyhow::Result<u64> {
-        let finished = self.thread.as_ref().is_some_and(JoinHandle::is_finished);
-        self.wake();
-        let result = match self.thread.take().map(JoinHandle::join) {
-            Some(Ok(result)) => result,
-            Some(Err(_)) => bail!("the stdin thread panicked"),
-            None => Ok(0),
-        };
-        match result {
-            Err(_) if !finished => Ok(0),
-            other => other,
-        }
-    }
-
-    fn wake(&mut self) {
         self.stop = None;
-        let _ = self.closer.shutdown(std::net::Shutdown::Both);
+        let result = match self.done.recv_timeout(STDIN_GRACE) {
+            Ok(result) => result,
+            Err(_) => {
+                let _ = self.closer.shutdown(std::net::Shutdown::Both);
+                Ok(0)
+            }
+        };
+        if let Some(Err(_)) = self.thread.take().map(JoinHandle::join) {
+            bail!("the stdin thread panicked");
+        }
+        result
     }
 }
 
 impl Drop for StdinPump {
     fn drop(&mut self) {
         if let Some(thread) = self.thread.take() {
-            self.wake();
+            self.stop = None;
+            let _ = self.closer.shutdown(std::net::Shutdown::Both);
             let _ = thread.join();
         }
     }

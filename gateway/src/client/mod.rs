@@ -99,13 +99,32 @@ fn json_answer(response: unix_http::Response) -> anyhow::Result<Value> {
     Ok(value)
 }
 
-/// The API's error answer as an error: its message, else the whole answer.
+/// The API's error answer as an error: its message, else the whole answer. The status stays
+/// readable ([`ApiError`]) for callers that treat some refusals as news to nobody.
 fn api_error(status: u16, answer: &Value) -> anyhow::Error {
-    match answer["error"].as_str() {
-        Some(message) => anyhow::anyhow!("{message}"),
-        None => anyhow::anyhow!("the gateway answered {status}: {answer}"),
+    let message = match answer["error"].as_str() {
+        Some(message) => message.to_string(),
+        None => format!("the gateway answered {status}: {answer}"),
+    };
+    anyhow::Error::new(ApiError { status, message })
+}
+
+/// An error answer of the API (`{"error", "code"}` with a 4xx/5xx status): its status and text.
+#[derive(Debug)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: u16,
+    /// The `error` text, as shown to people.
+    pub message: String,
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
     }
 }
+
+impl std::error::Error for ApiError {}
 
 /// A mistake in how a command was called, found after parsing (a bad `cp` path, stdin too large
 /// for a broadcast): exits 2, like clap's own usage errors.
