@@ -63,6 +63,9 @@ pub(super) fn quiet_broken_pipe(result: anyhow::Result<u8>, failure: u8) -> u8 {
 
 fn exec(data_dir: &Path, args: ExecArgs) -> anyhow::Result<u8> {
     let client = Client::open(data_dir)?;
+    if let Some(hint) = split_shell_hint(&args) {
+        eprintln!("gateway: note: {hint}");
+    }
     let stdin = stdin_plan(&args)?;
     let body = body(&args, &stdin);
     if args.detach {
@@ -156,6 +159,32 @@ pub fn body(args: &ExecArgs, stdin: &Stdin) -> Value {
         put("async", Some(json!(true)));
     }
     Value::Object(body)
+}
+
+/// `gateway exec pi-1 sh -c 'a && b'` runs `sh -c a && b` on the node, as ssh would (the words
+/// are one command line): `sh -c` gets only `a`. Before the command bus the CLI sent argv, where
+/// that form was right, so it deserves a word when a quoted script follows `sh -c`.
+fn split_shell_hint(args: &ExecArgs) -> Option<String> {
+    let [shell, flag, script, ..] = args.args.as_slice() else {
+        return None;
+    };
+    let shells = [
+        "sh",
+        "bash",
+        "dash",
+        "zsh",
+        "/bin/sh",
+        "/bin/bash",
+        "/usr/bin/env",
+    ];
+    let split = !args.argv && shells.contains(&shell.as_str()) && flag == "-c";
+    (split && script.contains(char::is_whitespace)).then(|| {
+        format!(
+            "the words are joined into one shell command line, as with ssh, so `{shell} -c`              runs only {:?}; quote the whole command (gateway exec {} '…') or use --argv",
+            script.split_whitespace().next().unwrap_or(""),
+            args.target
+        )
+    })
 }
 
 /// Decides what to do with stdin, reading it if it goes whole.

@@ -174,3 +174,20 @@ fn follow_reads_events_until_the_summary() {
     let e = follow(response, &mut printer, None).unwrap_err();
     assert_eq!(format!("{e:#}"), "no node matches glob:x*");
 }
+
+#[test]
+fn a_quoted_script_after_sh_c_gets_a_hint() {
+    let hint = |args: &[&str]| split_shell_hint(&parse(args).unwrap());
+    let h = hint(&["pi-1", "--", "sh", "-c", "echo a && exit 7"]).unwrap();
+    assert!(
+        h.contains("runs only \"echo\"") && h.contains("--argv"),
+        "{h}"
+    );
+    assert!(
+        hint(&["pi-1", "sh", "-c", "true"]).is_none(),
+        "one word: nothing lost"
+    );
+    assert!(hint(&["--argv", "pi-1", "sh", "-c", "echo a"]).is_none());
+    assert!(hint(&["pi-1", "echo a && exit 7"]).is_none());
+    assert!(hint(&["pi-1", "uname", "-a"]).is_none());
+}
