@@ -146,7 +146,7 @@ fn fake_exec_refuses_too_much_stdin_for_several_nodes() {
 }
 
 /// The fake's half of a job that runs until it is cancelled: a stream that ends (cancelled, 130)
-/// only after `POST /jobs/j3/cancel`, or never if `end` is false.
+/// only after `POST /jobs/j3/cancel`, or, if `end` is false, never (nor is the cancel answered).
 fn cancellable(end: bool) -> Fake {
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let (tx, rx) = (Mutex::new(tx), Mutex::new(rx));
@@ -181,8 +181,15 @@ fn cancellable(end: bool) -> Fake {
         }
         "POST /api/v1/jobs/j3/cancel" => {
             c.body();
-            c.reply(200, &json!({"job_id": "j3", "state": "cancelled"}));
             tx.lock().unwrap().send(()).unwrap();
+            if end {
+                c.reply(200, &json!({"job_id": "j3", "state": "cancelled"}));
+            } else {
+                // A gateway that never answers the cancel: the second Ctrl-C must still act.
+                let raw = c.raw();
+                raw.set_read_timeout(Some(PATIENCE)).unwrap();
+                let _ = raw.read(&mut [0u8; 1]);
+            }
         }
         other => panic!("unexpected {other}"),
     })
@@ -239,7 +246,8 @@ fn fake_ctrl_c_cancels_the_job_and_waits_for_its_end() {
     );
 }
 
-/// A second Ctrl-C stops waiting at once (the job is the gateway's to finish).
+/// A second Ctrl-C stops waiting at once (the job is the gateway's to finish), even while the
+/// cancel is unanswered.
 #[test]
 fn fake_second_ctrl_c_exits_at_once() {
     let fake = cancellable(false);
@@ -249,8 +257,10 @@ fn fake_second_ctrl_c_exits_at_once() {
     wait_until(Duration::from_secs(20), "the cancel", || {
         fake.routes().contains(&cancel)
     });
+    let second = std::time::Instant::now();
     interrupt(&child);
     let status = child.wait().unwrap();
+    let took = second.elapsed();
     let mut err = String::new();
     child
         .stderr
@@ -260,6 +270,10 @@ fn fake_second_ctrl_c_exits_at_once() {
         .unwrap();
     assert_eq!(status.code(), Some(130), "{err}");
     assert!(err.contains("not waiting for job j3"), "{err}");
+    assert!(
+        took < PATIENCE / 3,
+        "{took:?}: the unanswered cancel held the second Ctrl-C back"
+    );
 }
 
 /// `--async` prints the id; `--json` prints the job's JSON and still exits with the node's code.

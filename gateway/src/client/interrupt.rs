@@ -4,7 +4,8 @@
 //! one exits at once (130) and leaves the job to the gateway. `jobs attach` only detaches.
 //!
 //! A named thread waits for SIGINT (signal-hook's iterator); it is woken for shutdown by closing
-//! the iterator's handle, and joined on drop.
+//! the iterator's handle, and joined on drop. The cancel request goes out on a thread of its own,
+//! so a gateway slow to answer it never keeps the second Ctrl-C from acting.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -32,6 +33,8 @@ struct State {
     job: Option<String>,
     presses: u32,
     cancel_sent: bool,
+    /// The thread sending the cancel, joined on drop.
+    canceller: Option<JoinHandle<()>>,
 }
 
 /// Ctrl-C handling for as long as it lives.
@@ -90,10 +93,11 @@ impl CtrlC {
 impl Drop for CtrlC {
     fn drop(&mut self) {
         self.handle.close();
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                eprintln!("gateway: the Ctrl-C thread panicked");
-            }
+        // The signal thread first: it may still start the canceller.
+        let signals = self.thread.take().map(JoinHandle::join);
+        let canceller = lock(&self.state).canceller.take().map(JoinHandle::join);
+        if matches!(signals, Some(Err(_))) || matches!(canceller, Some(Err(_))) {
+            eprintln!("gateway: a Ctrl-C thread panicked");
         }
     }
 }
@@ -104,7 +108,7 @@ fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn pressed(state: &Mutex<State>, socket: &Path, mode: Mode) {
+fn pressed(state: &Arc<Mutex<State>>, socket: &Path, mode: Mode) {
     let (presses, job) = {
         let mut s = lock(state);
         s.presses += 1;
@@ -136,25 +140,31 @@ fn pressed(state: &Mutex<State>, socket: &Path, mode: Mode) {
     }
 }
 
-/// Sends the cancel (once) and says so.
-fn cancel(state: &Mutex<State>, socket: &Path) {
-    let id = {
-        let mut s = lock(state);
-        if s.cancel_sent {
-            return;
-        }
-        s.cancel_sent = true;
-        s.job.clone().unwrap_or_default()
-    };
+/// Sends the cancel (once, on its own thread) and says so.
+fn cancel(state: &Arc<Mutex<State>>, socket: &Path) {
+    let mut s = lock(state);
+    if s.cancel_sent {
+        return;
+    }
+    s.cancel_sent = true;
+    let id = s.job.clone().unwrap_or_default();
     eprintln!("\ngateway: cancelling job {id} (Ctrl-C again: stop waiting)");
     let client = Client {
         socket: socket.to_path_buf(),
     };
-    let path = format!("/api/v1/jobs/{}/cancel", segment(&id));
-    if let Err(e) = client
-        .send("POST", &path, super::JSON, None)
-        .and_then(json_answer)
-    {
-        eprintln!("gateway: could not cancel job {id}: {e:#}");
+    let spawned = std::thread::Builder::new()
+        .name("cancel".into())
+        .spawn(move || {
+            let path = format!("/api/v1/jobs/{}/cancel", segment(&id));
+            if let Err(e) = client
+                .send("POST", &path, super::JSON, None)
+                .and_then(json_answer)
+            {
+                eprintln!("gateway: could not cancel job {id}: {e:#}");
+            }
+        });
+    match spawned {
+        Ok(thread) => s.canceller = Some(thread),
+        Err(e) => eprintln!("gateway: could not cancel the job: {e}"),
     }
 }
