@@ -107,6 +107,7 @@ fn exec(data_dir: &Path, args: ExecArgs) -> anyhow::Result<u8> {
         Some(Err(e)) => eprintln!("gateway: stdin: {e:#}"),
         _ => {}
     }
+    settle_missing(&client, &mut printer)?;
     let code = printer.finish(ctrl_c.cancelled())?;
     if args.json {
         let id = printer.job_id().context("the gateway named no job")?;
@@ -282,6 +283,32 @@ pub(super) fn follow<O: Write, E: Write>(
             Step::More => {}
         }
     }
+}
+
+/// A stream owes an `exit` or `error` per node; for a node whose never came, the job's stored
+/// result says how it ended (one `GET /api/v1/jobs/{id}`, only then).
+pub(super) fn settle_missing<O: Write, E: Write>(
+    client: &Client,
+    printer: &mut Printer<O, E>,
+) -> anyhow::Result<()> {
+    let missing = printer.missing();
+    let Some(id) = printer.job_id().map(str::to_string) else {
+        return Ok(());
+    };
+    if missing.is_empty() {
+        return Ok(());
+    }
+    log::debug!("the stream of job {id} had no result for {missing:?}: asking for the job");
+    let job = client.call("GET", &format!("/api/v1/jobs/{}", segment(&id)), None)?;
+    for result in job["results"].as_array().into_iter().flatten() {
+        if let Some(node) = result["node"]
+            .as_str()
+            .filter(|n| missing.iter().any(|m| m == n))
+        {
+            printer.settle(node, result)?;
+        }
+    }
+    Ok(())
 }
 
 /// The response if it is not an error answer; else the API's error.

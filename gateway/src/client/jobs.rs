@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use serde_json::Value;
 
-use super::exec::{follow, quiet_broken_pipe};
+use super::exec::{follow, quiet_broken_pipe, settle_missing};
 use super::interrupt::{CtrlC, Mode};
 use super::render::{Outcome, Printer, DID_NOT_RUN};
 use super::target::{query, segment};
@@ -88,6 +88,7 @@ fn attach(data_dir: &Path, id: &str) -> anyhow::Result<u8> {
         &mut printer,
         Some(&ctrl_c),
     )?;
+    settle_missing(&client, &mut printer)?;
     printer.finish(false)
 }
 

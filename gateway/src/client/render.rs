@@ -250,12 +250,9 @@ impl<O: Write, E: Write> Printer<O, E> {
                 self.outcomes.insert(node, outcome);
             }
             "summary" => {
+                // Its line is printed by `finish`, after any node settled late.
                 self.flush_all()?;
-                let summary = event["summary"].clone();
-                if !self.quiet && !self.single() {
-                    writeln!(self.err, "{}", summary_line(&summary))?;
-                }
-                self.summary = Some(summary);
+                self.summary = Some(event["summary"].clone());
                 return Ok(Step::Done);
             }
             // `start` and events of later versions.
@@ -353,11 +350,38 @@ impl<O: Write, E: Write> Printer<O, E> {
         Ok(())
     }
 
-    /// The stream ended: what is left is printed, and the job's exit code comes back (an error if
-    /// the stream ended before the summary).
+    /// Nodes of a finished job whose `exit` or `error` never came (a stream owes one per node):
+    /// their outcome is to be taken from the job's stored results ([`Printer::settle`]).
+    pub fn missing(&self) -> Vec<String> {
+        match (&self.summary, &self.nodes) {
+            (Some(_), Some(nodes)) => nodes
+                .iter()
+                .filter(|n| !self.outcomes.contains_key(*n))
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// A node's outcome from its stored result (same fields as the events), noted as if the
+    /// stream had said it.
+    pub fn settle(&mut self, node: &str, result: &Value) -> std::io::Result<()> {
+        let outcome = Outcome::from_json(result);
+        self.note(node, &outcome)?;
+        self.outcomes.insert(node.to_string(), outcome);
+        Ok(())
+    }
+
+    /// The stream ended: what is left is printed, then the summary line (several nodes), and the
+    /// job's exit code comes back (an error if the stream ended before the summary).
     pub fn finish(&mut self, interrupted: bool) -> anyhow::Result<u8> {
         self.flush_all()?;
         self.out.flush()?;
+        if let Some(summary) = self.summary.as_ref().filter(|s| s.is_object()) {
+            if !self.quiet && !self.single() {
+                writeln!(self.err, "{}", summary_line(summary))?;
+            }
+        }
         if self.summary.is_none() {
             let how = match &self.job_id {
                 Some(id) => format!(

@@ -253,3 +253,44 @@ fn summary_line_names_the_nonzero_states_in_order() {
         "5 succeeded, 1 failed, 1 offline"
     );
 }
+
+/// Seen against the gateway of session 2026-12-02: a live stream that skipped one node's `exit`
+/// (its summary counted it). The node's stored result settles it, and the exit code is right.
+#[test]
+fn a_node_the_stream_skipped_is_settled_from_its_stored_result() {
+    let (mut o, mut e) = (Vec::new(), Vec::new());
+    let code = {
+        let mut p = Printer::new(&mut o, &mut e, false);
+        for ev in [
+            job(&["a", "b", "c"]),
+            ok("b"),
+            summary(&[("succeeded", 2), ("failed", 1)]),
+        ] {
+            p.event(&ev).unwrap();
+        }
+        assert_eq!(p.missing(), ["a", "c"]);
+        p.settle(
+            "a",
+            &json!({"node": "a", "state": "succeeded", "exit_code": 0}),
+        )
+        .unwrap();
+        p.settle(
+            "c",
+            &json!({"node": "c", "state": "failed", "exit_code": 4}),
+        )
+        .unwrap();
+        assert!(p.missing().is_empty());
+        p.finish(false).unwrap()
+    };
+    assert_eq!(code, 1);
+    assert_eq!(
+        String::from_utf8(e).unwrap(),
+        "[c] failed: exit code 4\n2 succeeded, 1 failed\n",
+        "late notes come before the summary line"
+    );
+    // Before the summary nothing is missing yet: the stream may still say it.
+    let (mut o, mut e) = (Vec::new(), Vec::new());
+    let mut p = Printer::new(&mut o, &mut e, false);
+    p.event(&job(&["a"])).unwrap();
+    assert!(p.missing().is_empty());
+}
