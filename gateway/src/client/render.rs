@@ -46,8 +46,11 @@ pub struct Outcome {
     pub state: String,
     /// The command ran (an `exit` event) rather than never starting (an `error` event).
     pub ran: bool,
+    /// The command's exit code, if it exited.
     pub exit_code: Option<i64>,
+    /// The signal that killed it, if one did.
     pub signal: Option<i64>,
+    /// Killed because its time ran out.
     pub timed_out: bool,
     /// Why it did not run or failed, from the gateway.
     pub error: Option<String>,

@@ -17,7 +17,9 @@ pub fn is_node_id(target: &str) -> bool {
 /// One side of `gateway cp` that is on nodes: `TARGET:/abs/path`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Remote<'a> {
+    /// The target, unparsed (the gateway parses it).
     pub target: &'a str,
+    /// The absolute path on the nodes.
     pub path: &'a str,
 }
 
