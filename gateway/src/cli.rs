@@ -54,11 +54,18 @@ pub enum Command {
         after_long_help = "Example:\n  T=$(gateway token create --role operator --ttl 8h)\n  curl -H \"Authorization: Bearer $T\" localhost:18789/api/v1/nodes"
     )]
     Token(TokenCommand),
-    /// Run a command on a node and print its output; exits with the remote exit code.
-    #[command(
-        after_long_help = "Example (the node's name, then the command after --):\n  gateway exec pi-1 -- uname -a\n  gateway exec pi-1 --timeout 600 -- sh -c 'apt-get update && apt-get -y upgrade'"
-    )]
+    /// Run a command on one node or many, like ssh: prints the output, exits with the node's code.
+    #[command(after_long_help = EXEC_HELP)]
     Exec(ExecArgs),
+    /// Jobs (every exec and file transfer is one): list, show, cancel, follow.
+    #[command(
+        subcommand,
+        after_long_help = "Example:\n  gateway jobs ls --state running\n  gateway jobs attach 7e62b9f72bc9d384c809e42f3980d7e3"
+    )]
+    Jobs(JobsCommand),
+    /// Copy a file to nodes or from a node, streamed (any size), checked by SHA-256.
+    #[command(after_long_help = CP_HELP)]
+    Cp(CpArgs),
     /// Write a hardened systemd unit and the config file, then print how to start the service.
     #[command(
         after_long_help = "Example:\n  sudo gateway install --ssh-public vm.example.com:2222\n  gateway install --print config"
@@ -226,20 +233,209 @@ pub enum TokenCommand {
     },
 }
 
+const EXEC_HELP: &str = "\
+TARGET: a node id, a list `pi-1,pi-2`, '*' (every node), `glob:pi-*`, `cap:gpu`, `label:site=home`;
+terms joined by `,` must all match (`cap:gpu,label:site=home`); `any:<target>` picks the least
+loaded one. The words after TARGET are joined with spaces and run by the node's /bin/sh -c, as ssh
+does, so quote what the local shell must not expand.
+
+Output: one node's stdout and stderr come through unchanged and the exit code is the node's
+(124: timed out, 128+N: killed by signal N, 130: cancelled by Ctrl-C, 255: it did not run, or the
+gateway could not be asked). With several nodes each line is prefixed `[node] `, a summary line
+goes to stderr, and the exit code is 0 only if every node succeeded, else 1 (255 if the gateway
+could not be asked). Usage errors exit 2. Piped stdin streams to one node's command, or is sent
+whole (up to 8 MiB) to each of several; -n sends none. Ctrl-C cancels the job and waits for its
+end; a second Ctrl-C stops waiting at once.
+
+Example:
+  gateway exec pi-1 uname -a
+  gateway exec pi-1 'echo $HOME && ls -la'
+  gateway exec 'glob:pi-*' --batch 25% --timeout 10m 'apt-get update && apt-get -y upgrade'
+  echo hi | gateway exec pi-1 cat
+  gateway exec --async --queue-ttl 1h label:site=home reboot";
+
+const CP_HELP: &str = "\
+A remote side is TARGET:/absolute/path: the target ends at the last `:` before the path's leading
+`/`, so `label:site=home:/opt/x` is target `label:site=home`, path `/opt/x`. Uploads go to every
+node of the target; downloads come from one node. `-` is stdin (upload) or stdout (download). A
+remote path ending in `/` gets the local file's name; a local directory gets the remote one's.
+Prints bytes and SHA-256 per node (checked against what was sent); exits 1 if any node failed.
+
+Example:
+  gateway cp ./agent pi-1:/usr/local/bin/agent --mode 0755
+  gateway cp ./agent 'glob:pi-*':/usr/local/bin/agent
+  gateway cp pi-1:/var/log/syslog ./pi-1.syslog
+  tar cz ./site | gateway cp - pi-1:/tmp/site.tgz";
+
+/// `gateway exec`: where, what, and how the job runs (every option maps to a field of
+/// `POST /api/v1/exec`).
 #[derive(Debug, clap::Args)]
 pub struct ExecArgs {
-    /// The node's name.
-    pub node: String,
-    /// Kill the command after this many seconds.
-    #[arg(long, default_value_t = 60)]
-    pub timeout: u64,
-    /// The command and its arguments (after `--`).
-    #[arg(last = true, required = true)]
-    pub argv: Vec<String>,
+    /// Where to run (see below): a node id, a list, '*', glob:, cap:, label:, any:.
+    pub target: String,
+    /// The command: words joined with spaces and run by /bin/sh -c on the node, as with ssh.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    pub args: Vec<String>,
+    /// Run COMMAND as a program and its arguments, without a shell.
+    #[arg(long)]
+    pub argv: bool,
+    /// Print the job's JSON answer (all nodes' results and the summary) instead of the output.
+    #[arg(long)]
+    pub json: bool,
+    /// Run on at most N nodes (or P% of them) at once, a sliding window (Salt's -b).
+    #[arg(long, value_name = "N|P%", value_parser = parse_batch)]
+    pub batch: Option<Batch>,
+    /// The node's FIFO lane: commands in one lane of a node run one at a time, in order
+    /// [default: the gateway's, "default"].
+    #[arg(long, value_name = "NAME")]
+    pub lane: Option<String>,
+    /// Queue the command on offline nodes for this long (e.g. 1h) instead of reporting them offline.
+    #[arg(long, value_name = "DURATION", value_parser = parse_seconds)]
+    pub queue_ttl: Option<u64>,
+    /// Kill the command after this long (e.g. 90s, 10m; a bare number is seconds)
+    /// [default: the gateway's, 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_seconds)]
+    pub timeout: Option<u64>,
+    /// Do not wait: print the job id and exit 0 (follow it with `gateway jobs attach ID`).
+    #[arg(long = "async")]
+    pub detach: bool,
+    /// An environment variable for the command (repeatable).
+    #[arg(long, value_name = "K=V", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// The command's working directory on the node.
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<String>,
+    /// Send no stdin (the command reads EOF), like ssh -n; stdin is a terminal or /dev/null: the same.
+    #[arg(short = 'n', long)]
+    pub no_stdin: bool,
+}
+
+/// `--batch`: a count of nodes or a percentage of the target's nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batch {
+    /// At most this many nodes at once.
+    Count(u32),
+    /// At most this percentage (1–100) of the nodes at once.
+    Percent(u8),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// List jobs, newest first.
+    #[command(
+        after_long_help = "Example:\n  gateway jobs ls --node pi-1 --state failed --limit 20"
+    )]
+    Ls {
+        /// Only jobs that ran (or were to run) on this node.
+        #[arg(long, value_name = "NODE")]
+        node: Option<String>,
+        /// Only jobs in this state (queued, running, succeeded, failed, cancelled, ...).
+        #[arg(long, value_name = "STATE")]
+        state: Option<String>,
+        /// At most this many jobs.
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+        /// Only jobs older than this one (the next page: printed at the end of a full page).
+        #[arg(long, value_name = "ID")]
+        before: Option<String>,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a job: what ran where, each node's state, exit code and stored output.
+    #[command(
+        after_long_help = "Example:\n  gateway jobs show 7e62b9f72bc9d384c809e42f3980d7e3 --json"
+    )]
+    Show {
+        /// The job id.
+        id: String,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a job: queued nodes never run it, running ones are killed (process group).
+    #[command(
+        after_long_help = "Example:\n  gateway jobs cancel 7e62b9f72bc9d384c809e42f3980d7e3"
+    )]
+    Cancel {
+        /// The job id.
+        id: String,
+    },
+    /// Follow a job's output from its start, then live; prints and exits like `gateway exec`.
+    ///
+    /// Ctrl-C detaches and leaves the job running (`gateway jobs cancel ID` stops it).
+    #[command(
+        after_long_help = "Example:\n  gateway jobs attach 7e62b9f72bc9d384c809e42f3980d7e3"
+    )]
+    Attach {
+        /// The job id.
+        id: String,
+    },
+}
+
+/// `gateway cp SOURCE DEST`: one side local (or `-`), the other `TARGET:/path`.
+#[derive(Debug, clap::Args)]
+pub struct CpArgs {
+    /// A local file (`-`: stdin), or NODE:/path to download.
+    pub source: String,
+    /// TARGET:/path to upload to, or a local file or directory (`-`: stdout) for a download.
+    pub dest: String,
+    /// Mode of the uploaded file on the nodes, in octal [default: the local file's mode].
+    #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
+    pub mode: Option<u32>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 30m, 1h, 7d)"))
+}
+
+/// Whole seconds for the API: `90s`, `10m`, `1h`, or a bare number of seconds (the old
+/// `--timeout 600`); a fraction rounds up, zero is refused.
+fn parse_seconds(text: &str) -> Result<u64, String> {
+    let duration = match text.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => parse_duration(text)?,
+    };
+    let seconds = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    if seconds == 0 {
+        return Err("must be at least 1s".into());
+    }
+    Ok(seconds)
+}
+
+fn parse_batch(text: &str) -> Result<Batch, String> {
+    let bad = || format!("{text:?} is not a batch size: give a count (10) or a percentage (25%)");
+    match text.strip_suffix('%') {
+        Some(p) => match p.parse::<u8>() {
+            Ok(p @ 1..=100) => Ok(Batch::Percent(p)),
+            _ => Err(bad()),
+        },
+        None => match text.parse::<u32>() {
+            Ok(n @ 1..) => Ok(Batch::Count(n)),
+            _ => Err(bad()),
+        },
+    }
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("{text:?} is not K=V")),
+    }
+}
+
+/// `0755`, `755` or `0o755`: permission bits (setuid/setgid/sticky included), nothing else.
+fn parse_mode(text: &str) -> Result<u32, String> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o7777 && !digits.is_empty() => Ok(mode),
+        _ => Err(format!("{text:?} is not an octal file mode such as 0755")),
+    }
 }
 
 #[cfg(test)]

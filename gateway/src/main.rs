@@ -53,7 +53,9 @@ fn run(cli: cli::Cli) -> anyhow::Result<u8> {
         Command::Token(TokenCommand::Create { role, ttl, subject }) => {
             client::token(dir, &role, ttl, subject.as_deref())?
         }
-        Command::Exec(args) => return Ok(client::exec(dir, args)?.clamp(0, 255) as u8),
+        Command::Exec(args) => return Ok(client::exec::run(dir, args)),
+        Command::Jobs(c) => return Ok(client::jobs::run(dir, c)),
+        Command::Cp(args) => return Ok(client::cp::run(dir, args)),
         Command::Install(args) => install::run(dir, cli.log, &args)?,
         Command::Audit(cli::AuditCommand::Verify { file }) => {
             let path = file.unwrap_or_else(|| dir.join("audit.log"));

@@ -1,11 +1,17 @@
 //! End-to-end tests: the real `gateway` and `agent` binaries, a real OpenSSH sshd run by the gateway
-//! on 127.0.0.1, real sockets and files in temp dirs. Nothing is mocked.
+//! on 127.0.0.1, real sockets and files in temp dirs. Nothing is mocked, with one addition:
+//! `cli_contract` also runs the real CLI against a fake jobs API (`fake_gateway`) to reach the
+//! corners a real fleet cannot be made to show on demand (an unanswered cancel, a cut download);
+//! `cli_bus` runs the same CLI against the real gateway and agents.
 
 mod api;
 mod audit;
 mod bus;
+mod cli_bus;
+mod cli_contract;
 mod cli_socket;
 mod exec;
+mod fake_gateway;
 mod files;
 mod hostile_http;
 mod link;

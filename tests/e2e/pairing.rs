@@ -56,7 +56,7 @@ fn two_agents_join_one_auto_one_manual_then_both_run_commands() {
     }
 
     // The human CLI prints the output and exits with the remote code.
-    let out = gw.cli(&["exec", "pi-auto", "--", "sh", "-c", "echo via-cli; exit 7"]);
+    let out = gw.cli(&["exec", "pi-auto", "echo via-cli; exit 7"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "via-cli\n");
     assert_eq!(out.status.code(), Some(7));
 

@@ -2,20 +2,34 @@
 //! the data dir (unix_http.rs). No token is sent: the gateway knows the caller by its Unix user
 //! (root or the gateway's own user: run these as that user) and audits the action under that name.
 //! The TCP address in `run.json` is never used, so whoever holds that port learns nothing.
+//!
+//! Here: the client, and the small commands (`join`, `nodes`, `token`). The command bus has a
+//! module per command: `exec.rs` (with `interrupt.rs` for Ctrl-C and `render.rs` for the output),
+//! `jobs.rs`, `cp.rs`; `target.rs` holds the target and path syntax they share.
 
-use std::io::{BufRead, BufReader, Write};
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use serde_json::{json, Value};
 
-use crate::cli::{ExecArgs, JoinCommand, NodesCommand};
+use crate::cli::{JoinCommand, NodesCommand};
 use crate::runinfo;
 use crate::unix_http;
 
-struct Client {
+pub mod cp;
+pub mod exec;
+mod interrupt;
+pub mod jobs;
+mod render;
+mod target;
+
+/// The JSON and NDJSON media types of the API.
+const JSON: &str = "application/json";
+const NDJSON: &str = "application/x-ndjson";
+
+/// The gateway's API, over its socket.
+pub(crate) struct Client {
     socket: PathBuf,
 }
 
@@ -27,35 +41,117 @@ impl Client {
         })
     }
 
+    /// Sends a request with a JSON body (none for GET) and returns the response unread.
     fn send(
         &self,
         method: &str,
         path: &str,
         accept: &str,
-        body: Option<Value>,
+        body: Option<&Value>,
     ) -> anyhow::Result<unix_http::Response> {
         let body = match (method, body) {
             ("GET", _) => Vec::new(),
-            (_, body) => body.unwrap_or(json!({})).to_string().into_bytes(),
+            (_, Some(body)) => body.to_string().into_bytes(),
+            (_, None) => b"{}".to_vec(),
         };
         unix_http::request(
             &self.socket,
             method,
             path,
-            &[("Content-Type", "application/json"), ("Accept", accept)],
+            &[("Content-Type", JSON), ("Accept", accept)],
             &body,
         )
     }
 
+    /// A JSON call: the answer, or the API's error as an error.
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        let response = self.send(method, path, "application/json", body)?;
-        let status = response.status;
-        let text = response.into_string()?;
-        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        if status >= 400 {
-            bail!("{}", value["error"].as_str().unwrap_or(&value.to_string()));
+        json_answer(self.send(method, path, JSON, body.as_ref())?)
+    }
+
+    /// A request whose body is streamed (files, stdin).
+    fn upload(
+        &self,
+        method: &str,
+        path: &str,
+        length: Option<u64>,
+    ) -> anyhow::Result<unix_http::Upload> {
+        unix_http::Upload::start(
+            &self.socket,
+            method,
+            path,
+            &[
+                ("Content-Type", "application/octet-stream"),
+                ("Accept", JSON),
+            ],
+            length,
+        )
+    }
+}
+
+/// A JSON answer, or the API's `{"error", "code"}` as an error.
+fn json_answer(response: unix_http::Response) -> anyhow::Result<Value> {
+    let status = response.status;
+    let text = response.into_string()?;
+    let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    if status >= 400 {
+        return Err(api_error(status, &value));
+    }
+    Ok(value)
+}
+
+/// The API's error answer as an error: its message, else the whole answer. The status stays
+/// readable ([`ApiError`]) for callers that treat some refusals as news to nobody.
+fn api_error(status: u16, answer: &Value) -> anyhow::Error {
+    let message = match answer["error"].as_str() {
+        Some(message) => message.to_string(),
+        None => format!("the gateway answered {status}: {answer}"),
+    };
+    anyhow::Error::new(ApiError { status, message })
+}
+
+/// An error answer of the API (`{"error", "code"}` with a 4xx/5xx status): its status and text.
+#[derive(Debug)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: u16,
+    /// The `error` text, as shown to people.
+    pub message: String,
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// A mistake in how a command was called, found after parsing (a bad `cp` path, stdin too large
+/// for a broadcast): exits 2, like clap's own usage errors.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl fmt::Display for Usage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// Prints a command's error as `main` does and picks the exit code: 2 for a usage error, else
+/// `failure`.
+pub fn exit_code(result: anyhow::Result<u8>, failure: u8) -> u8 {
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gateway: error: {e:#}");
+            if e.downcast_ref::<Usage>().is_some() {
+                2
+            } else {
+                failure
+            }
         }
-        Ok(value)
     }
 }
 
@@ -168,53 +264,4 @@ pub fn nodes(data_dir: &Path, command: NodesCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Streams a command's output and returns the exit code to exit with (like ssh: the remote code,
-/// 128+signal when killed, 124 on timeout, 255 when it could not run).
-pub fn exec(data_dir: &Path, args: ExecArgs) -> anyhow::Result<i32> {
-    let client = Client::open(data_dir)?;
-    let response = client.send(
-        "POST",
-        &format!("/api/v1/nodes/{}/exec", args.node),
-        "application/x-ndjson",
-        Some(json!({"argv": args.argv, "timeout_s": args.timeout})),
-    )?;
-    if response.status >= 400 {
-        let text = response.into_string()?;
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        bail!("{}", v["error"].as_str().unwrap_or(&v.to_string()));
-    }
-    let reader = BufReader::new(response.into_reader());
-    let (mut stdout, mut stderr) = (std::io::stdout().lock(), std::io::stderr());
-    for line in reader.lines() {
-        let event: Value = serde_json::from_str(&line?).context("bad event from the gateway")?;
-        let data = || match event["data_b64"].as_str() {
-            Some(b64) => STANDARD.decode(b64).unwrap_or_default(),
-            None => event["data"].as_str().unwrap_or("").as_bytes().to_vec(),
-        };
-        match event["event"].as_str() {
-            Some("stdout") => {
-                stdout.write_all(&data())?;
-                stdout.flush()?;
-            }
-            Some("stderr") => stderr.write_all(&data())?,
-            Some("exit") => {
-                if event["timed_out"].as_bool() == Some(true) {
-                    eprintln!(
-                        "burrow: command timed out after {}s and was killed",
-                        args.timeout
-                    );
-                    return Ok(124);
-                }
-                if let Some(code) = event["exit_code"].as_i64() {
-                    return Ok(code as i32);
-                }
-                return Ok(128 + event["signal"].as_i64().unwrap_or(0) as i32);
-            }
-            Some("error") => bail!("{}", event["message"].as_str().unwrap_or("unknown error")),
-            _ => {}
-        }
-    }
-    bail!("the gateway closed the stream before the command ended")
 }
