@@ -212,6 +212,20 @@ pub enum NodesCommand {
     /// Remove a node for good: access ends at once, the agent is told and stops, the name is free.
     #[command(after_long_help = "Example:\n  gateway nodes revoke pi-1")]
     Revoke { name: String },
+    /// Set or remove a node's labels (KEY=VALUE sets, KEY= removes) and capabilities. Only
+    /// operators can: a node's own labels are fixed when it is approved. Audited.
+    #[command(
+        after_long_help = "Example:\n  gateway nodes label pi-1 site=home rack=2 old=\n  gateway nodes label pi-1 --capabilities gpio,camera\n  gateway exec label:site=home uptime"
+    )]
+    Label {
+        name: String,
+        /// KEY=VALUE to set, KEY= to remove.
+        #[arg(value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// Replace the capabilities with this comma-separated list ("" for none).
+        #[arg(long, value_name = "LIST")]
+        capabilities: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

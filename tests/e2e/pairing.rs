@@ -551,6 +551,16 @@ fn a_node_cannot_change_its_labels_after_approval_an_operator_can() {
         (status, out["labels"].clone()),
         (200, json!({"site": "vault"}))
     );
+    // The same through the CLI (its Unix user is the actor).
+    let out = gw.cli(&["nodes", "label", "labelled", "zone=1", "site="]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(gw.node("labelled")["labels"], json!({"zone": "1"}));
+    let out = gw.cli(&["nodes", "label", "labelled", "nokey"]);
+    assert!(!out.status.success());
     let viewer = gw.token("viewer");
     let (status, _) = gw.api_as(
         &viewer,
@@ -569,10 +579,10 @@ fn a_node_cannot_change_its_labels_after_approval_an_operator_can() {
     // The audit writer appends in the background: wait for both entries.
     crate::util::wait_until(
         Duration::from_secs(5),
-        "two node.label audit entries",
+        "three node.label audit entries",
         || {
             let audit = std::fs::read_to_string(gw.data().join("audit.log")).unwrap_or_default();
-            audit.matches("\"node.label\"").count() == 2
+            audit.matches("\"node.label\"").count() == 3
         },
     );
 }

@@ -262,6 +262,72 @@ pub fn nodes(data_dir: &Path, command: NodesCommand) -> anyhow::Result<()> {
             client.call("DELETE", &format!("/api/v1/nodes/{name}"), None)?;
             println!("revoked {name}: it must join again to come back");
         }
+        NodesCommand::Label {
+            name,
+            labels,
+            capabilities,
+        } => {
+            let body = label_body(&labels, capabilities.as_deref())?;
+            let n = client.call("PATCH", &format!("/api/v1/nodes/{name}"), Some(body))?;
+            println!(
+                "{name}: labels {}, capabilities {}",
+                n["labels"], n["capabilities"]
+            );
+        }
     }
     Ok(())
+}
+
+/// The body of `PATCH /api/v1/nodes/{id}` from `KEY=VALUE` / `KEY=` words and a capability list.
+fn label_body(labels: &[String], capabilities: Option<&str>) -> anyhow::Result<Value> {
+    let mut map = serde_json::Map::new();
+    for word in labels {
+        let (k, v) = word
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("{word:?}: labels are KEY=VALUE (KEY= removes one)"))?;
+        let value = if v.is_empty() {
+            Value::Null
+        } else {
+            Value::from(v)
+        };
+        map.insert(k.to_string(), value);
+    }
+    let mut body = serde_json::json!({ "labels": map });
+    if let Some(list) = capabilities {
+        let caps: Vec<&str> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        body["capabilities"] = serde_json::json!(caps);
+    }
+    if map_is_empty(&body) && capabilities.is_none() {
+        anyhow::bail!("nothing to change: give KEY=VALUE words and/or --capabilities");
+    }
+    Ok(body)
+}
+
+fn map_is_empty(body: &Value) -> bool {
+    body["labels"].as_object().is_some_and(|m| m.is_empty())
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::*;
+
+    #[test]
+    fn label_words_become_a_patch() {
+        let body = label_body(&["site=home".into(), "old=".into()], Some("gpio, camera")).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"labels": {"site": "home", "old": null},
+                               "capabilities": ["gpio", "camera"]})
+        );
+        assert!(label_body(&["nokey".into()], None).is_err());
+        assert!(label_body(&[], None).is_err());
+        assert_eq!(
+            label_body(&[], Some("")).unwrap()["capabilities"],
+            serde_json::json!([])
+        );
+    }
 }
