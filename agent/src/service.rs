@@ -20,24 +20,34 @@
 //! stalls the gateway's frames (its `Cancel` and `Credit`) is thereby cut within
 //! `dead_after + tick` (50 s by default); the gateway does the same the other way (`Bus::probe`).
 //!
+//! # Requests
+//!
+//! An `Exec` attaches its request to a job of [`crate::jobs`] (a new one, or one that runs or ended
+//! earlier, perhaps on another connection); a file `Open` starts a transfer ([`crate::files`]). The
+//! connection maps request ids to those, hands them `Credit`, `Data`, `Eof`, `Reset` and `Cancel`,
+//! and remembers which job's outcome each finished request delivered until the gateway says `Done`.
+//!
 //! # Threads
 //!
 //! - The caller's thread reads and dispatches frames. It never waits for a command, so `Credit` and
 //!   `Cancel` are handled while commands run.
 //! - `svc-writer` owns the write half and the channel's `Sealer`: every frame goes through it via a
-//!   bounded channel, so frames never interleave and a slow link backpressures the commands producing
+//!   bounded channel, so frames never interleave and a slow link backpressures the requests producing
 //!   output (not the agent's memory).
-//! - `exec-<id>` per request (plus its helpers, see [`crate::exec`]).
+//! - `exec-<id>` per attached request: sends the job's output within the request's credit and its
+//!   last frame; `file-<id>` per transfer. The jobs themselves run on threads of their own
+//!   ([`crate::exec`]), whatever happens to the connection.
 //!
 //! # Shutdown
 //!
 //! When the read side ends (clean close, error, a frame that fails to open, a protocol violation or
-//! the liveness bound), every request is told the connection is lost: its process group is killed and
-//! it sends nothing more. A request thread blocked on the full channel is woken by dropping the
-//! `shutdown` sender, which nothing ever sends on. The request threads are joined, then the last
-//! channel sender is dropped and the writer drains and is joined. The writer itself can only be woken
-//! by its transport: a write blocked on a peer that keeps the connection open but stops reading ends
-//! when the tunnel closes the channel.
+//! the liveness bound), every attached job is detached (it runs on, and keeps its output and outcome
+//! for a later request), every transfer is aborted, and outcomes sent without a `Done` yet are kept
+//! on disk. A request thread blocked on the full channel is woken by dropping the `shutdown` sender,
+//! which nothing ever sends on. The request threads are joined, then the last channel sender is
+//! dropped and the writer drains and is joined. The writer itself can only be woken by its transport:
+//! a write blocked on a peer that keeps the connection open but stops reading ends when the tunnel
+//! closes the channel.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -49,11 +59,13 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use burrow_core::api::Heartbeat;
 use burrow_core::identity::{Identity, PublicKey};
-use burrow_core::protocol::{bye, ExecSpec, Message, Role};
+use burrow_core::protocol::{bye, stream, ExecSpec, Message, Purpose, Role};
 use burrow_core::secure::{handshake, Opener, Sealer};
 use crossbeam_channel::{bounded, select, Receiver, Sender, TryRecvError};
 
-use crate::exec::{self, Control};
+use crate::exec::{Job, Sink};
+use crate::files::{self, Transfer};
+use crate::jobs::Jobs;
 
 /// Frames queued for the writer: at most this many output chunks (32 KiB each) wait in memory.
 const OUTBOX_DEPTH: usize = 64;
@@ -68,8 +80,8 @@ pub struct ServiceContext {
     pub identity: Identity,
     /// The gateway key pinned at join time; any other peer is refused before a command runs.
     pub gateway_key: PublicKey,
-    /// Requests that may run at once on one connection; more are answered with `Failed`.
-    pub max_concurrent: usize,
+    /// The node's jobs, shared by all connections; also holds the concurrency limit.
+    pub jobs: Arc<Jobs>,
     /// When to ping a quiet gateway, when to give up on it, how often to send heartbeats.
     pub liveness: Liveness,
     /// Set when the gateway said `Bye` with [`bye::REVOKED`]: why. The agent then stops for good.
@@ -182,7 +194,7 @@ impl Drop for Slot {
 /// Serves one gateway connection until it closes: runs the handshake as [`Role::Agent`] accepting only
 /// `ctx.gateway_key` within [`HANDSHAKE_TIMEOUT`] (giving `slot` back once it is over), then
 /// dispatches requests. Returns `Ok(())` on clean close, `Err` on handshake or protocol failure (the
-/// caller logs it). All processes started on this connection are killed (process group) when it ends.
+/// caller logs it). Jobs attached to this connection run on when it ends (see the module doc).
 pub fn serve<R, W>(
     mut reader: R,
     mut writer: W,
@@ -226,6 +238,7 @@ where
             shutdown: shutdown_seen,
         },
         requests: Registry::default(),
+        delivered: Delivered::default(),
         threads: Vec::new(),
     };
     let result = connection.read_loop(&mut reader, &mut opener);
@@ -279,7 +292,19 @@ impl<R, W: Write> Write for Duplex<'_, R, W> {
 }
 
 /// Requests in flight, by id; an entry is removed just before the request's last frame is sent.
-type Registry = Arc<Mutex<HashMap<u32, Arc<Control>>>>;
+type Registry = Arc<Mutex<HashMap<u32, Request>>>;
+
+/// Requests whose last frame carried a job's outcome, by id, until the gateway's `Done`.
+type Delivered = Arc<Mutex<HashMap<u32, Arc<Job>>>>;
+
+/// What a request id of this connection stands for.
+#[derive(Clone)]
+enum Request {
+    /// Attached to a job (generation `gen` of its attachments).
+    Exec { job: Arc<Job>, gen: u64 },
+    /// A file transfer.
+    File(Arc<Transfer>),
+}
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -312,6 +337,7 @@ struct Connection {
     ctx: Arc<ServiceContext>,
     outbox: Outbox,
     requests: Registry,
+    delivered: Delivered,
     /// Request threads, joined as they finish and at shutdown.
     threads: Vec<JoinHandle<()>>,
 }
@@ -325,7 +351,11 @@ impl Connection {
         loop {
             if let Some(beat) = &self.ctx.heartbeat {
                 if last_beat.is_none_or(|t| t.elapsed() >= live.heartbeat) {
-                    self.reply(Message::Heartbeat(beat()))?;
+                    let mut heartbeat = beat();
+                    heartbeat.max_jobs =
+                        u32::try_from(self.ctx.jobs.max_running()).unwrap_or(u32::MAX);
+                    heartbeat.running = u32::try_from(self.ctx.jobs.running()).unwrap_or(u32::MAX);
+                    self.reply(Message::Heartbeat(heartbeat))?;
                     last_beat = Some(Instant::now());
                 }
             }
@@ -357,20 +387,56 @@ impl Connection {
             match message {
                 Message::Ping(value) => self.reply(Message::Pong(value))?,
                 Message::Pong(_) => {}
-                Message::Exec { id, job, spec } => {
-                    log::debug!("request {id}: job {job}");
-                    self.start(id, spec)?
-                }
-                // Credit and Cancel may cross the request's last frame on the wire: not an error.
-                Message::Credit { id, stream, bytes } => {
-                    if let Some(control) = lock(&self.requests).get(&id) {
-                        control.add_credit(stream, bytes);
+                Message::Exec { id, job, spec } => self.exec(id, job, spec)?,
+                Message::Open {
+                    id,
+                    stream,
+                    purpose,
+                    params,
+                } => self.open(id, stream, purpose, params)?,
+                // Credit, Data, Cancel… may cross the request's last frame on the wire: not an error.
+                Message::Credit { id, stream, bytes } => match self.request(id) {
+                    Some(Request::Exec { job, gen }) => job.add_credit(gen, stream, bytes),
+                    Some(Request::File(t)) if stream == files::STREAM => t.add_credit(bytes),
+                    _ => {}
+                },
+                Message::Data { id, stream, data } => match self.request(id) {
+                    Some(Request::Exec { job, gen }) if stream == stream::STDIN => job
+                        .stdin_data(gen, &data)
+                        .map_err(|e| anyhow!("protocol error: request {id}: {e}"))?,
+                    Some(Request::File(t)) if stream == files::STREAM => t
+                        .data(data)
+                        .map_err(|e| anyhow!("protocol error: request {id}: {e}"))?,
+                    _ => log::debug!("request {id}: ignoring data on stream {stream}"),
+                },
+                Message::Eof { id, stream } => match self.request(id) {
+                    Some(Request::Exec { job, gen }) if stream == stream::STDIN => {
+                        job.stdin_end(gen, false)
                     }
-                }
-                Message::Cancel { id } => match lock(&self.requests).get(&id) {
-                    Some(control) => control.cancel(),
+                    Some(Request::File(t)) if stream == files::STREAM => t.eof(),
+                    _ => {}
+                },
+                Message::Reset { id, stream, reason } => match self.request(id) {
+                    Some(Request::Exec { job, gen }) if stream == stream::STDIN => {
+                        job.stdin_end(gen, true)
+                    }
+                    Some(Request::File(t)) if stream == files::STREAM => {
+                        t.abort(Some(format!("the gateway reset the transfer: {reason}")))
+                    }
+                    _ => {}
+                },
+                Message::Cancel { id } => match self.request(id) {
+                    Some(Request::Exec { job, .. }) => job.cancel(),
+                    Some(Request::File(t)) => t.abort(Some("cancelled".into())),
                     None => log::debug!("cancel for request {id}, which is not running"),
                 },
+                Message::Done { id } => {
+                    let delivered = lock(&self.delivered).remove(&id);
+                    match delivered {
+                        Some(job) => self.ctx.jobs.forget(&job),
+                        None => log::debug!("done for request {id}, which delivered no outcome"),
+                    }
+                }
                 Message::Bye { code, reason } => {
                     if code == bye::REVOKED {
                         // Logged once, by `run`, which stops the agent.
@@ -380,17 +446,7 @@ impl Connection {
                     }
                     return Ok(());
                 }
-                // Streams of other purposes come with later features: refuse them cleanly.
-                Message::Open { id, stream, .. } => self.reply(Message::Reset {
-                    id,
-                    stream,
-                    reason: "this agent does not serve streams of that purpose".into(),
-                })?,
-                Message::Data { id, .. }
-                | Message::Eof { id, .. }
-                | Message::Reset { id, .. }
-                | Message::Resize { id, .. }
-                | Message::Signal { id, .. } => {
+                Message::Resize { id, .. } | Message::Signal { id, .. } => {
                     log::debug!("request {id}: ignoring {}", message.kind_name())
                 }
                 other => bail!(
@@ -409,39 +465,138 @@ impl Connection {
             .map_err(|_| anyhow!("the gateway connection's writer has stopped"))
     }
 
-    fn start(&mut self, id: u32, spec: ExecSpec) -> anyhow::Result<()> {
-        self.join_finished();
-        let control = Arc::new(Control::new());
-        {
-            let mut requests = lock(&self.requests);
-            let refusal = if id == 0 {
-                Some("request id 0 is reserved".to_string())
-            } else if requests.contains_key(&id) {
-                Some(format!("request {id} is already running"))
-            } else if requests.len() >= self.ctx.max_concurrent {
-                Some(format!(
-                    "too many requests in flight on this connection (at most {})",
-                    self.ctx.max_concurrent
-                ))
-            } else {
-                None
-            };
-            if let Some(message) = refusal {
-                drop(requests);
-                return self.reply(Message::Failed { id, message });
-            }
-            requests.insert(id, Arc::clone(&control));
+    fn request(&self, id: u32) -> Option<Request> {
+        lock(&self.requests).get(&id).cloned()
+    }
+
+    /// Why request `id` cannot start, if it cannot.
+    fn refusal(&self, id: u32) -> Option<String> {
+        if id == 0 {
+            Some("request id 0 is reserved".to_string())
+        } else if lock(&self.requests).contains_key(&id) {
+            Some(format!("request {id} is already running"))
+        } else {
+            None
         }
+    }
+
+    fn sink(&self) -> Sink {
+        let outbox = self.outbox.clone();
+        Arc::new(move |frame| outbox.send(frame))
+    }
+
+    fn exec(&mut self, id: u32, job: String, spec: ExecSpec) -> anyhow::Result<()> {
+        self.join_finished();
+        if let Some(message) = self.refusal(id) {
+            return self.reply(Message::Failed { id, message });
+        }
+        log::debug!("request {id}: job {job}");
+        let (job, gen) = match self.ctx.jobs.exec(id, job, spec, self.sink()) {
+            Ok(attached) => attached,
+            Err(answer) => return self.reply(*answer),
+        };
+        let request = Request::Exec {
+            job: job.clone(),
+            gen,
+        };
+        let jobs = self.ctx.jobs.clone();
+        let delivered = self.delivered.clone();
+        let spawned = self.spawn_request(format!("exec-{id}"), id, request, move |last| {
+            match job.serve_attached(gen, id) {
+                Some(frame) => {
+                    // Before it is sent: the gateway's `Done` may come right after.
+                    if matches!(frame, Message::Exit { .. } | Message::Failed { .. }) {
+                        lock(&delivered).insert(id, job.clone());
+                    }
+                    last(frame);
+                    // Lets go of this connection's outbox (the writer ends when all senders are gone).
+                    job.detach(gen);
+                }
+                None => jobs.detach(&job, gen),
+            }
+        });
+        if let Err((e, request)) = spawned {
+            if let Request::Exec { job, gen } = request {
+                self.ctx.jobs.detach(&job, gen);
+            }
+            return self.reply(Message::Failed {
+                id,
+                message: format!("starting a thread for the request: {e}"),
+            });
+        }
+        Ok(())
+    }
+
+    fn open(
+        &mut self,
+        id: u32,
+        stream: u32,
+        purpose: Purpose,
+        params: String,
+    ) -> anyhow::Result<()> {
+        if purpose != Purpose::File || stream != files::STREAM {
+            // Streams of other purposes come with later features: refuse them cleanly.
+            return self.reply(Message::Reset {
+                id,
+                stream,
+                reason: "this agent does not serve streams of that purpose".into(),
+            });
+        }
+        self.join_finished();
+        if let Some(message) = self.refusal(id) {
+            // Failed would end the request that has this id.
+            return self.reply(Message::Reset {
+                id,
+                stream,
+                reason: message,
+            });
+        }
+        let slot = match self.ctx.jobs.transfer_slot() {
+            Ok(slot) => slot,
+            Err(message) => return self.reply(Message::Failed { id, message }),
+        };
+        let transfer = Arc::new(Transfer::new());
+        let request = Request::File(transfer.clone());
+        let sink = self.sink();
+        let spawned = self.spawn_request(format!("file-{id}"), id, request, move |last| {
+            let frame = files::serve(id, &params, &transfer, &sink);
+            drop(slot);
+            if let Some(frame) = frame {
+                last(frame);
+            }
+        });
+        if let Err((e, _)) = spawned {
+            return self.reply(Message::Failed {
+                id,
+                message: format!("starting a thread for the request: {e}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Registers request `id` and runs `work` on its own thread; the request is forgotten before
+    /// `work` sends its last frame (the gateway may reuse the id as soon as it sees it).
+    fn spawn_request(
+        &mut self,
+        name: String,
+        id: u32,
+        request: Request,
+        work: impl FnOnce(&dyn Fn(Message)) + Send + 'static,
+    ) -> Result<(), (io::Error, Request)> {
+        lock(&self.requests).insert(id, request.clone());
         let outbox = self.outbox.clone();
         let requests = Arc::clone(&self.requests);
         let spawned = thread::Builder::new()
-            .name(format!("exec-{id}"))
+            .name(name)
+            .stack_size(crate::exec::HELPER_STACK)
             .spawn(move || {
-                let registered = Registered { requests, id };
-                let last = exec::run(id, &spec, &control, &|frame| outbox.send(frame));
-                // Forget the id first: the gateway may reuse it as soon as it reads the last frame.
-                drop(registered);
-                outbox.send(last);
+                // Removed from the registry when this thread ends, even if it panics, or earlier:
+                // just before the last frame goes out.
+                let registered = Mutex::new(Some(Registered { requests, id }));
+                work(&|frame| {
+                    drop(lock(&registered).take());
+                    outbox.send(frame);
+                });
             });
         match spawned {
             Ok(thread) => {
@@ -450,10 +605,7 @@ impl Connection {
             }
             Err(e) => {
                 lock(&self.requests).remove(&id);
-                self.reply(Message::Failed {
-                    id,
-                    message: format!("starting a thread for the request: {e}"),
-                })
+                Err((e, request))
             }
         }
     }
@@ -467,10 +619,19 @@ impl Connection {
     }
 
     fn shut_down(&mut self) {
-        for control in lock(&self.requests).values() {
-            control.connection_lost();
+        let requests: Vec<Request> = lock(&self.requests).values().cloned().collect();
+        for request in requests {
+            match request {
+                Request::Exec { job, gen } => self.ctx.jobs.detach(&job, gen),
+                Request::File(transfer) => transfer.abort(None),
+            }
         }
         self.threads.drain(..).for_each(join_request);
+        // Sent, but the gateway never said it stored them: keep them for the next connection.
+        let delivered: Vec<Arc<Job>> = lock(&self.delivered).drain().map(|(_, j)| j).collect();
+        for job in delivered {
+            self.ctx.jobs.undelivered(&job);
+        }
     }
 }
 

@@ -4,9 +4,10 @@
 //! `serve` on the other; [`crate::exec`]'s tests use it too.
 
 use super::*;
+use crate::jobs::{Jobs, Limits};
 use burrow_core::protocol::{stream, write_plain, ExitStatus};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::{Duration, Instant};
 
 pub(crate) struct TestGateway {
@@ -14,6 +15,8 @@ pub(crate) struct TestGateway {
     sealer: Sealer,
     opener: Opener,
     agent: Option<JoinHandle<anyhow::Result<()>>>,
+    /// Keeps the node's data dir while the connection lives.
+    _node: Option<Arc<tempfile::TempDir>>,
 }
 
 /// Everything one request sent.
@@ -34,6 +37,89 @@ impl Outcome {
     }
 }
 
+/// A node (agent data dir and service context) that test gateways connect to; [`TestNode::restart`]
+/// is a new agent process on the same data dir.
+pub(crate) struct TestNode {
+    pub ctx: Arc<ServiceContext>,
+    pub gateway: Identity,
+    pub dir: Arc<tempfile::TempDir>,
+    limits: Limits,
+}
+
+impl TestNode {
+    pub fn new(max_concurrent: usize) -> TestNode {
+        TestNode::with_limits(Limits::new(max_concurrent))
+    }
+
+    pub fn with_limits(limits: Limits) -> TestNode {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let gateway = Identity::generate("gateway");
+        let ctx = context(
+            &gateway.public(),
+            dir.path(),
+            limits,
+            Liveness::default(),
+            None,
+        );
+        TestNode {
+            ctx,
+            gateway,
+            dir,
+            limits,
+        }
+    }
+
+    /// The same data dir served by a fresh agent (what a restart, or a kill -9, leaves on disk).
+    pub fn restart(&self) -> TestNode {
+        TestNode {
+            ctx: context(
+                &self.gateway.public(),
+                self.dir.path(),
+                self.limits,
+                Liveness::default(),
+                None,
+            ),
+            gateway: self.gateway.clone(),
+            dir: self.dir.clone(),
+            limits: self.limits,
+        }
+    }
+
+    pub fn jobs_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("jobs")
+    }
+
+    pub fn connect(&self) -> TestGateway {
+        let (mut stream, agent) = spawn_agent_on(self.ctx.clone());
+        let channel = handshake(&mut stream, &self.gateway, Role::Gateway, |_| true).unwrap();
+        TestGateway {
+            stream,
+            sealer: channel.sealer,
+            opener: channel.opener,
+            agent: Some(agent),
+            _node: Some(self.dir.clone()),
+        }
+    }
+}
+
+fn context(
+    gateway_key: &PublicKey,
+    data: &std::path::Path,
+    limits: Limits,
+    liveness: Liveness,
+    heartbeat: Option<HeartbeatSource>,
+) -> Arc<ServiceContext> {
+    Arc::new(ServiceContext {
+        identity: Identity::generate("node"),
+        gateway_key: *gateway_key,
+        jobs: Arc::new(Jobs::open(data, limits, None).unwrap()),
+        liveness,
+        revoked: Default::default(),
+        heartbeat,
+        last_contact: Mutex::new(Instant::now()),
+    })
+}
+
 /// Starts `serve` on a thread; returns the gateway end and the agent thread.
 fn spawn_agent(
     gateway_key: PublicKey,
@@ -48,16 +134,20 @@ fn spawn_agent_with(
     liveness: Liveness,
     heartbeat: Option<HeartbeatSource>,
 ) -> (UnixStream, JoinHandle<anyhow::Result<()>>) {
-    let (gateway_end, agent_end) = UnixStream::pair().unwrap();
-    let ctx = Arc::new(ServiceContext {
-        identity: Identity::generate("node"),
-        gateway_key,
-        max_concurrent,
+    // Kept for the life of the test process: the agent thread may outlive the caller's scope.
+    let dir = tempfile::tempdir().unwrap().keep();
+    let ctx = context(
+        &gateway_key,
+        &dir,
+        Limits::new(max_concurrent),
         liveness,
-        revoked: Default::default(),
         heartbeat,
-        last_contact: Mutex::new(Instant::now()),
-    });
+    );
+    spawn_agent_on(ctx)
+}
+
+fn spawn_agent_on(ctx: Arc<ServiceContext>) -> (UnixStream, JoinHandle<anyhow::Result<()>>) {
+    let (gateway_end, agent_end) = UnixStream::pair().unwrap();
     let slot = HandshakeSlots::new(1).try_take().unwrap();
     let agent = thread::spawn(move || {
         let reader = agent_end.try_clone().unwrap();
@@ -76,21 +166,18 @@ impl TestGateway {
     }
 
     pub fn start_with(max_concurrent: usize) -> TestGateway {
-        let gateway = Identity::generate("gateway");
-        let (mut stream, agent) = spawn_agent(gateway.public(), max_concurrent);
-        let channel = handshake(&mut stream, &gateway, Role::Gateway, |_| true).unwrap();
-        TestGateway {
-            stream,
-            sealer: channel.sealer,
-            opener: channel.opener,
-            agent: Some(agent),
-        }
+        TestNode::new(max_concurrent).connect()
     }
 
     pub fn send(&mut self, message: &Message) {
         self.sealer
             .write_message(&mut self.stream, message)
             .unwrap();
+    }
+
+    /// Sends unless the agent has hung up.
+    pub fn try_send(&mut self, message: &Message) -> bool {
+        self.sealer.write_message(&mut self.stream, message).is_ok()
     }
 
     /// Seals a raw frame body (one no `Message` encodes to) and sends it.
@@ -123,10 +210,22 @@ impl TestGateway {
         }
     }
 
+    /// Sends `Exec` with a job id of its own.
     pub fn exec(&mut self, id: u32, spec: ExecSpec) {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        self.exec_job(
+            id,
+            &format!("test-job-{}-{n}-{id}", std::process::id()),
+            spec,
+        );
+    }
+
+    /// Sends `Exec` for job id `job`.
+    pub fn exec_job(&mut self, id: u32, job: &str, spec: ExecSpec) {
         self.send(&Message::Exec {
             id,
-            job: format!("test-job-{id}"),
+            job: job.into(),
             spec,
         });
     }
@@ -273,10 +372,17 @@ fn other_gateway_key_is_refused_and_runs_nothing() {
     assert!(!marker.exists());
 }
 
+/// The connection ends; its job runs on detached, up to its own timeout.
 #[test]
-fn garbage_after_handshake_ends_the_connection_and_its_commands() {
+fn garbage_after_handshake_ends_the_connection_not_its_jobs() {
     let mut gateway = TestGateway::start();
-    gateway.exec(1, command("echo $$; sleep 100"));
+    gateway.exec(
+        1,
+        ExecSpec {
+            timeout_s: 2,
+            ..command("echo $$; sleep 100")
+        },
+    );
     let (group, _) = first_number(&mut gateway, 1);
     // A length prefix far beyond MAX_FRAME.
     gateway.send_raw(&[0xff; 16]);
@@ -285,7 +391,11 @@ fn garbage_after_handshake_ends_the_connection_and_its_commands() {
         format!("{err:#}").contains("failed authentication"),
         "{err:#}"
     );
-    assert!(wait_until(Duration::from_secs(5), || live_members(group).is_empty()));
+    assert!(
+        !live_members(group).is_empty(),
+        "killed with its connection"
+    );
+    assert!(wait_until(Duration::from_secs(8), || live_members(group).is_empty()));
 }
 
 #[test]
@@ -316,14 +426,31 @@ fn second_hello_is_a_protocol_error() {
     assert!(format!("{err:#}").contains("unexpected Hello"), "{err:#}");
 }
 
+/// Regression (issue 7): a dropped connection killed its commands; now they run on detached until
+/// their own timeout.
 #[test]
-fn closing_the_connection_kills_its_commands() {
+fn closing_the_connection_detaches_its_jobs_which_run_until_their_timeout() {
     let mut gateway = TestGateway::start();
-    gateway.exec(1, command("echo $$; sleep 100"));
+    gateway.exec(
+        1,
+        ExecSpec {
+            timeout_s: 2,
+            ..command("echo $$; sleep 100")
+        },
+    );
     let (group, _) = first_number(&mut gateway, 1);
-    assert!(!live_members(group).is_empty());
+    let closed = Instant::now();
     gateway.finish().unwrap();
-    assert!(wait_until(Duration::from_secs(5), || live_members(group).is_empty()));
+    assert!(
+        !live_members(group).is_empty(),
+        "killed with its connection"
+    );
+    assert!(wait_until(Duration::from_secs(8), || live_members(group).is_empty()));
+    assert!(
+        closed.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        closed.elapsed()
+    );
 }
 
 #[test]
@@ -389,7 +516,7 @@ fn refusals_are_failed_frames() {
     );
     gateway.exec(2, command("true"));
     assert!(
-        matches!(gateway.recv(), Message::Failed { id: 2, message } if message.contains("too many"))
+        matches!(gateway.recv(), Message::Failed { id: 2, message } if message.contains("too many jobs running"))
     );
     // Credit and Cancel for unknown ids cross finished requests on the wire: ignored.
     gateway.send(&Message::Credit {
@@ -429,8 +556,8 @@ fn relay_one_way(
 }
 
 /// A relay that passes the agent's output but stalls the gateway's frames (its `Cancel`, `Credit`,
-/// `Ping`s) must not keep a command running: the agent drops the connection within its liveness
-/// bound (`dead_after + tick`) and kills the command.
+/// `Ping`s) must not keep the connection up: the agent drops it within its liveness bound
+/// (`dead_after + tick`); the command runs on detached up to its own timeout.
 #[test]
 fn relay_dropping_the_gateways_frames_is_cut_within_the_liveness_bound() {
     let liveness = Liveness {
@@ -457,8 +584,15 @@ fn relay_dropping_the_gateways_frames_is_cut_within_the_liveness_bound() {
         sealer: channel.sealer,
         opener: channel.opener,
         agent: Some(agent),
+        _node: None,
     };
-    g.exec(1, command("echo $$; sleep 100"));
+    g.exec(
+        1,
+        ExecSpec {
+            timeout_s: 3,
+            ..command("echo $$; sleep 100")
+        },
+    );
     let (group, _) = first_number(&mut g, 1);
     stall.store(true, Ordering::Release);
     let stalled = Instant::now();
@@ -473,7 +607,7 @@ fn relay_dropping_the_gateways_frames_is_cut_within_the_liveness_bound() {
         took < liveness.dead_after + liveness.tick + Duration::from_secs(1),
         "cut after {took:?}"
     );
-    assert!(wait_until(Duration::from_secs(5), || live_members(group).is_empty()));
+    assert!(wait_until(Duration::from_secs(8), || live_members(group).is_empty()));
     drop(g);
     to_agent.join().unwrap();
     to_gateway.join().unwrap();
@@ -558,15 +692,22 @@ fn heartbeats_go_out_on_the_connection_at_once_and_then_periodically() {
         sealer: channel.sealer,
         opener: channel.opener,
         agent: Some(agent),
+        _node: None,
     };
     let connected = Instant::now();
-    assert_eq!(g.recv(), Message::Heartbeat(beat()));
+    // The service fills in the concurrency limit and what runs.
+    let expected = Message::Heartbeat(burrow_core::api::Heartbeat {
+        max_jobs: 8,
+        running: 0,
+        ..beat()
+    });
+    assert_eq!(g.recv(), expected);
     assert!(
         connected.elapsed() < Duration::from_millis(250),
         "{:?}",
         connected.elapsed()
     );
-    assert_eq!(g.recv(), Message::Heartbeat(beat()));
+    assert_eq!(g.recv(), expected);
     let second = connected.elapsed();
     assert!(second >= Duration::from_millis(300), "{second:?}");
     g.finish().unwrap();
