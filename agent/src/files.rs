@@ -23,7 +23,8 @@ use std::time::Instant;
 
 use burrow_core::protocol::{stream, ExitStatus, FileParams, Message, INITIAL_WINDOW, MAX_CHUNK};
 
-use crate::exec::{describe, Sink};
+use crate::exec::describe;
+use crate::job::Sink;
 
 /// The stream a transfer's bytes travel on.
 pub const STREAM: u32 = stream::FIRST_OPENED;

@@ -48,7 +48,8 @@ use burrow_core::protocol::{unknown, ExecSpec, ExitStatus, Message};
 use serde::{Deserialize, Serialize};
 
 use crate::cgroup::Cgroups;
-use crate::exec::{self, Ending, Job, Pending, Sink};
+use crate::exec;
+use crate::job::{Ending, Job, Pending, Sink};
 use ledger::{Ledger, Seen};
 
 /// How much the table remembers.

@@ -9,6 +9,7 @@ mod exec;
 mod files;
 mod gateway_api;
 mod install;
+mod job;
 mod jobs;
 mod metrics;
 mod pairing;

@@ -210,7 +210,7 @@ fn detached_output_is_bounded_and_never_blocks_the_command() {
         }
     };
     assert_eq!(status.exit_code, Some(0));
-    assert!(got <= crate::exec::DETACHED_KEEP + 64 * 1024, "{got} kept");
+    assert!(got <= crate::job::DETACHED_KEEP + 64 * 1024, "{got} kept");
     assert!(got > 0 && dropped > 0, "kept {got}, dropped {dropped}");
 }
 

@@ -5,7 +5,7 @@
 
 use super::*;
 use crate::jobs::{Jobs, Limits};
-use burrow_core::protocol::{stream, write_plain, ExitStatus};
+use burrow_core::protocol::{stream, write_plain, ExecSpec, ExitStatus};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::{Duration, Instant};
