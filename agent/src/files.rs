@@ -264,7 +264,13 @@ impl Drop for TempFile {
 fn get(id: u32, params: &FileParams, transfer: &Transfer, sink: &Sink) -> Outcome {
     let path = checked_path(&params.path)?;
     let shown = &params.path;
-    let mut file = match File::open(path) {
+    // Non-blocking open: a FIFO at the path must not pin this thread until a writer comes (reads of
+    // a regular file ignore the flag).
+    let opened = OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path);
+    let mut file = match opened {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(Some(format!("{shown} not found")))

@@ -53,6 +53,17 @@ impl Ending {
     }
 }
 
+/// How [`Job::serve_attached`] ended.
+#[derive(Debug)]
+pub enum Served {
+    /// The job's outcome (`Exit` or `Failed`): the request's last frame, kept until `Done`.
+    Outcome(Message),
+    /// A newer request took the job over: this request's last frame says so (not the outcome).
+    Superseded(Message),
+    /// The connection is gone: the caller detaches the job.
+    Gone,
+}
+
 /// One stream's output not yet sent, and what was dropped while detached.
 #[derive(Debug, Default)]
 pub struct Pending {
@@ -291,10 +302,8 @@ impl Job {
     }
 
     /// Serves the request of generation `gen` (request id `request`): sends the kept and live output
-    /// within its credit, and returns its last frame once the job has ended and all output went out.
-    /// `None`: the connection is gone (the caller detaches the job); a newer request took the job
-    /// over: a `Failed` saying so.
-    pub fn serve_attached(&self, gen: u64, request: u32) -> Option<Message> {
+    /// within its credit until the job has ended and all output went out.
+    pub fn serve_attached(&self, gen: u64, request: u32) -> Served {
         let mut state = self.lock();
         loop {
             let JobState {
@@ -306,7 +315,7 @@ impl Job {
             let attachment = match attach {
                 Some(a) if a.gen == gen => a,
                 Some(_) => {
-                    return Some(Message::Failed {
+                    return Served::Superseded(Message::Failed {
                         id: request,
                         message: format!(
                             "job {} was attached to a newer request; this one ends here",
@@ -314,7 +323,7 @@ impl Job {
                         ),
                     })
                 }
-                None => return None,
+                None => return Served::Gone,
             };
             let mut frame = None;
             for (i, pending) in out.iter_mut().enumerate() {
@@ -341,14 +350,14 @@ impl Job {
                 // A reader may be waiting for room in the buffer.
                 self.changed.notify_all();
                 if !sink(frame) {
-                    return None;
+                    return Served::Gone;
                 }
                 state = self.lock();
                 continue;
             }
             if let Some(ending) = ending {
                 if out.iter().all(|p| p.data.is_empty()) {
-                    return Some(ending.message(request));
+                    return Served::Outcome(ending.message(request));
                 }
             }
             state = self

@@ -294,6 +294,15 @@ fn get_of_a_missing_file_or_a_directory_fails_with_the_reason() {
     assert!(missing.unwrap_err().ends_with("nope not found"));
     let (_, _, directory) = get(&mut gateway, 2, get_params(dir.path()));
     assert!(directory.unwrap_err().ends_with("is a directory"));
+    // A FIFO nobody writes to: refused at once, not a transfer hanging on open.
+    let fifo = dir.path().join("fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let (_, _, special) = get(&mut gateway, 3, get_params(&fifo));
+    assert!(special.unwrap_err().ends_with("is not a regular file"));
 }
 
 /// A get sends no more than the credit the gateway granted.

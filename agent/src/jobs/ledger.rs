@@ -21,6 +21,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 
@@ -49,9 +50,9 @@ impl Seen {
 pub struct Ledger {
     path: PathBuf,
     file: File,
-    /// Oldest first.
-    order: VecDeque<String>,
-    seen: HashMap<String, Seen>,
+    /// Oldest first; each id is stored once, shared with `seen` (4096 ids on a Pi's memory).
+    order: VecDeque<Arc<str>>,
+    seen: HashMap<Arc<str>, Seen>,
     /// Lines in the file.
     lines: usize,
     cap: usize,
@@ -140,16 +141,19 @@ impl Ledger {
     }
 
     fn note(&mut self, job: &str, seen: Seen, pinned: &dyn Fn(&str) -> bool) {
-        if self.seen.insert(job.to_string(), seen).is_none() {
-            self.order.push_back(job.to_string());
+        match self.seen.get_mut(job) {
+            Some(known) => *known = seen,
+            None => {
+                let id: Arc<str> = Arc::from(job);
+                self.seen.insert(id.clone(), seen);
+                self.order.push_back(id);
+            }
         }
         while self.order.len() > self.cap {
             // Never forget a job that runs now: a crash would then let it run again.
-            let Some(at) = self
-                .order
-                .iter()
-                .position(|j| self.seen.get(j) != Some(&Seen::Accepted) && j != job && !pinned(j))
-            else {
+            let Some(at) = self.order.iter().position(|j| {
+                self.seen.get(j) != Some(&Seen::Accepted) && &**j != job && !pinned(j)
+            }) else {
                 break;
             };
             if let Some(old) = self.order.remove(at) {
@@ -180,7 +184,7 @@ impl Ledger {
     fn compact(&mut self) -> anyhow::Result<()> {
         let mut text = String::new();
         for job in &self.order {
-            if let Some(seen) = self.seen.get(job) {
+            if let Some(seen) = self.seen.get(&**job) {
                 text.push(seen.tag());
                 text.push(' ');
                 text.push_str(job);

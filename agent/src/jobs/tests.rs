@@ -179,6 +179,31 @@ fn reattaching_to_a_running_job_gets_the_detached_output_then_live_output() {
     assert_eq!(rest.exit().exit_code, Some(0));
 }
 
+/// A second request for a running job takes it over: the first ends with `Failed` (not the job's
+/// outcome, so a `Done` for it forgets nothing); the second gets the output and the `Exit`.
+#[test]
+fn newer_request_supersedes_the_older_and_its_done_forgets_nothing() {
+    let node = TestNode::new(8);
+    let go = node.dir.path().join("go");
+    let spec = command(&format!(
+        "echo $$; while [ ! -e {} ]; do sleep 0.02; done; echo x",
+        go.display()
+    ));
+    let mut gateway = node.connect();
+    gateway.exec_job(1, "taken", spec.clone());
+    first_number(&mut gateway, 1);
+    gateway.exec_job(2, "taken", spec.clone());
+    assert!(
+        matches!(gateway.recv(), Message::Failed { id: 1, message } if message.contains("newer request"))
+    );
+    gateway.send(&Message::Done { id: 1 });
+    std::fs::write(&go, "").unwrap();
+    let outcome = gateway.collect(2);
+    assert_eq!(outcome.stdout, b"x\n");
+    gateway.exec_job(3, "taken", spec);
+    assert_eq!(gateway.collect(3).exit().exit_code, Some(0));
+}
+
 /// Output of a detached job beyond the kept head is counted and dropped; the command is not blocked.
 #[test]
 fn detached_output_is_bounded_and_never_blocks_the_command() {
@@ -271,17 +296,40 @@ fn cancel_kills_background_grandchildren() {
     );
 }
 
-/// The heartbeat says how many jobs the node runs at most and how many run now.
+/// The heartbeat says how many jobs the node runs at most (at once, right after the handshake) and
+/// how many run now.
 #[test]
 fn heartbeat_carries_max_jobs_and_running() {
-    let node = TestNode::new(3);
+    let node = TestNode::with_heartbeats(3, Duration::from_millis(100));
+    let connected = Instant::now();
     let mut gateway = node.connect();
-    gateway.exec(1, command("echo $$; sleep 100"));
-    first_number(&mut gateway, 1);
-    assert_eq!(node.ctx.jobs.running(), 1);
-    assert_eq!(node.ctx.jobs.max_running(), 3);
+    match gateway.recv() {
+        Message::Heartbeat(beat) => assert_eq!((beat.max_jobs, beat.running), (3, 0)),
+        other => panic!("expected the first heartbeat, got {other:?}"),
+    }
+    assert!(connected.elapsed() < Duration::from_secs(1));
+    gateway.exec(1, command("sleep 100"));
+    let started = Instant::now();
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never running 1"
+        );
+        if let Message::Heartbeat(beat) = gateway.recv() {
+            assert_eq!(beat.max_jobs, 3);
+            if beat.running == 1 {
+                break;
+            }
+        }
+    }
     gateway.send(&Message::Cancel { id: 1 });
-    gateway.collect(1);
+    loop {
+        match gateway.recv() {
+            Message::Exit { id: 1, status } => break assert_eq!(status.signal, Some(9)),
+            Message::Heartbeat(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
     assert_eq!(node.ctx.jobs.running(), 0);
 }
 

@@ -10,7 +10,7 @@ use burrow_core::protocol::{ExecSpec, Message, Purpose};
 
 use super::{lock, Connection};
 use crate::files::{self, Transfer};
-use crate::job::{Job, Sink};
+use crate::job::{Job, Served, Sink};
 
 /// Requests in flight, by id; an entry is removed just before the request's last frame is sent.
 pub(crate) type Registry = Arc<Mutex<HashMap<u32, Request>>>;
@@ -66,16 +66,15 @@ impl Connection {
         let delivered = self.delivered.clone();
         let spawned = self.spawn_request(format!("exec-{id}"), id, request, move |last| {
             match job.serve_attached(gen, id) {
-                Some(frame) => {
+                Served::Outcome(frame) => {
                     // Before it is sent: the gateway's `Done` may come right after.
-                    if matches!(frame, Message::Exit { .. } | Message::Failed { .. }) {
-                        lock(&delivered).insert(id, job.clone());
-                    }
+                    lock(&delivered).insert(id, job.clone());
                     last(frame);
                     // Lets go of this connection's outbox (the writer ends when all senders are gone).
                     job.detach(gen);
                 }
-                None => jobs.detach(&job, gen),
+                Served::Superseded(frame) => last(frame),
+                Served::Gone => jobs.detach(&job, gen),
             }
         });
         if let Err((e, request)) = spawned {

@@ -69,6 +69,27 @@ impl TestNode {
         }
     }
 
+    /// A node whose connections send a heartbeat at once and then every `every`.
+    pub fn with_heartbeats(max_concurrent: usize, every: Duration) -> TestNode {
+        let node = TestNode::new(max_concurrent);
+        let liveness = Liveness {
+            tick: Duration::from_millis(20),
+            heartbeat: every,
+            ..Liveness::default()
+        };
+        let beat: HeartbeatSource = Box::new(burrow_core::api::Heartbeat::default);
+        TestNode {
+            ctx: context(
+                &node.gateway.public(),
+                node.dir.path(),
+                node.limits,
+                liveness,
+                Some(beat),
+            ),
+            ..node
+        }
+    }
+
     /// The same data dir served by a fresh agent (what a restart, or a kill -9, leaves on disk).
     pub fn restart(&self) -> TestNode {
         TestNode {
@@ -121,10 +142,14 @@ fn context(
 }
 
 /// Starts `serve` on a thread; returns the gateway end and the agent thread.
-fn spawn_agent(
-    gateway_key: PublicKey,
-    max_concurrent: usize,
-) -> (UnixStream, JoinHandle<anyhow::Result<()>>) {
+/// The gateway end, the agent thread, and the node's data dir (removed when the last holder drops it).
+type Spawned = (
+    UnixStream,
+    JoinHandle<anyhow::Result<()>>,
+    Arc<tempfile::TempDir>,
+);
+
+fn spawn_agent(gateway_key: PublicKey, max_concurrent: usize) -> Spawned {
     spawn_agent_with(gateway_key, max_concurrent, Liveness::default(), None)
 }
 
@@ -133,17 +158,17 @@ fn spawn_agent_with(
     max_concurrent: usize,
     liveness: Liveness,
     heartbeat: Option<HeartbeatSource>,
-) -> (UnixStream, JoinHandle<anyhow::Result<()>>) {
-    // Kept for the life of the test process: the agent thread may outlive the caller's scope.
-    let dir = tempfile::tempdir().unwrap().keep();
+) -> Spawned {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
     let ctx = context(
         &gateway_key,
-        &dir,
+        dir.path(),
         Limits::new(max_concurrent),
         liveness,
         heartbeat,
     );
-    spawn_agent_on(ctx)
+    let (stream, agent) = spawn_agent_on(ctx);
+    (stream, agent, dir)
 }
 
 fn spawn_agent_on(ctx: Arc<ServiceContext>) -> (UnixStream, JoinHandle<anyhow::Result<()>>) {
@@ -355,7 +380,7 @@ fn other_gateway_key_is_refused_and_runs_nothing() {
         std::process::id(),
         Instant::now()
     ));
-    let (mut stream, agent) = spawn_agent(Identity::generate("pinned").public(), 8);
+    let (mut stream, agent, _dir) = spawn_agent(Identity::generate("pinned").public(), 8);
     let impostor = Identity::generate("impostor");
     assert!(handshake(&mut stream, &impostor, Role::Gateway, |_| true).is_err());
     // Whatever it sends next must not run.
@@ -567,7 +592,7 @@ fn relay_dropping_the_gateways_frames_is_cut_within_the_liveness_bound() {
         heartbeat: Duration::from_secs(30),
     };
     let gateway = Identity::generate("gateway");
-    let (agent_side, agent) = spawn_agent_with(gateway.public(), 8, liveness, None);
+    let (agent_side, agent, dir) = spawn_agent_with(gateway.public(), 8, liveness, None);
     let (mut gw, relay_side) = UnixStream::pair().unwrap();
     gw.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let stall = Arc::new(AtomicBool::new(false));
@@ -584,7 +609,7 @@ fn relay_dropping_the_gateways_frames_is_cut_within_the_liveness_bound() {
         sealer: channel.sealer,
         opener: channel.opener,
         agent: Some(agent),
-        _node: None,
+        _node: Some(dir),
     };
     g.exec(
         1,
@@ -617,8 +642,9 @@ fn relay_dropping_the_gateways_frames_is_cut_within_the_liveness_bound() {
 /// `HANDSHAKE_TIMEOUT`, so they cannot hold a thread (and a slot) forever.
 #[test]
 fn unfinished_handshake_is_dropped_after_the_timeout() {
-    let (silent, silent_agent) = spawn_agent(Identity::generate("gateway").public(), 8);
-    let (mut trickle, trickle_agent) = spawn_agent(Identity::generate("gateway").public(), 8);
+    let (silent, silent_agent, _dir1) = spawn_agent(Identity::generate("gateway").public(), 8);
+    let (mut trickle, trickle_agent, _dir2) =
+        spawn_agent(Identity::generate("gateway").public(), 8);
     let started = Instant::now();
     let trickler = thread::spawn(move || {
         // One byte of a Hello every 200 ms: each read is quick, the whole never completes in time.
@@ -685,14 +711,15 @@ fn heartbeats_go_out_on_the_connection_at_once_and_then_periodically() {
         ..Default::default()
     };
     let gateway = Identity::generate("gateway");
-    let (mut stream, agent) = spawn_agent_with(gateway.public(), 8, liveness, Some(Box::new(beat)));
+    let (mut stream, agent, dir) =
+        spawn_agent_with(gateway.public(), 8, liveness, Some(Box::new(beat)));
     let channel = handshake(&mut stream, &gateway, Role::Gateway, |_| true).unwrap();
     let mut g = TestGateway {
         stream,
         sealer: channel.sealer,
         opener: channel.opener,
         agent: Some(agent),
-        _node: None,
+        _node: Some(dir),
     };
     let connected = Instant::now();
     // The service fills in the concurrency limit and what runs.
