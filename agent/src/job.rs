@@ -287,6 +287,11 @@ impl Job {
         });
     }
 
+    /// Waits until the job has ended or `deadline` passes; whether it ended.
+    pub fn wait_ended(&self, deadline: Instant) -> bool {
+        self.wait_for(Some(deadline), |s| s.ending.is_some()).1
+    }
+
     /// Whether the command is still running.
     pub fn is_running(&self) -> bool {
         self.lock().ending.is_none()

@@ -290,6 +290,27 @@ impl Jobs {
         self.drop_outcome(job);
     }
 
+    /// Cancels every running job and waits up to `grace` for them to end; returns how many there were.
+    pub fn cancel_all(&self, grace: std::time::Duration) -> usize {
+        let running: Vec<Arc<Job>> = self
+            .lock()
+            .jobs
+            .values()
+            .filter(|j| j.is_running())
+            .cloned()
+            .collect();
+        let deadline = std::time::Instant::now() + grace;
+        for job in &running {
+            job.cancel();
+        }
+        for job in &running {
+            if !job.wait_ended(deadline) {
+                log::warn!("job {}: still running {grace:?} after its cancel", job.id);
+            }
+        }
+        running.len()
+    }
+
     /// Takes a slot of the concurrency limit for a file transfer, or says why not.
     pub fn transfer_slot(self: &Arc<Self>) -> Result<TransferSlot, String> {
         let mut table = self.lock();

@@ -40,6 +40,9 @@
 //!
 //! # Shutdown
 //!
+//! A `Bye` saying the node was revoked or rejected cancels every running job first: nobody may
+//! collect them any more. Any other end of the connection leaves them running.
+//!
 //! When the read side ends (clean close, error, a frame that fails to open, a protocol violation or
 //! the liveness bound), every attached job is detached (it runs on, and keeps its output and outcome
 //! for a later request), every transfer is aborted, and outcomes sent without a `Done` yet are kept
@@ -71,6 +74,9 @@ const OUTBOX_DEPTH: usize = 64;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections allowed in their handshake at once; the accept loop closes extra ones at once.
 pub const MAX_UNAUTHENTICATED: usize = 8;
+/// After `Bye` revoked or rejected, how long the cancelled jobs get to end before the connection
+/// goes on closing (a revoked agent exits next and must not leave them running).
+const CUT_OFF_GRACE: Duration = Duration::from_secs(3);
 
 /// What every connection needs to know.
 pub struct ServiceContext {
@@ -423,6 +429,20 @@ impl Connection {
                     }
                 }
                 Message::Bye { code, reason } => {
+                    if code == bye::REVOKED || code == bye::REJECTED {
+                        // Cut off: nobody may collect these jobs, so they must not run on.
+                        let stopped = self.ctx.jobs.cancel_all(CUT_OFF_GRACE);
+                        if stopped > 0 {
+                            log::warn!(
+                                "cancelled {stopped} running job(s): the gateway {} this node",
+                                if code == bye::REVOKED {
+                                    "revoked"
+                                } else {
+                                    "rejected"
+                                }
+                            );
+                        }
+                    }
                     if code == bye::REVOKED {
                         // Logged once, by `run`, which stops the agent.
                         *lock(&self.ctx.revoked) = Some(reason);

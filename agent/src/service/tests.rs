@@ -694,6 +694,35 @@ fn bye_ends_the_connection() {
     agent.join().unwrap().unwrap();
 }
 
+/// Revoked or rejected, the node is cut off: its running jobs are killed before the connection ends
+/// (a shutdown `Bye` leaves them running: the gateway comes back for them).
+#[test]
+fn bye_revoked_or_rejected_cancels_running_jobs_and_shutdown_does_not() {
+    for code in [bye::REVOKED, bye::REJECTED, bye::SHUTDOWN] {
+        let mut gateway = TestGateway::start();
+        gateway.exec(
+            1,
+            ExecSpec {
+                timeout_s: 3,
+                ..command("echo $$; sleep 100")
+            },
+        );
+        let (group, _) = first_number(&mut gateway, 1);
+        gateway.send(&Message::Bye {
+            code: code.into(),
+            reason: "test".into(),
+        });
+        let agent = gateway.agent.take().unwrap();
+        agent.join().unwrap().unwrap();
+        if code == bye::SHUTDOWN {
+            assert!(!live_members(group).is_empty(), "{code}: killed");
+        } else {
+            assert!(live_members(group).is_empty(), "{code}: still running");
+        }
+        assert!(wait_until(Duration::from_secs(8), || live_members(group).is_empty()));
+    }
+}
+
 /// Heartbeats ride the authenticated connection: one at once, then one per interval.
 #[test]
 fn heartbeats_go_out_on_the_connection_at_once_and_then_periodically() {
