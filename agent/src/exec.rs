@@ -16,8 +16,9 @@
 //! - `job-<n>-in` (only with [`ExecSpec::stdin`]) writes what the gateway sent on `STDIN` into the
 //!   command's stdin pipe, and grants the gateway credit for every byte written (or dropped, once the
 //!   command closed its end); `Eof` closes the pipe. The connection's reader never blocks on it: what
-//!   arrives waits in a queue the credit bounds to `INITIAL_WINDOW`. stdin does not survive a
-//!   connection: when the job is detached its stdin is closed (the command reads end of file);
+//!   arrives waits in a queue the credit bounds to `INITIAL_WINDOW`. stdin does not survive its
+//!   request: when the job is detached or attached to a newer request, its stdin is closed (the
+//!   command reads end of file);
 //! - `job-<n>-wait` reaps the main process (std has no wait-with-timeout).
 //!
 //! # When a job is over

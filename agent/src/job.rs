@@ -209,9 +209,13 @@ impl Job {
     }
 
     /// Attaches request `request` (frames to `sink`), with [`INITIAL_WINDOW`] of credit per stream;
-    /// a request attached before is superseded. Returns the attachment's generation.
+    /// a request attached before is superseded (and the job's stdin, which belonged to it, closed).
+    /// Returns the attachment's generation.
     pub fn attach(&self, request: u32, sink: Sink) -> u64 {
         self.update(|s| {
+            if let (Some(_), Some(stdin)) = (&s.attach, &mut s.stdin) {
+                stdin.closed = true;
+            }
             s.next_gen += 1;
             let gen = s.next_gen;
             s.attach = Some(Attachment {
