@@ -1,9 +1,11 @@
 //! The agent's command service: the protocol server for one gateway connection arriving through the
 //! reverse tunnel. It runs the v2 handshake ([`burrow_core::secure`]: the agent proves its key, the
-//! gateway proves the pinned key, both derive the session keys), then serves the sealed `Exec`,
-//! `Credit`, `Cancel` and `Ping` frames until the connection ends; [`crate::exec`] runs each command.
-//! It also sends the node's heartbeats (version, metrics) on the connection, at once and every 30 s:
-//! the handshake authenticated the node, so they need no token and no API call.
+//! gateway proves the pinned key, both derive the session keys), then serves the sealed frames
+//! (`Exec`, `Open`, `Data`, `Eof`, `Reset`, `Credit`, `Cancel`, `Done`, `Ping`, `Bye`) until the
+//! connection ends; [`crate::jobs`] keeps the jobs, [`crate::exec`] runs them, [`crate::files`]
+//! serves transfers. It also sends the node's heartbeats (version, metrics, `max_jobs`, `running`)
+//! on the connection, at once and every 30 s: the handshake authenticated the node, so they need no
+//! token and no API call.
 //!
 //! # Unauthenticated connections
 //!

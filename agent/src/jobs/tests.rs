@@ -255,6 +255,39 @@ fn evicted_outcome_is_unknown_forgotten() {
     assert_eq!(unknown_code(&mut gateway, 3), unknown::FORGOTTEN);
     gateway.exec_job(4, "new", command("true"));
     assert_eq!(gateway.collect(4).exit().exit_code, Some(0));
+
+    // The byte bound: a detached job's kept output counts.
+    let node = TestNode::with_limits(Limits {
+        kept_bytes: 1000,
+        ..Limits::new(8)
+    });
+    let mut gateway = node.connect();
+    gateway.exec_job(1, "small", command("true"));
+    gateway.collect(1);
+    let go = node.dir.path().join("go");
+    let big = format!(
+        "echo $$; while [ ! -e {} ]; do sleep 0.02; done; head -c 2000 /dev/zero",
+        go.display()
+    );
+    gateway.exec_job(2, "big", command(&big));
+    first_number(&mut gateway, 2);
+    gateway.finish().unwrap();
+    std::fs::write(&go, "").unwrap();
+    // Ended detached with 2000 bytes kept: over the bound with the other, which goes first.
+    assert!(wait_until(Duration::from_secs(10), || node
+        .jobs_dir()
+        .join("big.json")
+        .exists()));
+    let mut gateway = node.connect();
+    gateway.exec_job(3, "small", command("true"));
+    assert_eq!(unknown_code(&mut gateway, 3), unknown::FORGOTTEN);
+    gateway.exec_job(4, "big", command("true"));
+    let outcome = gateway.collect(4);
+    assert_eq!(
+        outcome.stdout.len(),
+        2000,
+        "the newest stays, even alone over the bound"
+    );
 }
 
 /// A cancel reaches a job whose connection dropped, through a new request attached to it.
