@@ -153,9 +153,25 @@ fn rss_kib() -> u64 {
 }
 
 /// 100 MB streamed to disk: the file matches byte for byte, has the mode asked for, and the agent
-/// never held more than its window (the process's RSS grows by far less than the file).
+/// never held more than its window: the process's RSS grows by far less than the file. Measured in
+/// a child process running only this test, so other tests' buffers do not count.
 #[test]
 fn put_of_100_mb_streams_with_bounded_memory_and_matching_sha() {
+    const NAME: &str = "files::tests::put_of_100_mb_streams_with_bounded_memory_and_matching_sha";
+    if std::env::var_os("BURROW_TEST_ALONE").is_none() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+            .env("BURROW_TEST_ALONE", "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "the isolated run failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
     const TOTAL: u64 = 100_000_000;
     let node = TestNode::new(8);
     let dest = tempfile::tempdir().unwrap();
@@ -178,8 +194,9 @@ fn put_of_100_mb_streams_with_bounded_memory_and_matching_sha() {
     assert_eq!(<[u8; 32]>::from(hash.finalize()), sent);
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(file.metadata().unwrap().permissions().mode() & 0o777, 0o640);
+    eprintln!("RSS grew by {grown_mib} MiB during a 95 MiB put");
     assert!(
-        grown_mib < 48,
+        grown_mib < 16,
         "RSS grew by {grown_mib} MiB during a 95 MiB put"
     );
     assert_eq!(entries(dest.path()), ["big.bin"]);

@@ -212,7 +212,8 @@ fn detached_output_is_bounded_and_never_blocks_the_command() {
     let spec = command("echo $$; head -c 5000000 /dev/zero");
     gateway.exec_job(1, "flood", spec.clone());
     first_number(&mut gateway, 1);
-    gateway.finish().unwrap();
+    // Output frames are still unread here: the agent may see a reset rather than a clean close.
+    let _ = gateway.finish();
     let kept = node.jobs_dir().join("flood.json");
     assert!(wait_until(Duration::from_secs(10), || kept.exists()));
     let file: serde_json::Value = serde_json::from_slice(&std::fs::read(&kept).unwrap()).unwrap();
