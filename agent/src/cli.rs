@@ -39,6 +39,15 @@ pub enum Command {
         join: Option<String>,
         #[command(flatten)]
         profile: Profile,
+        /// Jobs (commands and file transfers) run at once at most; the gateway queues the rest.
+        #[arg(
+            long,
+            value_name = "N",
+            env = "BURROW_MAX_CONCURRENT",
+            default_value_t = crate::run::DEFAULT_MAX_CONCURRENT,
+            value_parser = clap::value_parser!(u16).range(1..)
+        )]
+        max_concurrent: u16,
     },
     /// Pair with a gateway and exit (waits while the request is pending approval).
     #[command(after_long_help = "Example:\n  agent join burrow1.… --name pi-1")]

@@ -58,7 +58,7 @@ mod tests {
 
     fn run_profile(cli: &Cli) -> (Option<String>, &crate::cli::Profile) {
         match &cli.command {
-            Sub::Run { join, profile } => (join.clone(), profile),
+            Sub::Run { join, profile, .. } => (join.clone(), profile),
             other => panic!("expected run, got {other:?}"),
         }
     }
@@ -116,6 +116,25 @@ label = { site = "home", rack = "2" }
         }
     }
 
+    /// `max_concurrent` (what the heartbeat announces as `max_jobs`) from the file, the flag, or 64.
+    #[test]
+    fn max_concurrent_comes_from_the_file_or_the_flag_and_is_at_least_one() {
+        let limit = |cli: &Cli| match cli.command {
+            Sub::Run { max_concurrent, .. } => max_concurrent,
+            ref other => panic!("expected run, got {other:?}"),
+        };
+        let (_dir, path) = file("max_concurrent = 2\n");
+        let config = path.to_str().unwrap();
+        assert_eq!(limit(&parse(&["--config", config, "run"]).unwrap()), 2);
+        let flag = parse(&["--config", config, "run", "--max-concurrent", "5"]).unwrap();
+        assert_eq!(limit(&flag), 5);
+        assert_eq!(
+            limit(&parse(&["--config", "/dev/null", "run"]).unwrap()),
+            64
+        );
+        assert!(parse(&["--config", "/dev/null", "run", "--max-concurrent", "0"]).is_err());
+    }
+
     #[test]
     fn default_file_is_read_only_if_it_exists_and_dashes_equal_underscores() {
         let cli = parse(&["id"]).unwrap();
@@ -132,7 +151,7 @@ label = { site = "home", rack = "2" }
     #[test]
     fn bad_files_are_errors_naming_the_file_the_key_and_the_line() {
         let cases: &[(&str, &str)] = &[
-            ("name = \"a\"\nnmae = \"pi\"\n", "unknown key `nmae` in {} (line 2); known keys: capability, data_dir, join, label, log, name"),
+            ("name = \"a\"\nnmae = \"pi\"\n", "unknown key `nmae` in {} (line 2); known keys: capability, data_dir, join, label, log, max_concurrent, name"),
             ("name = \"pi\n", "{}: TOML parse error at line 1, column 11"),
             ("log = \"loud\"\n", "`log` in {} (line 1): invalid value 'loud' for '--log <LOG>'"),
             ("capability = true\n", "`capability` in {} (line 1): expected a string, found boolean"),
@@ -190,7 +209,15 @@ label = { site = "home", rack = "2" }
         }
         assert_eq!(
             settings(&command).into_keys().collect::<Vec<_>>(),
-            ["capability", "data_dir", "join", "label", "log", "name"]
+            [
+                "capability",
+                "data_dir",
+                "join",
+                "label",
+                "log",
+                "max_concurrent",
+                "name"
+            ]
         );
     }
 

@@ -1,84 +1,67 @@
-//! Running one command for the gateway: spawn it in its own process group, stream its stdout and
-//! stderr as protocol frames within each stream's credit, enforce its timeout, and say how it
-//! ended. [`crate::service`] owns the connection; this module owns one request's processes.
+//! Running one job's command: spawn it in its own process group (and cgroup where possible, see
+//! [`crate::cgroup`]), keep its stdout and stderr, feed its stdin, enforce its timeout, and say how it
+//! ended. [`crate::job`] holds the job's buffers and the request attached to it, [`crate::jobs`] the
+//! table of jobs and their lifetimes, [`crate::service`] the connections. This module owns one job's
+//! processes.
 //!
-//! # Threads of one request
+//! # Threads of one job
 //!
-//! [`run`] is called on the request's own thread (`exec-<id>`, started by the service). It spawns the
-//! child, then supervises: it sleeps on the request's [`Control`] until the command is over, its deadline
-//! passes, the gateway cancels it or the connection is lost, and it is the only place that kills the
-//! process group. Around it, as scoped threads joined before [`run`] returns (so the final `Exit` is always
-//! sent after the last output frame):
+//! [`run`] is called on the job's own thread (`job-<n>`, started by [`crate::jobs`]). It spawns the
+//! child, then supervises: it sleeps on the job's condition variable until the command is over, its
+//! deadline passes or the gateway cancels it, and it is the only place that kills the process group.
+//! Around it, as scoped threads joined before [`run`] returns (so the ending is always recorded after
+//! the last output):
 //!
-//! - `exec-<id>-out` and `exec-<id>-err` read one pipe each and send every chunk as soon as it is read:
-//!   streaming matters more than fewer frames. They never send more payload than the credit the gateway
-//!   granted; while it is exhausted they block on the `Control`'s condition variable and stop reading, so
-//!   the command blocks on its own full pipe rather than filling the agent's memory.
-//! - `exec-<id>-wait` reaps the main process (std has no wait-with-timeout).
+//! - `job-<n>-out` and `job-<n>-err` read one pipe each into the job's buffers;
+//! - `job-<n>-in` (only with [`ExecSpec::stdin`]) writes what the gateway sent on `STDIN` into the
+//!   command's stdin pipe, and grants the gateway credit for every byte written (or dropped, once the
+//!   command closed its end); `Eof` closes the pipe. The connection's reader never blocks on it: what
+//!   arrives waits in a queue the credit bounds to `INITIAL_WINDOW`. stdin does not survive its
+//!   request: when the job is detached or attached to a newer request, its stdin is closed (the
+//!   command reads end of file);
+//! - `job-<n>-wait` reaps the main process (std has no wait-with-timeout).
 //!
-//! # When a request is over
+//! # When a job is over
 //!
-//! When the main process has exited *and* both pipes are closed: `sleep 100 & echo x` has exited but its
-//! background child still holds the pipes and may still write, so the request stays open (and the output
-//! keeps flowing) until the pipes close or the deadline passes; then the group is killed and the request
-//! reported as timed out.
+//! When the main process has exited *and* both pipes are closed: `sleep 100 & echo x` has exited but
+//! its background child still holds the pipes and may still write, so the job stays open until the
+//! pipes close or the deadline passes; then the group is killed and the job reported as timed out.
 //!
-//! The group is killed only on timeout, cancel or loss of the connection, never after a normal end. As
-//! with ssh, a background job that let go of the pipes (`nohup job >/dev/null 2>&1 &`) outlives the
-//! request; that is the only way to start something long-running through burrow, and killing it would
-//! make `command &` behave unlike it does everywhere else.
+//! The group is killed only on timeout or cancel, never after a normal end (nor when a connection
+//! drops). As with ssh, a background job that let go of the pipes (`nohup job >/dev/null 2>&1 &`)
+//! outlives the job; killing it would make `command &` behave unlike it does everywhere else.
 //!
-//! A process that left the group (`setsid`) cannot be killed with it; if it still holds the pipes after
-//! [`KILL_GRACE`], the pipe readers are told to give up through a stop pipe, so the request still ends.
+//! A process that left the group (`setsid`) cannot be killed with it (its cgroup, where there is one,
+//! does kill it); if it still holds the pipes after [`KILL_GRACE`], the pipe readers are told to give
+//! up through a stop pipe, so the job still ends.
 
-use std::io::{self, Read};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::thread::{self, Scope};
 use std::time::{Duration, Instant};
 
-use burrow_core::protocol::{stream, ExecSpec, ExitStatus, Message, INITIAL_WINDOW, MAX_CHUNK};
+use burrow_core::protocol::{stream, ExecSpec, ExitStatus, Message, MAX_CHUNK};
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::pipe::{pipe_with, PipeFlags};
 use rustix::process::{kill_process_group, Pid, Signal};
 
+use crate::cgroup::{Cgroups, JobCgroup};
+use crate::job::{Ending, Job, JobState};
+
 /// Used when a request says `timeout_s: 0`.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the pipes may stay open after the group was killed before their readers give up.
 pub const KILL_GRACE: Duration = Duration::from_secs(1);
-/// The helper threads are shallow; a small stack keeps 64 requests × 3 helpers cheap on a 32-bit Pi.
-const HELPER_STACK: usize = 256 * 1024;
-/// The signal reported when burrow killed the request (timeout, cancel).
+/// The helper threads are shallow; a small stack keeps 64 jobs × 4 helpers cheap on a 32-bit Pi.
+pub(crate) const HELPER_STACK: usize = 256 * 1024;
+/// The signal reported when burrow killed the job (timeout, cancel).
 const SIGKILL: i32 = 9;
-
-/// Where a request's frames go: returns `false` once the connection is gone, so the request stops.
-pub type Sink<'a> = dyn Fn(Message) -> bool + Sync + 'a;
-
-/// The shared state of one request: its output credit and what the gateway or the connection asked of
-/// it. The service holds it to deliver `Credit` and `Cancel`; the request's threads wait on it.
-pub struct Control {
-    state: Mutex<State>,
-    /// Notified on every change of `state`; every waiter re-checks its own condition.
-    changed: Condvar,
-}
-
-struct State {
-    /// Payload bytes the agent may still send on stdout and stderr (each stream has its own window;
-    /// u64: the gateway may grant more than 4 GiB in total).
-    credit: [u64; 2],
-    cancelled: bool,
-    /// The connection is gone: send nothing more, kill the group.
-    lost: bool,
-    /// The group was killed: output readers stop waiting for credit.
-    killed: bool,
-    /// The main process was reaped, with its status if `wait` worked.
-    reaped: Option<Option<std::process::ExitStatus>>,
-    /// Pipe readers still running.
-    open_pipes: u8,
-}
+/// At most this much stdin is taken from the queue per write into the pipe.
+const STDIN_CHUNK: usize = 64 * 1024;
 
 /// Why supervision ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,175 +69,69 @@ enum End {
     Finished,
     TimedOut,
     Cancelled,
-    Lost,
 }
 
-impl Control {
-    /// A fresh request with [`INITIAL_WINDOW`] bytes of credit on each output stream.
-    pub fn new() -> Control {
-        Control {
-            state: Mutex::new(State {
-                credit: [INITIAL_WINDOW.into(); 2],
-                cancelled: false,
-                lost: false,
-                killed: false,
-                reaped: None,
-                open_pipes: 2,
-            }),
-            changed: Condvar::new(),
-        }
-    }
-
-    /// The gateway handed on output of `stream`: `bytes` more may be sent on it. Credit for a stream
-    /// this request does not send on is ignored.
-    pub fn add_credit(&self, stream: u32, bytes: u32) {
-        if let Some(i) = Stream::of(stream) {
-            self.update(|s| {
-                s.credit[i as usize] = s.credit[i as usize].saturating_add(bytes.into())
-            });
-        }
-    }
-
-    /// The gateway wants the request stopped; its process group is killed.
-    pub fn cancel(&self) {
-        self.update(|s| s.cancelled = true);
-    }
-
-    /// The connection ended: kill the group and send nothing more.
-    pub fn connection_lost(&self) {
-        self.update(|s| s.lost = true);
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panicking request thread must not take the others down with a poisoned lock.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn update(&self, change: impl FnOnce(&mut State)) {
-        change(&mut self.lock());
-        self.changed.notify_all();
-    }
-
-    /// Waits until `done` holds or `deadline` passes; returns the state and whether `done` holds.
-    fn wait_for(
-        &self,
-        deadline: Option<Instant>,
-        mut done: impl FnMut(&State) -> bool,
-    ) -> (MutexGuard<'_, State>, bool) {
-        let mut state = self.lock();
-        loop {
-            if done(&state) {
-                return (state, true);
-            }
-            state = match deadline {
-                None => self
-                    .changed
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner),
-                Some(deadline) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return (state, false);
-                    }
-                    let (state, _) = self
-                        .changed
-                        .wait_timeout(state, deadline - now)
-                        .unwrap_or_else(PoisonError::into_inner);
-                    state
-                }
-            };
-        }
-    }
-
-    fn wait_for_end(&self, deadline: Option<Instant>) -> End {
-        let (state, _) = self.wait_for(deadline, |s| s.is_over() || s.lost || s.cancelled);
-        // A command that finished as the cancel arrived has nothing left to kill.
-        if state.is_over() {
-            End::Finished
-        } else if state.lost {
-            End::Lost
-        } else if state.cancelled {
-            End::Cancelled
-        } else {
-            End::TimedOut
-        }
-    }
-
-    /// Takes up to `want` bytes of credit, blocking while there is none. `None`: send nothing more
-    /// (the connection is gone, or the group was killed and the credit is spent).
-    fn take_credit(&self, stream: Stream, want: usize) -> Option<usize> {
-        let i = stream as usize;
-        let (mut state, _) = self.wait_for(None, |s| s.lost || s.credit[i] > 0 || s.killed);
-        if state.lost || state.credit[i] == 0 {
-            return None;
-        }
-        let n = state.credit[i].min(want as u64);
-        state.credit[i] -= n;
-        Some(n as usize)
-    }
-}
-
-impl State {
-    fn is_over(&self) -> bool {
-        self.reaped.is_some() && self.open_pipes == 0
-    }
-}
-
-/// Runs `spec` as request `id`, sending its output through `sink`, and returns the request's last frame:
-/// `Exit`, or `Failed` when it could not be started. The caller sends it (after forgetting the request,
-/// so the gateway may reuse the id as soon as it sees the frame).
-pub fn run(id: u32, spec: &ExecSpec, control: &Control, sink: &Sink<'_>) -> Message {
-    let failed = |message: String| Message::Failed { id, message };
+/// Runs `spec` as `job` until it ends, and says how it ended (the caller records it with
+/// [`Job::finish`]). `cgroups`: where to put the job's own cgroup, if this machine allows it.
+pub fn run(job: &Job, spec: &ExecSpec, cgroups: Option<&Cgroups>) -> Ending {
+    let n = job.seq;
     let mut command = match build(spec) {
         Ok(command) => command,
-        Err(message) => return failed(message),
+        Err(message) => return Ending::Failed(message),
     };
-    // CLOEXEC, so no child inherits the write end: one that did would keep the stop signal from firing.
-    let (stop_reader, stop_writer) = match pipe_with(PipeFlags::CLOEXEC) {
-        Ok(pair) => pair,
-        Err(e) => return failed(format!("creating a pipe: {e}")),
+    // CLOEXEC, so no child inherits the write ends: one that did would keep the stop signals from firing.
+    let (Ok((stop_reader, stop_writer)), Ok((stdin_stop_reader, stdin_stop_writer))) =
+        (pipe_with(PipeFlags::CLOEXEC), pipe_with(PipeFlags::CLOEXEC))
+    else {
+        return Ending::Failed("creating a pipe failed".into());
     };
     let started = Instant::now();
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
             let program = command.get_program().to_string_lossy();
-            return failed(format!("spawning `{program}`: {}", describe(&e)));
+            return Ending::Failed(format!("spawning `{program}`: {}", describe(&e)));
         }
     };
     // `process_group(0)` makes the child the leader of a new group whose id is its pid.
     let group = Pid::from_child(&child);
+    let cgroup = cgroups.and_then(|c| c.enter(n, group));
+    let stdin = child.stdin.take();
     let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        kill_group(group);
+        kill_all(group, cgroup.as_ref());
         let _ = child.wait();
-        return failed("the command's pipes were not created".into());
+        return Ending::Failed("the command's pipes were not created".into());
     };
-    log::debug!("request {id}: started process group {group}");
+    log::debug!("job {}: started process group {group}", job.id);
     crate::reaper::track(group);
     let child = Mutex::new(child);
     let mut stop_writer = Some(stop_writer);
+    let mut stdin_stop_writer = Some(stdin_stop_writer);
 
     let end = thread::scope(|scope| {
         let stop = stop_reader.as_fd();
+        let stdin_stop = stdin_stop_reader.as_fd();
         let child = &child;
-        let helpers = spawn_helper(scope, format!("exec-{id}-out"), move || {
-            pump(stdout, Stream::Stdout, id, control, stop, sink)
+        let mut helpers = spawn_helper(scope, format!("job-{n}-out"), move || {
+            pump(stdout, 0, job, stop)
         })
         .and_then(|()| {
-            spawn_helper(scope, format!("exec-{id}-err"), move || {
-                pump(stderr, Stream::Stderr, id, control, stop, sink)
+            spawn_helper(scope, format!("job-{n}-err"), move || {
+                pump(stderr, 1, job, stop)
             })
         })
-        .and_then(|()| {
-            spawn_helper(scope, format!("exec-{id}-wait"), move || {
-                reap(child, control)
-            })
-        });
+        .and_then(|()| spawn_helper(scope, format!("job-{n}-wait"), move || reap(child, job)));
+        if let (Ok(()), Some(stdin)) = (&helpers, stdin) {
+            helpers = spawn_helper(scope, format!("job-{n}-in"), move || {
+                feed_stdin(stdin, job, stdin_stop)
+            });
+        }
         if let Err(e) = helpers {
             // Kill first: the helpers that did start then see their pipe close or the stop signal.
-            kill_group(group);
-            control.update(|s| s.killed = true);
+            kill_all(group, cgroup.as_ref());
+            job.update(|s| s.killed = true);
             drop(stop_writer.take());
+            drop(stdin_stop_writer.take());
             let _ = child.lock().unwrap_or_else(PoisonError::into_inner).wait();
             return Err(format!("starting a thread for the command: {e}"));
         }
@@ -263,17 +140,34 @@ pub fn run(id: u32, spec: &ExecSpec, control: &Control, sink: &Sink<'_>) -> Mess
             0 => DEFAULT_TIMEOUT,
             s => Duration::from_secs(s),
         });
-        let end = control.wait_for_end(deadline);
+        let (state, _) = job.wait_for(deadline, |s| s.is_over() || s.cancelled);
+        // A command that finished as the cancel arrived has nothing left to kill.
+        let end = if state.is_over() {
+            End::Finished
+        } else if state.cancelled {
+            End::Cancelled
+        } else {
+            End::TimedOut
+        };
+        drop(state);
+        // The feeder ends with the command.
+        job.update(|s| {
+            if let Some(stdin) = &mut s.stdin {
+                stdin.closed = true;
+            }
+        });
+        drop(stdin_stop_writer.take());
         if end != End::Finished {
-            kill_group(group);
-            control.update(|s| s.killed = true);
+            kill_all(group, cgroup.as_ref());
+            job.update(|s| s.killed = true);
             let (state, drained) =
-                control.wait_for(Some(Instant::now() + KILL_GRACE), State::is_over);
+                job.wait_for(Some(Instant::now() + KILL_GRACE), JobState::is_over);
             drop(state);
             if !drained {
                 log::warn!(
-                    "request {id}: output pipes still open {KILL_GRACE:?} after killing process group \
-                     {group}; a process that left the group holds them; no longer reading them"
+                    "job {}: output pipes still open {KILL_GRACE:?} after killing process group \
+                     {group}; a process that left the group holds them; no longer reading them",
+                    job.id
                 );
                 // Closing the write end wakes both readers' poll (POLLHUP on the read end).
                 drop(stop_writer.take());
@@ -282,15 +176,18 @@ pub fn run(id: u32, spec: &ExecSpec, control: &Control, sink: &Sink<'_>) -> Mess
         Ok(end)
     });
     crate::reaper::untrack(group);
+    if let Some(cgroup) = cgroup {
+        cgroup.remove();
+    }
     let end = match end {
         Ok(end) => end,
-        Err(message) => return failed(message),
+        Err(message) => return Ending::Failed(message),
     };
 
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let status = match end {
         End::Finished => {
-            let reaped = control.lock().reaped.flatten();
+            let reaped = job.lock().reaped.flatten();
             ExitStatus {
                 exit_code: reaped.and_then(|s| s.code()),
                 signal: reaped.and_then(|s| s.signal()),
@@ -298,17 +195,21 @@ pub fn run(id: u32, spec: &ExecSpec, control: &Control, sink: &Sink<'_>) -> Mess
                 duration_ms,
             }
         }
-        // burrow killed the request: report that, even if the main process had already exited on its
+        // burrow killed the job: report that, even if the main process had already exited on its
         // own while a background child held the pipes.
-        End::TimedOut | End::Cancelled | End::Lost => ExitStatus {
+        End::TimedOut | End::Cancelled => ExitStatus {
             exit_code: None,
             signal: Some(SIGKILL),
             timed_out: end == End::TimedOut,
             duration_ms,
         },
     };
-    log::debug!("request {id}: ended ({end:?}) {status:?}");
-    Message::Exit { id, status }
+    if end == End::Cancelled {
+        // Whoever cancelled wants it stopped, not the output it had not taken yet.
+        job.update(|s| s.out = Default::default());
+    }
+    log::debug!("job {}: ended ({end:?}) {status:?}", job.id);
+    Ending::Exit(status)
 }
 
 /// Turns the request into a `Command`, or says why it cannot run.
@@ -350,7 +251,11 @@ fn build(spec: &ExecSpec) -> Result<Command, String> {
         command.current_dir(cwd);
     }
     command
-        .stdin(Stdio::null())
+        .stdin(if spec.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
@@ -358,7 +263,7 @@ fn build(spec: &ExecSpec) -> Result<Command, String> {
 }
 
 /// The OS's wording for `e`, without std's " (os error N)" suffix.
-fn describe(e: &io::Error) -> String {
+pub(crate) fn describe(e: &io::Error) -> String {
     let text = e.to_string();
     match text.rfind(" (os error ") {
         Some(at) if text.ends_with(')') => text[..at].to_string(),
@@ -378,7 +283,11 @@ fn spawn_helper<'scope>(
         .map(drop)
 }
 
-fn kill_group(group: Pid) {
+/// Kills the job's cgroup (which also holds `setsid` children) and its process group.
+fn kill_all(group: Pid, cgroup: Option<&JobCgroup>) {
+    if let Some(cgroup) = cgroup {
+        cgroup.kill();
+    }
     match kill_process_group(group, Signal::KILL) {
         // Already gone: the whole group exited and was reaped.
         Ok(()) | Err(Errno::SRCH) => {}
@@ -386,76 +295,32 @@ fn kill_group(group: Pid) {
     }
 }
 
-fn reap(child: &Mutex<Child>, control: &Control) {
+fn reap(child: &Mutex<Child>, job: &Job) {
     let status = child.lock().unwrap_or_else(PoisonError::into_inner).wait();
     if let Err(e) = &status {
         log::error!("waiting for process: {e}");
     }
-    control.update(|s| s.reaped = Some(status.ok()));
+    job.update(|s| s.reaped = Some(status.ok()));
 }
 
-/// The two output streams, as indexes into the credit windows.
-#[derive(Clone, Copy)]
-enum Stream {
-    Stdout = 0,
-    Stderr = 1,
-}
-
-impl Stream {
-    fn of(id: u32) -> Option<Stream> {
-        match id {
-            stream::STDOUT => Some(Stream::Stdout),
-            stream::STDERR => Some(Stream::Stderr),
-            _ => None,
-        }
-    }
-
-    fn id(self) -> u32 {
-        match self {
-            Stream::Stdout => stream::STDOUT,
-            Stream::Stderr => stream::STDERR,
-        }
-    }
-}
-
-/// Forwards one pipe to the gateway until it closes, the stop pipe fires, or sending must end.
-fn pump<P: Read + AsFd>(
-    mut pipe: P,
-    stream: Stream,
-    id: u32,
-    control: &Control,
-    stop: BorrowedFd<'_>,
-    sink: &Sink<'_>,
-) {
+/// Reads one pipe into the job's buffer `i` until it closes or the stop pipe fires.
+fn pump<P: Read + AsFd>(mut pipe: P, i: usize, job: &Job, stop: BorrowedFd<'_>) {
     // Counted down even if this thread panics, so supervision is not left waiting for the deadline.
-    struct Closed<'a>(&'a Control);
+    struct Closed<'a>(&'a Job);
     impl Drop for Closed<'_> {
         fn drop(&mut self) {
             self.0.update(|s| s.open_pipes -= 1);
         }
     }
-    let _closed = Closed(control);
+    let _closed = Closed(job);
 
     let mut buf = vec![0u8; MAX_CHUNK];
-    while let Some(n) = read_chunk(&mut pipe, stop, &mut buf) {
-        let mut rest = &buf[..n];
-        while !rest.is_empty() {
-            let Some(allowed) = control.take_credit(stream, rest.len()) else {
-                // Dropping the pipe is fine: the group is being killed, or nobody is listening.
-                return;
-            };
-            let (now, later) = rest.split_at(allowed);
-            let frame = Message::Data {
-                id,
-                stream: stream.id(),
-                data: now.to_vec(),
-            };
-            if !sink(frame) {
-                control.connection_lost();
-                return;
-            }
-            rest = later;
-        }
+    loop {
+        drop(job.wait_for(None, |s| !s.held_back(i)));
+        let Some(n) = read_chunk(&mut pipe, stop, &mut buf) else {
+            return;
+        };
+        job.update(|s| s.keep_output(i, &buf[..n]));
     }
 }
 
@@ -463,24 +328,7 @@ fn pump<P: Read + AsFd>(
 /// stop pipe's write end has been closed.
 fn read_chunk<P: Read + AsFd>(pipe: &mut P, stop: BorrowedFd<'_>, buf: &mut [u8]) -> Option<usize> {
     loop {
-        let (readable, stopped) = {
-            let mut fds = [
-                PollFd::new(&*pipe, PollFlags::IN),
-                PollFd::from_borrowed_fd(stop, PollFlags::IN),
-            ];
-            match poll(&mut fds, None) {
-                Ok(_) => (!fds[0].revents().is_empty(), !fds[1].revents().is_empty()),
-                Err(Errno::INTR) => continue,
-                Err(e) => {
-                    log::warn!("polling a command's pipe: {e}");
-                    return None;
-                }
-            }
-        };
-        if stopped {
-            return None;
-        }
-        if !readable {
+        if !wait_ready(pipe.as_fd(), PollFlags::IN, stop)? {
             continue;
         }
         // Poll said readable (data or hang-up) and only this thread reads the pipe: this won't block.
@@ -494,6 +342,97 @@ fn read_chunk<P: Read + AsFd>(pipe: &mut P, stop: BorrowedFd<'_>, buf: &mut [u8]
             }
         }
     }
+}
+
+/// Polls `fd` for `flags` and `stop` for hang-up: `Some(true)` when `fd` is ready, `Some(false)` to
+/// poll again, `None` when the stop pipe fired or poll failed.
+fn wait_ready(fd: BorrowedFd<'_>, flags: PollFlags, stop: BorrowedFd<'_>) -> Option<bool> {
+    let mut fds = [
+        PollFd::from_borrowed_fd(fd, flags),
+        PollFd::from_borrowed_fd(stop, PollFlags::IN),
+    ];
+    match poll(&mut fds, None) {
+        Ok(_) if !fds[1].revents().is_empty() => None,
+        Ok(_) => Some(!fds[0].revents().is_empty()),
+        Err(Errno::INTR) => Some(false),
+        Err(e) => {
+            log::warn!("polling a command's pipe: {e}");
+            None
+        }
+    }
+}
+
+/// Writes the gateway's stdin into the command's pipe, granting credit as it goes; closes the pipe
+/// at `Eof`, when the job is detached or over.
+fn feed_stdin(pipe: ChildStdin, job: &Job, stop: BorrowedFd<'_>) {
+    let pipe: OwnedFd = pipe.into();
+    // Non-blocking, so a command that never reads its stdin cannot pin this thread past the job.
+    if let Err(e) = rustix::fs::fcntl_getfl(&pipe)
+        .and_then(|flags| rustix::fs::fcntl_setfl(&pipe, flags | rustix::fs::OFlags::NONBLOCK))
+    {
+        log::warn!("job {}: making the stdin pipe non-blocking: {e}", job.id);
+    }
+    let mut pipe = std::fs::File::from(pipe);
+    loop {
+        let (chunk, broken) = {
+            let (mut state, _) = job.wait_for(None, |s| {
+                s.stdin
+                    .as_ref()
+                    .is_none_or(|q| q.closed || q.eof || !q.queue.is_empty())
+            });
+            let Some(stdin) = state.stdin.as_mut() else {
+                return;
+            };
+            if stdin.closed || stdin.queue.is_empty() {
+                // Eof with nothing queued, detached, or over: dropping the pipe closes it.
+                return;
+            }
+            let n = stdin.queue.len().min(STDIN_CHUNK);
+            let chunk: Vec<u8> = stdin.queue.drain(..n).collect();
+            (chunk, stdin.broken)
+        };
+        if !broken && !write_all_polled(&mut pipe, &chunk, stop) {
+            // The command closed its stdin (or is being stopped): drop the rest, but keep granting
+            // credit so the gateway is not left waiting.
+            job.update(|s| {
+                if let Some(q) = &mut s.stdin {
+                    q.broken = true
+                }
+            });
+        }
+        let grant = job.update(|s| {
+            if let Some(q) = &mut s.stdin {
+                q.uncredited -= chunk.len();
+            }
+            s.attach.as_ref().map(|a| (a.sink.clone(), a.request))
+        });
+        if let Some((sink, id)) = grant {
+            sink(Message::Credit {
+                id,
+                stream: stream::STDIN,
+                bytes: chunk.len() as u32,
+            });
+        }
+    }
+}
+
+/// Writes all of `data` into the non-blocking pipe; `false` if the reader went away or the stop pipe
+/// fired.
+fn write_all_polled(pipe: &mut std::fs::File, mut data: &[u8], stop: BorrowedFd<'_>) -> bool {
+    while !data.is_empty() {
+        match pipe.write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if wait_ready(pipe.as_fd(), PollFlags::OUT, stop).is_none() {
+                    return false;
+                }
+            }
+            // EPIPE: the command does not read its stdin any more.
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 #[cfg(test)]

@@ -303,7 +303,7 @@ mod tests {
         let back = Cli::from_arg_matches(&command.get_matches_from(args)).unwrap();
         assert_eq!(back.data_dir, data);
         match back.command {
-            Sub::Run { join, profile } => {
+            Sub::Run { join, profile, .. } => {
                 assert_eq!(join.as_deref(), Some("burrow1.abc"), "{config}");
                 assert_eq!(profile.name.as_deref(), Some("pi-1"));
                 assert_eq!(profile.labels, [("site".into(), "home".into())]);

@@ -1,12 +1,16 @@
 //! `agent`: runs on each node behind NAT. See README.md.
 #![forbid(unsafe_code)]
 
+mod cgroup;
 mod cli;
 #[cfg(test)]
 mod config;
 mod exec;
+mod files;
 mod gateway_api;
 mod install;
+mod job;
+mod jobs;
 mod metrics;
 mod pairing;
 mod reaper;
@@ -39,7 +43,11 @@ fn main() -> ExitCode {
 fn run(cli: cli::Cli) -> anyhow::Result<()> {
     let dir = || state::DataDir::open(&cli.data_dir);
     match cli.command {
-        cli::Command::Run { join, profile } => run::run(&dir()?, join.as_deref(), &profile),
+        cli::Command::Run {
+            join,
+            profile,
+            max_concurrent,
+        } => run::run(&dir()?, join.as_deref(), &profile, max_concurrent.into()),
         cli::Command::Join { join, profile } => {
             let state = pairing::join(&dir()?, &join, &profile)?;
             println!("paired with {} as {:?}", state.gateway.ssh, state.name);

@@ -1,11 +1,12 @@
-//! Commands must not outlive their agent: the process groups of running requests, kept in memory and
-//! in `running-groups.json` in the data dir, are killed when the agent is told to stop (SIGTERM,
-//! SIGINT) and, after a crash or SIGKILL, at the next start.
+//! Commands must not outlive their agent (they outlive connections, not the agent process): the
+//! process groups of running jobs, kept in memory and in `running-groups.json` in the data dir, are
+//! killed when the agent is told to stop (SIGTERM, SIGINT) and, after a crash or SIGKILL, at the
+//! next start (those jobs then answer `Unknown` interrupted, see [`crate::jobs`]).
 //!
-//! `exec` calls [`track`] when it has started a request's process group and [`untrack`] when the
-//! request is over (a background job that let go of its pipes after a normal end is not running a
-//! request any more and is left alone, as `exec` documents). Until [`init`] runs (`agent join`, unit
-//! tests) both do nothing.
+//! `exec` calls [`track`] when it has started a job's process group and [`untrack`] when the job is
+//! over (a background process that let go of its pipes after a normal end is not running a job any
+//! more and is left alone, as `exec` documents). Until [`init`] runs (`agent join`, unit tests) both
+//! do nothing.
 //!
 //! Killing a recorded group after a crash must not hit an unrelated group that reused the id. Linux
 //! does not hand out a pid while it is still some group's id, so while any process of our group is

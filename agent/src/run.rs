@@ -17,7 +17,9 @@ use anyhow::{anyhow, bail};
 use burrow_core::api::Heartbeat;
 use burrow_core::identity::{Identity, PublicKey};
 
+use crate::cgroup::Cgroups;
 use crate::cli::Profile;
+use crate::jobs::{Jobs, Limits};
 use crate::metrics::Sampler;
 use crate::pairing::{self, tunnel_config};
 use crate::service::{serve, HandshakeSlots, Liveness, ServiceContext, MAX_UNAUTHENTICATED};
@@ -38,7 +40,15 @@ const STABLE: Duration = Duration::from_secs(60);
 /// one TCP handshake; a fleet probing at this rate costs sshd nothing until it listens again.
 const PROBE: Duration = Duration::from_secs(2);
 
-pub fn run(dir: &DataDir, join: Option<&str>, profile: &Profile) -> anyhow::Result<()> {
+/// Jobs and transfers the agent runs at once when `--max-concurrent` is not given.
+pub const DEFAULT_MAX_CONCURRENT: u16 = 64;
+
+pub fn run(
+    dir: &DataDir,
+    join: Option<&str>,
+    profile: &Profile,
+    max_concurrent: usize,
+) -> anyhow::Result<()> {
     let identity = dir.identity()?;
     // Before anything can run: what a crashed run left is killed, and a stop signal kills commands.
     crate::reaper::init(dir.path())?;
@@ -59,7 +69,11 @@ pub fn run(dir: &DataDir, join: Option<&str>, profile: &Profile) -> anyhow::Resu
     let ctx = Arc::new(ServiceContext {
         identity: identity.clone(),
         gateway_key,
-        max_concurrent: 64,
+        jobs: Arc::new(Jobs::open(
+            dir.path(),
+            Limits::new(max_concurrent.max(1)),
+            Cgroups::detect(),
+        )?),
         liveness: Liveness::default(),
         revoked: Default::default(),
         heartbeat: Some(heartbeat_source()),
@@ -206,6 +220,7 @@ fn heartbeat_source() -> crate::service::HeartbeatSource {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .sample(),
+        // Filled in by the service, which knows the job table.
         max_jobs: 0,
         running: 0,
     })

@@ -1,9 +1,11 @@
 //! The agent's command service: the protocol server for one gateway connection arriving through the
 //! reverse tunnel. It runs the v2 handshake ([`burrow_core::secure`]: the agent proves its key, the
-//! gateway proves the pinned key, both derive the session keys), then serves the sealed `Exec`,
-//! `Credit`, `Cancel` and `Ping` frames until the connection ends; [`crate::exec`] runs each command.
-//! It also sends the node's heartbeats (version, metrics) on the connection, at once and every 30 s:
-//! the handshake authenticated the node, so they need no token and no API call.
+//! gateway proves the pinned key, both derive the session keys), then serves the sealed frames
+//! (`Exec`, `Open`, `Data`, `Eof`, `Reset`, `Credit`, `Cancel`, `Done`, `Ping`, `Bye`) until the
+//! connection ends; [`crate::jobs`] keeps the jobs, [`crate::exec`] runs them, [`crate::files`]
+//! serves transfers. It also sends the node's heartbeats (version, metrics, `max_jobs`, `running`)
+//! on the connection, at once and every 30 s: the handshake authenticated the node, so they need no
+//! token and no API call.
 //!
 //! # Unauthenticated connections
 //!
@@ -20,26 +22,38 @@
 //! stalls the gateway's frames (its `Cancel` and `Credit`) is thereby cut within
 //! `dead_after + tick` (50 s by default); the gateway does the same the other way (`Bus::probe`).
 //!
+//! # Requests
+//!
+//! An `Exec` attaches its request to a job of [`crate::jobs`] (a new one, or one that runs or ended
+//! earlier, perhaps on another connection); a file `Open` starts a transfer ([`crate::files`]). The
+//! connection maps request ids to those, hands them `Credit`, `Data`, `Eof`, `Reset` and `Cancel`,
+//! and remembers which job's outcome each finished request delivered until the gateway says `Done`.
+//!
 //! # Threads
 //!
 //! - The caller's thread reads and dispatches frames. It never waits for a command, so `Credit` and
 //!   `Cancel` are handled while commands run.
 //! - `svc-writer` owns the write half and the channel's `Sealer`: every frame goes through it via a
-//!   bounded channel, so frames never interleave and a slow link backpressures the commands producing
+//!   bounded channel, so frames never interleave and a slow link backpressures the requests producing
 //!   output (not the agent's memory).
-//! - `exec-<id>` per request (plus its helpers, see [`crate::exec`]).
+//! - `exec-<id>` per attached request: sends the job's output within the request's credit and its
+//!   last frame; `file-<id>` per transfer. The jobs themselves run on threads of their own
+//!   ([`crate::exec`]), whatever happens to the connection.
 //!
 //! # Shutdown
 //!
+//! A `Bye` saying the node was revoked or rejected cancels every running job first: nobody may
+//! collect them any more. Any other end of the connection leaves them running.
+//!
 //! When the read side ends (clean close, error, a frame that fails to open, a protocol violation or
-//! the liveness bound), every request is told the connection is lost: its process group is killed and
-//! it sends nothing more. A request thread blocked on the full channel is woken by dropping the
-//! `shutdown` sender, which nothing ever sends on. The request threads are joined, then the last
-//! channel sender is dropped and the writer drains and is joined. The writer itself can only be woken
-//! by its transport: a write blocked on a peer that keeps the connection open but stops reading ends
-//! when the tunnel closes the channel.
+//! the liveness bound), every attached job is detached (it runs on, and keeps its output and outcome
+//! for a later request), every transfer is aborted, and outcomes sent without a `Done` yet are kept
+//! on disk. A request thread blocked on the full channel is woken by dropping the `shutdown` sender,
+//! which nothing ever sends on. The request threads are joined, then the last channel sender is
+//! dropped and the writer drains and is joined. The writer itself can only be woken by its transport:
+//! a write blocked on a peer that keeps the connection open but stops reading ends when the tunnel
+//! closes the channel.
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -49,11 +63,12 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use burrow_core::api::Heartbeat;
 use burrow_core::identity::{Identity, PublicKey};
-use burrow_core::protocol::{bye, ExecSpec, Message, Role};
+use burrow_core::protocol::{bye, stream, Message, Role};
 use burrow_core::secure::{handshake, Opener, Sealer};
 use crossbeam_channel::{bounded, select, Receiver, Sender, TryRecvError};
 
-use crate::exec::{self, Control};
+use crate::files;
+use crate::jobs::Jobs;
 
 /// Frames queued for the writer: at most this many output chunks (32 KiB each) wait in memory.
 const OUTBOX_DEPTH: usize = 64;
@@ -61,6 +76,9 @@ const OUTBOX_DEPTH: usize = 64;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections allowed in their handshake at once; the accept loop closes extra ones at once.
 pub const MAX_UNAUTHENTICATED: usize = 8;
+/// After `Bye` revoked or rejected, how long the cancelled jobs get to end before the connection
+/// goes on closing (a revoked agent exits next and must not leave them running).
+const CUT_OFF_GRACE: Duration = Duration::from_secs(3);
 
 /// What every connection needs to know.
 pub struct ServiceContext {
@@ -68,8 +86,8 @@ pub struct ServiceContext {
     pub identity: Identity,
     /// The gateway key pinned at join time; any other peer is refused before a command runs.
     pub gateway_key: PublicKey,
-    /// Requests that may run at once on one connection; more are answered with `Failed`.
-    pub max_concurrent: usize,
+    /// The node's jobs, shared by all connections; also holds the concurrency limit.
+    pub jobs: Arc<Jobs>,
     /// When to ping a quiet gateway, when to give up on it, how often to send heartbeats.
     pub liveness: Liveness,
     /// Set when the gateway said `Bye` with [`bye::REVOKED`]: why. The agent then stops for good.
@@ -182,7 +200,7 @@ impl Drop for Slot {
 /// Serves one gateway connection until it closes: runs the handshake as [`Role::Agent`] accepting only
 /// `ctx.gateway_key` within [`HANDSHAKE_TIMEOUT`] (giving `slot` back once it is over), then
 /// dispatches requests. Returns `Ok(())` on clean close, `Err` on handshake or protocol failure (the
-/// caller logs it). All processes started on this connection are killed (process group) when it ends.
+/// caller logs it). Jobs attached to this connection run on when it ends (see the module doc).
 pub fn serve<R, W>(
     mut reader: R,
     mut writer: W,
@@ -226,6 +244,7 @@ where
             shutdown: shutdown_seen,
         },
         requests: Registry::default(),
+        delivered: Delivered::default(),
         threads: Vec::new(),
     };
     let result = connection.read_loop(&mut reader, &mut opener);
@@ -278,8 +297,7 @@ impl<R, W: Write> Write for Duplex<'_, R, W> {
     }
 }
 
-/// Requests in flight, by id; an entry is removed just before the request's last frame is sent.
-type Registry = Arc<Mutex<HashMap<u32, Arc<Control>>>>;
+use requests::{Delivered, Registry, Request};
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -312,6 +330,7 @@ struct Connection {
     ctx: Arc<ServiceContext>,
     outbox: Outbox,
     requests: Registry,
+    delivered: Delivered,
     /// Request threads, joined as they finish and at shutdown.
     threads: Vec<JoinHandle<()>>,
 }
@@ -325,7 +344,11 @@ impl Connection {
         loop {
             if let Some(beat) = &self.ctx.heartbeat {
                 if last_beat.is_none_or(|t| t.elapsed() >= live.heartbeat) {
-                    self.reply(Message::Heartbeat(beat()))?;
+                    let mut heartbeat = beat();
+                    heartbeat.max_jobs =
+                        u32::try_from(self.ctx.jobs.max_running()).unwrap_or(u32::MAX);
+                    heartbeat.running = u32::try_from(self.ctx.jobs.running()).unwrap_or(u32::MAX);
+                    self.reply(Message::Heartbeat(heartbeat))?;
                     last_beat = Some(Instant::now());
                 }
             }
@@ -357,21 +380,71 @@ impl Connection {
             match message {
                 Message::Ping(value) => self.reply(Message::Pong(value))?,
                 Message::Pong(_) => {}
-                Message::Exec { id, job, spec } => {
-                    log::debug!("request {id}: job {job}");
-                    self.start(id, spec)?
-                }
-                // Credit and Cancel may cross the request's last frame on the wire: not an error.
-                Message::Credit { id, stream, bytes } => {
-                    if let Some(control) = lock(&self.requests).get(&id) {
-                        control.add_credit(stream, bytes);
+                Message::Exec { id, job, spec } => self.exec(id, job, spec)?,
+                Message::Open {
+                    id,
+                    stream,
+                    purpose,
+                    params,
+                } => self.open(id, stream, purpose, params)?,
+                // Credit, Data, Cancel… may cross the request's last frame on the wire: not an error.
+                Message::Credit { id, stream, bytes } => match self.request(id) {
+                    Some(Request::Exec { job, gen }) => job.add_credit(gen, stream, bytes),
+                    Some(Request::File(t)) if stream == files::STREAM => t.add_credit(bytes),
+                    _ => {}
+                },
+                Message::Data { id, stream, data } => match self.request(id) {
+                    Some(Request::Exec { job, gen }) if stream == stream::STDIN => job
+                        .stdin_data(gen, &data)
+                        .map_err(|e| anyhow!("protocol error: request {id}: {e}"))?,
+                    Some(Request::File(t)) if stream == files::STREAM => t
+                        .data(data)
+                        .map_err(|e| anyhow!("protocol error: request {id}: {e}"))?,
+                    _ => log::debug!("request {id}: ignoring data on stream {stream}"),
+                },
+                Message::Eof { id, stream } => match self.request(id) {
+                    Some(Request::Exec { job, gen }) if stream == stream::STDIN => {
+                        job.stdin_end(gen, false)
                     }
-                }
-                Message::Cancel { id } => match lock(&self.requests).get(&id) {
-                    Some(control) => control.cancel(),
+                    Some(Request::File(t)) if stream == files::STREAM => t.eof(),
+                    _ => {}
+                },
+                Message::Reset { id, stream, reason } => match self.request(id) {
+                    Some(Request::Exec { job, gen }) if stream == stream::STDIN => {
+                        job.stdin_end(gen, true)
+                    }
+                    Some(Request::File(t)) if stream == files::STREAM => {
+                        t.abort(Some(format!("the gateway reset the transfer: {reason}")))
+                    }
+                    _ => {}
+                },
+                Message::Cancel { id } => match self.request(id) {
+                    Some(Request::Exec { job, .. }) => job.cancel(),
+                    Some(Request::File(t)) => t.abort(Some("cancelled".into())),
                     None => log::debug!("cancel for request {id}, which is not running"),
                 },
+                Message::Done { id } => {
+                    let delivered = lock(&self.delivered).remove(&id);
+                    match delivered {
+                        Some(job) => self.ctx.jobs.forget(&job),
+                        None => log::debug!("done for request {id}, which delivered no outcome"),
+                    }
+                }
                 Message::Bye { code, reason } => {
+                    if code == bye::REVOKED || code == bye::REJECTED {
+                        // Cut off: nobody may collect these jobs, so they must not run on.
+                        let stopped = self.ctx.jobs.cancel_all(CUT_OFF_GRACE);
+                        if stopped > 0 {
+                            log::warn!(
+                                "cancelled {stopped} running job(s): the gateway {} this node",
+                                if code == bye::REVOKED {
+                                    "revoked"
+                                } else {
+                                    "rejected"
+                                }
+                            );
+                        }
+                    }
                     if code == bye::REVOKED {
                         // Logged once, by `run`, which stops the agent.
                         *lock(&self.ctx.revoked) = Some(reason);
@@ -380,17 +453,7 @@ impl Connection {
                     }
                     return Ok(());
                 }
-                // Streams of other purposes come with later features: refuse them cleanly.
-                Message::Open { id, stream, .. } => self.reply(Message::Reset {
-                    id,
-                    stream,
-                    reason: "this agent does not serve streams of that purpose".into(),
-                })?,
-                Message::Data { id, .. }
-                | Message::Eof { id, .. }
-                | Message::Reset { id, .. }
-                | Message::Resize { id, .. }
-                | Message::Signal { id, .. } => {
+                Message::Resize { id, .. } | Message::Signal { id, .. } => {
                     log::debug!("request {id}: ignoring {}", message.kind_name())
                 }
                 other => bail!(
@@ -407,89 +470,6 @@ impl Connection {
             .frames
             .send(message)
             .map_err(|_| anyhow!("the gateway connection's writer has stopped"))
-    }
-
-    fn start(&mut self, id: u32, spec: ExecSpec) -> anyhow::Result<()> {
-        self.join_finished();
-        let control = Arc::new(Control::new());
-        {
-            let mut requests = lock(&self.requests);
-            let refusal = if id == 0 {
-                Some("request id 0 is reserved".to_string())
-            } else if requests.contains_key(&id) {
-                Some(format!("request {id} is already running"))
-            } else if requests.len() >= self.ctx.max_concurrent {
-                Some(format!(
-                    "too many requests in flight on this connection (at most {})",
-                    self.ctx.max_concurrent
-                ))
-            } else {
-                None
-            };
-            if let Some(message) = refusal {
-                drop(requests);
-                return self.reply(Message::Failed { id, message });
-            }
-            requests.insert(id, Arc::clone(&control));
-        }
-        let outbox = self.outbox.clone();
-        let requests = Arc::clone(&self.requests);
-        let spawned = thread::Builder::new()
-            .name(format!("exec-{id}"))
-            .spawn(move || {
-                let registered = Registered { requests, id };
-                let last = exec::run(id, &spec, &control, &|frame| outbox.send(frame));
-                // Forget the id first: the gateway may reuse it as soon as it reads the last frame.
-                drop(registered);
-                outbox.send(last);
-            });
-        match spawned {
-            Ok(thread) => {
-                self.threads.push(thread);
-                Ok(())
-            }
-            Err(e) => {
-                lock(&self.requests).remove(&id);
-                self.reply(Message::Failed {
-                    id,
-                    message: format!("starting a thread for the request: {e}"),
-                })
-            }
-        }
-    }
-
-    fn join_finished(&mut self) {
-        let (finished, running) = std::mem::take(&mut self.threads)
-            .into_iter()
-            .partition(|thread| thread.is_finished());
-        self.threads = running;
-        finished.into_iter().for_each(join_request);
-    }
-
-    fn shut_down(&mut self) {
-        for control in lock(&self.requests).values() {
-            control.connection_lost();
-        }
-        self.threads.drain(..).for_each(join_request);
-    }
-}
-
-/// Removes a request from the registry when its thread is done, even if it panicked.
-struct Registered {
-    requests: Registry,
-    id: u32,
-}
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        lock(&self.requests).remove(&self.id);
-    }
-}
-
-fn join_request(thread: JoinHandle<()>) {
-    let name = thread.thread().name().unwrap_or("exec").to_string();
-    if thread.join().is_err() {
-        log::error!("thread {name} panicked");
     }
 }
 
@@ -514,5 +494,6 @@ fn rand_u32() -> u32 {
     u32::from_be_bytes(burrow_core::random_bytes())
 }
 
+mod requests;
 #[cfg(test)]
 pub(crate) mod tests;

@@ -1,6 +1,7 @@
 //! Tests of running one command: output, streaming, bytes, credit, timeouts and process groups.
 use super::*;
 use crate::service::tests::{command, first_number, live_members, wait_until, TestGateway};
+use burrow_core::protocol::INITIAL_WINDOW;
 
 #[test]
 fn stdout_stderr_and_exit_code() {

@@ -1,245 +1,15 @@
 //! Tests of the command service over an in-memory twin of the tunnel (`UnixStream::pair`), with a
-//! test gateway that runs the real handshake; shared with the exec tests.
-//! A test-side gateway on one end of a `UnixStream` pair (the in-memory twin of the tunnel), with
-//! `serve` on the other; [`crate::exec`]'s tests use it too.
+//! test gateway that runs the real handshake. The harness ([`support`]) is shared with the exec, jobs
+//! and files tests.
 
 use super::*;
-use burrow_core::protocol::{stream, write_plain, ExitStatus};
+use burrow_core::protocol::{stream, write_plain, ExecSpec};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-pub(crate) struct TestGateway {
-    stream: UnixStream,
-    sealer: Sealer,
-    opener: Opener,
-    agent: Option<JoinHandle<anyhow::Result<()>>>,
-}
-
-/// Everything one request sent.
-#[derive(Debug, Default)]
-pub(crate) struct Outcome {
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-    pub status: Option<ExitStatus>,
-    pub failed: Option<String>,
-}
-
-impl Outcome {
-    pub fn exit(&self) -> &ExitStatus {
-        match (&self.status, &self.failed) {
-            (Some(status), _) => status,
-            (None, failed) => panic!("request failed: {failed:?}"),
-        }
-    }
-}
-
-/// Starts `serve` on a thread; returns the gateway end and the agent thread.
-fn spawn_agent(
-    gateway_key: PublicKey,
-    max_concurrent: usize,
-) -> (UnixStream, JoinHandle<anyhow::Result<()>>) {
-    spawn_agent_with(gateway_key, max_concurrent, Liveness::default(), None)
-}
-
-fn spawn_agent_with(
-    gateway_key: PublicKey,
-    max_concurrent: usize,
-    liveness: Liveness,
-    heartbeat: Option<HeartbeatSource>,
-) -> (UnixStream, JoinHandle<anyhow::Result<()>>) {
-    let (gateway_end, agent_end) = UnixStream::pair().unwrap();
-    let ctx = Arc::new(ServiceContext {
-        identity: Identity::generate("node"),
-        gateway_key,
-        max_concurrent,
-        liveness,
-        revoked: Default::default(),
-        heartbeat,
-        last_contact: Mutex::new(Instant::now()),
-    });
-    let slot = HandshakeSlots::new(1).try_take().unwrap();
-    let agent = thread::spawn(move || {
-        let reader = agent_end.try_clone().unwrap();
-        serve(reader, agent_end, ctx, slot)
-    });
-    // A hung test fails with a message instead of hanging the suite.
-    gateway_end
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    (gateway_end, agent)
-}
-
-impl TestGateway {
-    pub fn start() -> TestGateway {
-        TestGateway::start_with(8)
-    }
-
-    pub fn start_with(max_concurrent: usize) -> TestGateway {
-        let gateway = Identity::generate("gateway");
-        let (mut stream, agent) = spawn_agent(gateway.public(), max_concurrent);
-        let channel = handshake(&mut stream, &gateway, Role::Gateway, |_| true).unwrap();
-        TestGateway {
-            stream,
-            sealer: channel.sealer,
-            opener: channel.opener,
-            agent: Some(agent),
-        }
-    }
-
-    pub fn send(&mut self, message: &Message) {
-        self.sealer
-            .write_message(&mut self.stream, message)
-            .unwrap();
-    }
-
-    /// Seals a raw frame body (one no `Message` encodes to) and sends it.
-    pub fn send_body(&mut self, body: &[u8]) {
-        let frame = self.sealer.seal_body(body).unwrap();
-        self.stream.write_all(&frame).unwrap();
-    }
-
-    pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).unwrap();
-    }
-
-    pub fn recv(&mut self) -> Message {
-        self.opener
-            .read_message(&mut self.stream)
-            .expect("a frame from the agent")
-    }
-
-    /// Waits at most `wait` for a frame; `None` if none came.
-    pub fn recv_within(&mut self, wait: Duration) -> Option<Message> {
-        self.stream.set_read_timeout(Some(wait)).unwrap();
-        let got = self.opener.read_message(&mut self.stream);
-        self.stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        match got {
-            Ok(message) => Some(message),
-            Err(e) if e.is_timeout() => None,
-            Err(e) => panic!("reading from the agent: {e}"),
-        }
-    }
-
-    pub fn exec(&mut self, id: u32, spec: ExecSpec) {
-        self.send(&Message::Exec {
-            id,
-            job: format!("test-job-{id}"),
-            spec,
-        });
-    }
-
-    /// Collects request `id`'s frames up to its last one; any other request's frame is a failure.
-    pub fn collect(&mut self, id: u32) -> Outcome {
-        let mut outcome = Outcome::default();
-        loop {
-            match self.recv() {
-                Message::Data {
-                    id: i,
-                    stream: stream::STDOUT,
-                    data,
-                } if i == id => outcome.stdout.extend(data),
-                Message::Data {
-                    id: i,
-                    stream: stream::STDERR,
-                    data,
-                } if i == id => outcome.stderr.extend(data),
-                Message::Exit { id: i, status } if i == id => {
-                    outcome.status = Some(status);
-                    return outcome;
-                }
-                Message::Failed { id: i, message } if i == id => {
-                    outcome.failed = Some(message);
-                    return outcome;
-                }
-                other => panic!("unexpected frame while collecting request {id}: {other:?}"),
-            }
-        }
-    }
-
-    pub fn run(&mut self, spec: ExecSpec) -> Outcome {
-        self.exec(1, spec);
-        self.collect(1)
-    }
-
-    /// Closes the gateway end and returns what `serve` returned.
-    pub fn finish(mut self) -> anyhow::Result<()> {
-        let agent = self.agent.take().unwrap();
-        drop(self);
-        agent.join().expect("serve does not panic")
-    }
-}
-
-impl Drop for TestGateway {
-    fn drop(&mut self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
-        if let Some(agent) = self.agent.take() {
-            let _ = agent.join();
-        }
-    }
-}
-
-pub(crate) fn command(line: &str) -> ExecSpec {
-    ExecSpec {
-        command: Some(line.into()),
-        ..ExecSpec::default()
-    }
-}
-
-pub(crate) fn wait_until(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if condition() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    condition()
-}
-
-/// Live (not zombie) processes of process group `group`, as (pid, command name).
-pub(crate) fn live_members(group: i32) -> Vec<(i32, String)> {
-    let mut members = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // "pid (comm) state ppid pgrp ...": comm may contain spaces and parentheses.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        if fields.len() > 2 && fields[0] != "Z" && fields[2] == group.to_string() {
-            members.push((pid, stat[open + 1..close].to_string()));
-        }
-    }
-    members
-}
-
-/// Reads request `id`'s first line of stdout as a number (tests print `$$` first); returns it and any
-/// output that came in the same frames after that line.
-pub(crate) fn first_number(gateway: &mut TestGateway, id: u32) -> (i32, Vec<u8>) {
-    let mut stdout = Vec::new();
-    while !stdout.contains(&b'\n') {
-        match gateway.recv() {
-            Message::Data {
-                id: i,
-                stream: stream::STDOUT,
-                data,
-            } if i == id => stdout.extend(data),
-            other => panic!("expected the pid on stdout, got {other:?}"),
-        }
-    }
-    let end = stdout.iter().position(|&b| b == b'\n').unwrap();
-    let rest = stdout.split_off(end + 1);
-    let number = String::from_utf8(stdout).unwrap().trim().parse().unwrap();
-    (number, rest)
-}
+mod support;
+pub(crate) use support::*;
 
 #[test]
 fn pinned_gateway_is_served() {
@@ -256,7 +26,7 @@ fn other_gateway_key_is_refused_and_runs_nothing() {
         std::process::id(),
         Instant::now()
     ));
-    let (mut stream, agent) = spawn_agent(Identity::generate("pinned").public(), 8);
+    let (mut stream, agent, _dir) = spawn_agent(Identity::generate("pinned").public(), 8);
     let impostor = Identity::generate("impostor");
     assert!(handshake(&mut stream, &impostor, Role::Gateway, |_| true).is_err());
     // Whatever it sends next must not run.
@@ -273,10 +43,17 @@ fn other_gateway_key_is_refused_and_runs_nothing() {
     assert!(!marker.exists());
 }
 
+/// The connection ends; its job runs on detached, up to its own timeout.
 #[test]
-fn garbage_after_handshake_ends_the_connection_and_its_commands() {
+fn garbage_after_handshake_ends_the_connection_not_its_jobs() {
     let mut gateway = TestGateway::start();
-    gateway.exec(1, command("echo $$; sleep 100"));
+    gateway.exec(
+        1,
+        ExecSpec {
+            timeout_s: 2,
+            ..command("echo $$; sleep 100")
+        },
+    );
     let (group, _) = first_number(&mut gateway, 1);
     // A length prefix far beyond MAX_FRAME.
     gateway.send_raw(&[0xff; 16]);
@@ -285,7 +62,11 @@ fn garbage_after_handshake_ends_the_connection_and_its_commands() {
         format!("{err:#}").contains("failed authentication"),
         "{err:#}"
     );
-    assert!(wait_until(Duration::from_secs(5), || live_members(group).is_empty()));
+    assert!(
+        !live_members(group).is_empty(),
+        "killed with its connection"
+    );
+    assert!(wait_until(Duration::from_secs(8), || live_members(group).is_empty()));
 }
 
 #[test]
@@ -316,14 +97,31 @@ fn second_hello_is_a_protocol_error() {
     assert!(format!("{err:#}").contains("unexpected Hello"), "{err:#}");
 }
 
+/// Regression (issue 7): a dropped connection killed its commands; now they run on detached until
+/// their own timeout.
 #[test]
-fn closing_the_connection_kills_its_commands() {
+fn closing_the_connection_detaches_its_jobs_which_run_until_their_timeout() {
     let mut gateway = TestGateway::start();
-    gateway.exec(1, command("echo $$; sleep 100"));
+    gateway.exec(
+        1,
+        ExecSpec {
+            timeout_s: 2,
+            ..command("echo $$; sleep 100")
+        },
+    );
     let (group, _) = first_number(&mut gateway, 1);
-    assert!(!live_members(group).is_empty());
+    let closed = Instant::now();
     gateway.finish().unwrap();
-    assert!(wait_until(Duration::from_secs(5), || live_members(group).is_empty()));
+    assert!(
+        !live_members(group).is_empty(),
+        "killed with its connection"
+    );
+    assert!(wait_until(Duration::from_secs(8), || live_members(group).is_empty()));
+    assert!(
+        closed.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        closed.elapsed()
+    );
 }
 
 #[test]
@@ -389,7 +187,7 @@ fn refusals_are_failed_frames() {
     );
     gateway.exec(2, command("true"));
     assert!(
-        matches!(gateway.recv(), Message::Failed { id: 2, message } if message.contains("too many"))
+        matches!(gateway.recv(), Message::Failed { id: 2, message } if message.contains("too many jobs running"))
     );
     // Credit and Cancel for unknown ids cross finished requests on the wire: ignored.
     gateway.send(&Message::Credit {
@@ -429,8 +227,8 @@ fn relay_one_way(
 }
 
 /// A relay that passes the agent's output but stalls the gateway's frames (its `Cancel`, `Credit`,
-/// `Ping`s) must not keep a command running: the agent drops the connection within its liveness
-/// bound (`dead_after + tick`) and kills the command.
+/// `Ping`s) must not keep the connection up: the agent drops it within its liveness bound
+/// (`dead_after + tick`); the command runs on detached up to its own timeout.
 #[test]
 fn relay_dropping_the_gateways_frames_is_cut_within_the_liveness_bound() {
     let liveness = Liveness {
@@ -440,7 +238,7 @@ fn relay_dropping_the_gateways_frames_is_cut_within_the_liveness_bound() {
         heartbeat: Duration::from_secs(30),
     };
     let gateway = Identity::generate("gateway");
-    let (agent_side, agent) = spawn_agent_with(gateway.public(), 8, liveness, None);
+    let (agent_side, agent, dir) = spawn_agent_with(gateway.public(), 8, liveness, None);
     let (mut gw, relay_side) = UnixStream::pair().unwrap();
     gw.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let stall = Arc::new(AtomicBool::new(false));
@@ -457,8 +255,15 @@ fn relay_dropping_the_gateways_frames_is_cut_within_the_liveness_bound() {
         sealer: channel.sealer,
         opener: channel.opener,
         agent: Some(agent),
+        _node: Some(dir),
     };
-    g.exec(1, command("echo $$; sleep 100"));
+    g.exec(
+        1,
+        ExecSpec {
+            timeout_s: 3,
+            ..command("echo $$; sleep 100")
+        },
+    );
     let (group, _) = first_number(&mut g, 1);
     stall.store(true, Ordering::Release);
     let stalled = Instant::now();
@@ -473,7 +278,7 @@ fn relay_dropping_the_gateways_frames_is_cut_within_the_liveness_bound() {
         took < liveness.dead_after + liveness.tick + Duration::from_secs(1),
         "cut after {took:?}"
     );
-    assert!(wait_until(Duration::from_secs(5), || live_members(group).is_empty()));
+    assert!(wait_until(Duration::from_secs(8), || live_members(group).is_empty()));
     drop(g);
     to_agent.join().unwrap();
     to_gateway.join().unwrap();
@@ -483,8 +288,9 @@ fn relay_dropping_the_gateways_frames_is_cut_within_the_liveness_bound() {
 /// `HANDSHAKE_TIMEOUT`, so they cannot hold a thread (and a slot) forever.
 #[test]
 fn unfinished_handshake_is_dropped_after_the_timeout() {
-    let (silent, silent_agent) = spawn_agent(Identity::generate("gateway").public(), 8);
-    let (mut trickle, trickle_agent) = spawn_agent(Identity::generate("gateway").public(), 8);
+    let (silent, silent_agent, _dir1) = spawn_agent(Identity::generate("gateway").public(), 8);
+    let (mut trickle, trickle_agent, _dir2) =
+        spawn_agent(Identity::generate("gateway").public(), 8);
     let started = Instant::now();
     let trickler = thread::spawn(move || {
         // One byte of a Hello every 200 ms: each read is quick, the whole never completes in time.
@@ -534,6 +340,35 @@ fn bye_ends_the_connection() {
     agent.join().unwrap().unwrap();
 }
 
+/// Revoked or rejected, the node is cut off: its running jobs are killed before the connection ends
+/// (a shutdown `Bye` leaves them running: the gateway comes back for them).
+#[test]
+fn bye_revoked_or_rejected_cancels_running_jobs_and_shutdown_does_not() {
+    for code in [bye::REVOKED, bye::REJECTED, bye::SHUTDOWN] {
+        let mut gateway = TestGateway::start();
+        gateway.exec(
+            1,
+            ExecSpec {
+                timeout_s: 3,
+                ..command("echo $$; sleep 100")
+            },
+        );
+        let (group, _) = first_number(&mut gateway, 1);
+        gateway.send(&Message::Bye {
+            code: code.into(),
+            reason: "test".into(),
+        });
+        let agent = gateway.agent.take().unwrap();
+        agent.join().unwrap().unwrap();
+        if code == bye::SHUTDOWN {
+            assert!(!live_members(group).is_empty(), "{code}: killed");
+        } else {
+            assert!(live_members(group).is_empty(), "{code}: still running");
+        }
+        assert!(wait_until(Duration::from_secs(8), || live_members(group).is_empty()));
+    }
+}
+
 /// Heartbeats ride the authenticated connection: one at once, then one per interval.
 #[test]
 fn heartbeats_go_out_on_the_connection_at_once_and_then_periodically() {
@@ -551,22 +386,30 @@ fn heartbeats_go_out_on_the_connection_at_once_and_then_periodically() {
         ..Default::default()
     };
     let gateway = Identity::generate("gateway");
-    let (mut stream, agent) = spawn_agent_with(gateway.public(), 8, liveness, Some(Box::new(beat)));
+    let (mut stream, agent, dir) =
+        spawn_agent_with(gateway.public(), 8, liveness, Some(Box::new(beat)));
     let channel = handshake(&mut stream, &gateway, Role::Gateway, |_| true).unwrap();
     let mut g = TestGateway {
         stream,
         sealer: channel.sealer,
         opener: channel.opener,
         agent: Some(agent),
+        _node: Some(dir),
     };
     let connected = Instant::now();
-    assert_eq!(g.recv(), Message::Heartbeat(beat()));
+    // The service fills in the concurrency limit and what runs.
+    let expected = Message::Heartbeat(burrow_core::api::Heartbeat {
+        max_jobs: 8,
+        running: 0,
+        ..beat()
+    });
+    assert_eq!(g.recv(), expected);
     assert!(
         connected.elapsed() < Duration::from_millis(250),
         "{:?}",
         connected.elapsed()
     );
-    assert_eq!(g.recv(), Message::Heartbeat(beat()));
+    assert_eq!(g.recv(), expected);
     let second = connected.elapsed();
     assert!(second >= Duration::from_millis(300), "{second:?}");
     g.finish().unwrap();
