@@ -14,6 +14,17 @@
 //! [`crate::exec::KILL_GRACE`]). Under systemd, such an escapee is still killed when the agent's
 //! service stops or restarts (`KillMode=control-group`, the default).
 //!
+//! The unit `agent install` writes has `ProtectControlGroups=yes`: `/sys/fs/cgroup` is read-only to
+//! the agent, so its jobs have process groups only (the start log says so). Per-job cgroups need a
+//! drop-in that lets the agent manage its own subtree and nothing above it (untested here: this
+//! machine has no systemd and cgroup v1):
+//!
+//! ```text
+//! [Service]
+//! Delegate=yes
+//! ReadWritePaths=/sys/fs/cgroup/system.slice/burrow-agent.service
+//! ```
+//!
 //! # How
 //!
 //! Each job gets `<agent cgroup>/job-<n>` (`n`: the job's sequence number in this run). The child
