@@ -14,23 +14,38 @@
 //! [`crate::exec::KILL_GRACE`]). Under systemd, such an escapee is still killed when the agent's
 //! service stops or restarts (`KillMode=control-group`, the default).
 //!
+//! The unit `agent install` writes has `ProtectControlGroups=yes`: `/sys/fs/cgroup` is read-only to
+//! the agent, so its jobs have process groups only (the start log says so). Per-job cgroups need a
+//! drop-in that lets the agent manage its own subtree and nothing above it (untested here: this
+//! machine has no systemd and cgroup v1):
+//!
+//! ```text
+//! [Service]
+//! Delegate=yes
+//! ReadWritePaths=/sys/fs/cgroup/system.slice/burrow-agent.service
+//! ```
+//!
 //! # How
 //!
-//! Each job gets `<agent cgroup>/job-<n>` (`n`: the job's sequence number in this run). The child is
-//! moved there by writing its pid to `cgroup.procs` right after it was spawned: std spawns without
-//! `CLONE_INTO_CGROUP` and the agent has no `unsafe`, so a command that forks off a `setsid` child
-//! within its first instants could still escape; everything it starts afterwards is in the cgroup.
-//! Killing writes `1` to `cgroup.kill` (Linux ≥ 5.14), else sends SIGKILL to every pid listed in
-//! `cgroup.procs`. The cgroup is removed when the job is over, if empty; a background process that
-//! outlives its job (`nohup … &`) keeps it until it exits, and empty leftovers are removed at the
-//! next start.
+//! Each job gets `<agent cgroup>/job-<n>` (`n`: the job's sequence number in this run). The child
+//! must be *born* there: a shell forks its children within microseconds of its exec, before the
+//! agent could move it (measured here: `sh -c 'setsid … & sleep 100'` had forked both children
+//! before a move right after the spawn). std has no `CLONE_INTO_CGROUP` and the agent has no
+//! `unsafe` for a `pre_exec` hook, so the agent steps into the job's cgroup itself for the spawn
+//! and back out right after ([`Cgroups::spawn_in`], one spawn at a time); the child inherits the
+//! cgroup at fork. Killing writes `1` to `cgroup.kill` (Linux ≥ 5.14), else sends SIGKILL to every
+//! pid listed in `cgroup.procs`; either way never while the agent itself is in that cgroup (a
+//! failed step back out is logged, and the job is then killed pid by pid, the agent spared). The
+//! cgroup is removed when the job is over, if empty; a background process that outlives its job
+//! (`nohup … &`) keeps it until it exits, and empty leftovers are removed at the next start.
 //!
-//! A cgroup with processes cannot also have children that hold controllers ("no internal processes"),
-//! so where the agent's cgroup refuses the move with `EBUSY`, the agent first moves itself into
-//! `<agent cgroup>/agent`, once, and puts the job cgroups beside it.
+//! A cgroup with processes cannot also have children that hold controllers ("no internal
+//! processes"), so where the agent's cgroup refuses a write with `EBUSY`, the agent first moves
+//! itself into `<agent cgroup>/agent`, once, and returns there after each spawn.
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 use rustix::process::Pid;
 
@@ -42,6 +57,8 @@ const CGROUP2_MAGIC: i64 = 0x6367_7270;
 pub struct Cgroups {
     /// The directory the `job-<n>` cgroups are created in.
     parent: PathBuf,
+    /// Where the agent itself lives (`parent`, or `parent/agent`); also serializes spawns.
+    home: Mutex<PathBuf>,
 }
 
 /// One job's cgroup.
@@ -116,7 +133,7 @@ impl Cgroups {
                     "each job runs in its own cgroup under {}: cancel and timeout also kill processes that left the job's process group",
                     parent.display()
                 );
-                let cgroups = Cgroups { parent };
+                let cgroups = Cgroups::at(parent);
                 cgroups.remove_empty_leftovers();
                 Some(cgroups)
             }
@@ -129,51 +146,68 @@ impl Cgroups {
         }
     }
 
-    /// Creates job `n`'s cgroup and moves `pid` into it; `None` (logged) if that fails: the job then
-    /// has its process group only.
-    pub fn enter(&self, n: u64, pid: Pid) -> Option<JobCgroup> {
+    /// Job cgroups under `parent`, the agent's own cgroup (tests: a directory in a cgroup2 mount).
+    pub fn at(parent: PathBuf) -> Cgroups {
+        Cgroups {
+            home: Mutex::new(parent.clone()),
+            parent,
+        }
+    }
+
+    /// Runs `spawn` with the agent inside job `n`'s new cgroup, so the child is born there; returns
+    /// what `spawn` returned and the cgroup (`None`, logged, if it could not be used: the job then has
+    /// its process group only).
+    pub fn spawn_in<T>(&self, n: u64, spawn: impl FnOnce() -> T) -> (T, Option<JobCgroup>) {
+        let mut home = self.home.lock().unwrap_or_else(PoisonError::into_inner);
         let dir = self.parent.join(format!("job-{n}"));
-        let result = (|| {
+        let entered = (|| {
             match std::fs::create_dir(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e),
             }
-            match write_procs(&dir, pid) {
-                // The agent's cgroup holds controllers for its children: it must not hold processes.
-                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) => {
-                    self.move_agent_aside()?;
-                    write_procs(&dir, pid)
-                }
-                other => other,
-            }
+            enter(&dir)
         })();
-        match result {
-            Ok(()) => Some(JobCgroup { dir }),
-            Err(e) => {
-                log::warn!(
-                    "job {n}: not using cgroup {} ({e}); it has its process group only",
-                    dir.display()
-                );
-                let _ = std::fs::remove_dir(&dir);
-                None
-            }
+        if let Err(e) = entered {
+            log::warn!(
+                "job {n}: not using cgroup {} ({e}); it has its process group only",
+                dir.display()
+            );
+            let _ = std::fs::remove_dir(&dir);
+            return (spawn(), None);
         }
+        let spawned = spawn();
+        let back = match enter(&home) {
+            // The agent's cgroup holds controllers for its children: it must not hold processes.
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) => {
+                self.move_aside(&mut home)
+            }
+            other => other,
+        };
+        if let Err(e) = back {
+            log::error!(
+                "could not move the agent back from {} into {} ({e}); that job will be killed pid by pid, sparing the agent",
+                dir.display(),
+                home.display()
+            );
+        }
+        (spawned, Some(JobCgroup { dir }))
     }
 
-    /// Moves the agent itself into `<parent>/agent` (see the module doc).
-    fn move_agent_aside(&self) -> io::Result<()> {
+    /// Moves the agent into `<parent>/agent` (see the module doc) and makes that its home.
+    fn move_aside(&self, home: &mut PathBuf) -> io::Result<()> {
         let own = self.parent.join("agent");
         match std::fs::create_dir(&own) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
-        std::fs::write(own.join("cgroup.procs"), std::process::id().to_string())?;
+        enter(&own)?;
         log::info!(
             "moved the agent into {} so that job cgroups can sit beside it",
             own.display()
         );
+        *home = own;
         Ok(())
     }
 
@@ -199,20 +233,25 @@ fn fs_type(path: &Path) -> Option<i64> {
     rustix::fs::statfs(path).ok().map(|s| s.f_type as i64)
 }
 
-fn write_procs(dir: &Path, pid: Pid) -> io::Result<()> {
-    std::fs::write(dir.join("cgroup.procs"), pid.as_raw_nonzero().to_string())
+/// Moves the agent (all its threads) into cgroup `dir`.
+fn enter(dir: &Path) -> io::Result<()> {
+    std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
 }
 
 impl JobCgroup {
-    /// Kills every process in the cgroup.
+    /// Kills every process in the cgroup (but never the agent, should it be stuck in there).
     pub fn kill(&self) {
-        match std::fs::write(self.dir.join("cgroup.kill"), "1") {
-            Ok(()) => return,
-            // Before Linux 5.14: one by one.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => log::warn!("writing {}/cgroup.kill: {e}", self.dir.display()),
+        let me = std::process::id() as i32;
+        let pids = self.pids();
+        if !pids.iter().any(|p| p.as_raw_nonzero().get() == me) {
+            match std::fs::write(self.dir.join("cgroup.kill"), "1") {
+                Ok(()) => return,
+                // Before Linux 5.14: one by one.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => log::warn!("writing {}/cgroup.kill: {e}", self.dir.display()),
+            }
         }
-        for pid in self.pids() {
+        for pid in pids.into_iter().filter(|p| p.as_raw_nonzero().get() != me) {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }
     }

@@ -86,7 +86,11 @@ pub fn run(job: &Job, spec: &ExecSpec, cgroups: Option<&Cgroups>) -> Ending {
         return Ending::Failed("creating a pipe failed".into());
     };
     let started = Instant::now();
-    let mut child = match command.spawn() {
+    let (spawned, cgroup) = match cgroups {
+        Some(cgroups) => cgroups.spawn_in(n, || command.spawn()),
+        None => (command.spawn(), None),
+    };
+    let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {
             let program = command.get_program().to_string_lossy();
@@ -95,7 +99,6 @@ pub fn run(job: &Job, spec: &ExecSpec, cgroups: Option<&Cgroups>) -> Ending {
     };
     // `process_group(0)` makes the child the leader of a new group whose id is its pid.
     let group = Pid::from_child(&child);
-    let cgroup = cgroups.and_then(|c| c.enter(n, group));
     let stdin = child.stdin.take();
     let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
         kill_all(group, cgroup.as_ref());

@@ -330,6 +330,70 @@ fn cancel_kills_background_grandchildren() {
     );
 }
 
+/// With a cgroup per job, cancel also kills a child that left the process group (`setsid`).
+///
+/// Opt-in: this test machine has cgroup v1, so it runs only when `BURROW_TEST_CGROUP2` names a
+/// directory to create inside a writable cgroup2 mount (the test process lives there afterwards, as
+/// the agent would in its own cgroup), e.g. in a private mount namespace, as root:
+///
+/// ```text
+/// mkdir -p /tmp/cg2; unshare -m sh -c 'mount -t cgroup2 none /tmp/cg2 &&
+///   BURROW_TEST_CGROUP2=/tmp/cg2/burrow-test cargo test -p burrow-agent setsid_child;
+///   rmdir /tmp/cg2/burrow-test'
+/// ```
+///
+/// Without spawning inside the cgroup ([`crate::cgroup::Cgroups::spawn_in`]) it failed here: the
+/// shell had forked both children before a move right after the spawn.
+#[test]
+fn cancel_kills_a_setsid_child_through_the_job_cgroup() {
+    let Some(parent) = std::env::var_os("BURROW_TEST_CGROUP2") else {
+        eprintln!("skipped: BURROW_TEST_CGROUP2 is not set (no cgroup2 here)");
+        return;
+    };
+    let parent = std::path::PathBuf::from(parent);
+    std::fs::create_dir_all(&parent).unwrap();
+    let node = TestNode::with_cgroups(8, parent.clone());
+    let mut gateway = node.connect();
+    let escaped = node.dir.path().join("escaped.pid");
+    gateway.exec(
+        1,
+        command(&format!(
+            "echo $$; setsid sh -c 'echo $$ > {}; exec sleep 100' & sleep 100",
+            escaped.display()
+        )),
+    );
+    first_number(&mut gateway, 1);
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(&escaped).is_ok_and(|t| t.ends_with('\n'))
+    }));
+    let pid: i32 = std::fs::read_to_string(&escaped)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+    };
+    assert!(alive(pid), "the setsid child runs");
+    let cgroup = parent.join("job-1");
+    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap();
+    assert!(
+        procs.lines().any(|l| l.trim() == pid.to_string()),
+        "{procs}"
+    );
+    gateway.send(&Message::Cancel { id: 1 });
+    assert_eq!(gateway.collect(1).exit().signal, Some(9));
+    assert!(
+        wait_until(Duration::from_secs(5), || !alive(pid)),
+        "the setsid child survived"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || !cgroup.exists()),
+        "the job cgroup stays"
+    );
+    let _ = std::fs::remove_dir(&parent);
+}
+
 /// The heartbeat says how many jobs the node runs at most (at once, right after the handshake) and
 /// how many run now.
 #[test]

@@ -75,6 +75,30 @@ impl TestNode {
         }
     }
 
+    /// A node whose jobs each get a cgroup under `parent` (a directory in a cgroup2 mount).
+    pub fn with_cgroups(max_concurrent: usize, parent: std::path::PathBuf) -> TestNode {
+        let node = TestNode::new(max_concurrent);
+        let jobs = Jobs::open(
+            node.dir.path(),
+            node.limits,
+            Some(crate::cgroup::Cgroups::at(parent)),
+        )
+        .unwrap();
+        let ctx = ServiceContext {
+            identity: Identity::generate("node"),
+            gateway_key: node.gateway.public(),
+            jobs: Arc::new(jobs),
+            liveness: Liveness::default(),
+            revoked: Default::default(),
+            heartbeat: None,
+            last_contact: Mutex::new(Instant::now()),
+        };
+        TestNode {
+            ctx: Arc::new(ctx),
+            ..node
+        }
+    }
+
     /// A node whose connections send a heartbeat at once and then every `every`.
     pub fn with_heartbeats(max_concurrent: usize, every: Duration) -> TestNode {
         let node = TestNode::new(max_concurrent);
@@ -147,7 +171,6 @@ fn context(
     })
 }
 
-/// Starts `serve` on a thread; returns the gateway end and the agent thread.
 /// The gateway end, the agent thread, and the node's data dir (removed when the last holder drops it).
 pub(crate) type Spawned = (
     UnixStream,
