@@ -88,6 +88,11 @@ PrivateTmp=yes
 ReadWritePaths={data}
 ProtectKernelTunables=yes
 ProtectControlGroups=yes
+# Each job in its own cgroup, so cancel and timeouts also kill what left the process group
+# (`setsid`): systemd hands the service's own cgroup subtree to the agent and only that subtree is
+# writable. Where it is not (cgroup v1, an older systemd), the agent logs why and uses process groups.
+Delegate=yes
+ReadWritePaths=-/sys/fs/cgroup/system.slice/burrow-agent.service
 RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
 LockPersonality=yes
 # The agent stays under ~6 MB; the rest is room for the commands it runs, which share this cgroup.

@@ -133,6 +133,7 @@ fn broadcast_reports_every_node_and_a_dead_one_does_not_hold_back_the_others() {
     let mut fast_done_at = None;
     for line in BufReader::new(resp.into_body().into_reader()).lines() {
         let event: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        events.push(event);
         let exits = events
             .iter()
             .filter(|e: &&Value| e["event"] == "exit" && e["node"] != "b-slow")
@@ -140,7 +141,6 @@ fn broadcast_reports_every_node_and_a_dead_one_does_not_hold_back_the_others() {
         if exits == 5 && fast_done_at.is_none() {
             fast_done_at = Some(started.elapsed());
         }
-        events.push(event);
     }
     let fast_done_at = fast_done_at.expect("five fast exits");
     assert!(
@@ -462,8 +462,104 @@ fn any_picks_the_least_loaded_capable_node_and_fails_over_before_start() {
                "command": "echo $TEST_NODE"}),
     );
     assert_eq!(job(&gw, &id)["results"][0]["node"], "gpu-b");
-    gpus.pop().unwrap().proc.terminate();
+    // Killed outright: a stopping agent would first end its running command, freeing the lane.
+    let mut b = gpus.pop().unwrap();
+    b.proc.child.kill().unwrap();
+    b.proc.child.wait().unwrap();
     let ended = wait_job(&gw, &id, Duration::from_secs(30));
     assert_eq!(ended["state"], "succeeded", "{ended}");
     assert_eq!(ended["results"][0]["stdout"], "gpu-a\n", "{ended}");
+}
+
+#[test]
+fn a_node_with_a_limit_of_two_runs_at_most_two_at_once() {
+    let gw = Gateway::start();
+    let agent = Agent::start_with(&gw.join(&[]), "narrow", &["--max-concurrent", "2"]);
+    gw.wait_status("narrow", "online");
+    let log = agent.dir.path().join("spans");
+    let ids: Vec<String> = (0..10)
+        .map(|i| {
+            submit(
+                &gw,
+                json!({"target": "narrow", "async": true, "lane": format!("l{i}"),
+                       "command": format!("echo +$(date +%s%N) >> {0}; sleep 1; echo -$(date +%s%N) >> {0}",
+                                          log.display())}),
+            )
+        })
+        .collect();
+    for id in &ids {
+        let ended = wait_job(&gw, id, Duration::from_secs(60));
+        assert_eq!(
+            ended["state"], "succeeded",
+            "a busy node queues instead of refusing: {ended}"
+        );
+    }
+    let mut marks: Vec<(u128, i32)> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (sign, t) = l.split_at(1);
+            (t.parse().unwrap(), if sign == "+" { 1 } else { -1 })
+        })
+        .collect();
+    // Ends before starts at the same instant: a slot freed is a slot taken.
+    marks.sort();
+    let (mut now, mut most) = (0, 0);
+    for (_, d) in marks {
+        now += d;
+        most = most.max(now);
+    }
+    assert_eq!(most, 2, "at most the node's limit at once, and that many");
+}
+
+#[test]
+fn killing_the_gateway_mid_delivery_never_runs_a_command_twice() {
+    let gw = Gateway::start();
+    let mut agent = Agent::start(&gw.join(&[]), "once");
+    gw.wait_status("once", "online");
+    agent.proc.terminate();
+    wait_until(Duration::from_secs(20), "once offline", || {
+        gw.node("once")["status"] == "offline"
+    });
+    let marks = agent.dir.path().join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    let ids: Vec<String> = (0..30)
+        .map(|i| {
+            submit(
+                &gw,
+                json!({"target": "once", "async": true, "queue_ttl_s": 600,
+                       "lane": format!("l{}", i % 3),
+                       "command": format!("echo ran >> {}/{i}; sleep 0.2", marks.display())}),
+            )
+        })
+        .collect();
+    agent.restart();
+    wait_until(Duration::from_secs(30), "delivery to be under way", || {
+        std::fs::read_dir(&marks).unwrap().count() >= 4
+    });
+    let gw = gw.crash_restart();
+    let at_kill = std::fs::read_dir(&marks).unwrap().count();
+    assert!(
+        at_kill < 30,
+        "the kill came after delivery ended: proved nothing"
+    );
+    let mut states = std::collections::BTreeMap::new();
+    for (i, id) in ids.iter().enumerate() {
+        let ended = wait_job(&gw, id, Duration::from_secs(90));
+        let state = ended["state"].as_str().unwrap().to_string();
+        let runs = std::fs::read_to_string(marks.join(i.to_string()))
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        assert!(runs <= 1, "command {i} ran {runs} times ({state})");
+        if state == "succeeded" {
+            assert_eq!(runs, 1, "command {i}");
+        }
+        *states.entry(state).or_insert(0) += 1;
+    }
+    eprintln!("after a kill -9 mid-delivery: {states:?}");
+    assert_eq!(
+        states.get("succeeded"),
+        Some(&30),
+        "nothing is lost either: {states:?}"
+    );
 }

@@ -177,6 +177,23 @@ impl Gateway {
         self.restart_after(|_| {})
     }
 
+    /// Kills this gateway with SIGKILL (no chance to clean up) and starts it again on the same data
+    /// dir and ports.
+    pub fn crash_restart(self) -> Gateway {
+        let Gateway {
+            dir,
+            mut proc,
+            api,
+            ssh,
+            extra,
+            ..
+        } = self;
+        proc.child.kill().unwrap();
+        proc.child.wait().unwrap();
+        drop(proc);
+        Gateway::start_in(dir, api, ssh, extra)
+    }
+
     /// Stops this gateway, runs `offline` on its data dir, then starts it again as `restart` does.
     pub fn restart_after(self, offline: impl FnOnce(&Path)) -> Gateway {
         let data = self.data();
