@@ -332,23 +332,20 @@ fn cancel_kills_background_grandchildren() {
 
 /// With a cgroup per job, cancel also kills a child that left the process group (`setsid`).
 ///
-/// Opt-in: this test machine has cgroup v1, so it runs only when `BURROW_TEST_CGROUP2` names a
-/// directory to create inside a writable cgroup2 mount (the test process lives there afterwards, as
-/// the agent would in its own cgroup), e.g. in a private mount namespace, as root:
-///
-/// ```text
-/// mkdir -p /tmp/cg2; unshare -m sh -c 'mount -t cgroup2 none /tmp/cg2 &&
-///   BURROW_TEST_CGROUP2=/tmp/cg2/burrow-test cargo test -p burrow-agent setsid_child;
-///   rmdir /tmp/cg2/burrow-test'
-/// ```
+/// It needs a writable cgroup2 mount to put its jobs in: `BURROW_TEST_CGROUP2` names a directory to
+/// create inside one (the test process lives there afterwards, as the agent would in its own
+/// cgroup). Without it, as root, the test runs itself again in a private mount namespace with a
+/// fresh cgroup2 mount (`unshare -m`), so it runs on machines whose own hierarchy is cgroup v1;
+/// only where neither is possible (not root, no `unshare`) does it say so and pass.
 ///
 /// Without spawning inside the cgroup ([`crate::cgroup::Cgroups::spawn_in`]) it failed here: the
 /// shell had forked both children before a move right after the spawn.
 #[test]
 fn cancel_kills_a_setsid_child_through_the_job_cgroup() {
     let Some(parent) = std::env::var_os("BURROW_TEST_CGROUP2") else {
-        eprintln!("skipped: BURROW_TEST_CGROUP2 is not set (no cgroup2 here)");
-        return;
+        return rerun_in_a_private_cgroup2_mount(
+            "cancel_kills_a_setsid_child_through_the_job_cgroup",
+        );
     };
     let parent = std::path::PathBuf::from(parent);
     std::fs::create_dir_all(&parent).unwrap();
@@ -578,4 +575,36 @@ fn stdin_beyond_the_credit_is_a_protocol_error() {
     }
     let err = gateway.finish().unwrap_err();
     assert!(format!("{err:#}").contains("beyond its credit"), "{err:#}");
+}
+
+/// Runs test `name` of this binary again inside `unshare -m` with a private cgroup2 mount and
+/// `BURROW_TEST_CGROUP2` pointing into it; the outer test fails when the inner one does.
+fn rerun_in_a_private_cgroup2_mount(name: &str) {
+    let root = rustix::process::geteuid().is_root();
+    let unshare = std::path::Path::new("/usr/bin/unshare").exists();
+    if !root || !unshare {
+        eprintln!("skipped: needs root and unshare(1) to mount a private cgroup2 (root {root}, unshare {unshare})");
+        return;
+    }
+    let mnt = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let script = format!(
+        "mount -t cgroup2 none {mnt} && BURROW_TEST_CGROUP2={mnt}/burrow-test {exe} --exact jobs::tests::{name} --nocapture --test-threads 1; rc=$?; rmdir {mnt}/burrow-test/* {mnt}/burrow-test 2>/dev/null; umount {mnt}; exit $rc",
+        mnt = mnt.path().display(),
+        exe = exe.display(),
+    );
+    let out = std::process::Command::new("/usr/bin/unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "inner run failed:\n{text}");
+    assert!(
+        text.contains("1 passed"),
+        "the inner test did not run:\n{text}"
+    );
 }
