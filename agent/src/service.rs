@@ -435,13 +435,9 @@ impl Connection {
                         // Cut off: nobody may collect these jobs, so they must not run on.
                         let stopped = self.ctx.jobs.cancel_all(CUT_OFF_GRACE);
                         if stopped > 0 {
+                            // The reason itself is logged once, where the link ends.
                             log::warn!(
-                                "cancelled {stopped} running job(s): the gateway {} this node",
-                                if code == bye::REVOKED {
-                                    "revoked"
-                                } else {
-                                    "rejected"
-                                }
+                                "cancelled {stopped} running job(s): this node lost its access"
                             );
                         }
                     }

@@ -818,7 +818,7 @@ impl Jobs {
                     return;
                 }
                 Err(_) => {
-                    if !self.wait_for_link(node, deadline) {
+                    if !self.wait_for_link(job, idx, node, deadline) {
                         return self.give_up(job, idx, node);
                     }
                     continue;
@@ -847,7 +847,7 @@ impl Jobs {
                 Followed::Ended => return,
                 Followed::LinkLost => {
                     job.live().handles.remove(&idx);
-                    if !self.wait_for_link(node, deadline) {
+                    if !self.wait_for_link(job, idx, node, deadline) {
                         return self.give_up(job, idx, node);
                     }
                 }
@@ -1038,10 +1038,11 @@ impl Jobs {
         );
     }
 
-    /// Waits for a node's link to come back; `false` at the deadline or when stopping.
-    fn wait_for_link(&self, node: &str, deadline: Instant) -> bool {
+    /// Waits for a node's link to come back; `false` at the deadline, when stopping, or when the
+    /// part was ended meanwhile (its node was cut off).
+    fn wait_for_link(&self, job: &Job, idx: usize, node: &str, deadline: Instant) -> bool {
         while Instant::now() < deadline {
-            if self.stopping.load(Ordering::Relaxed) {
+            if self.stopping.load(Ordering::Relaxed) || job.live().results[idx].state.is_final() {
                 return false;
             }
             if self.bus.is_linked(node) {
@@ -1266,6 +1267,44 @@ impl Jobs {
         Subscription {
             replay,
             live: Some(rx),
+        }
+    }
+
+    /// A node lost its access for good (rejected, revoked): what ran there ends `lost` now (the
+    /// agent was told to stop it), what waited for it ends `offline`, instead of waiting for a
+    /// link that will not come back.
+    pub fn cut_off(self: &Arc<Self>, node: &str) {
+        let (queued, active): (Vec<Entry>, Vec<Arc<Job>>) = {
+            let mut s = lock(&self.sched);
+            let queued = s
+                .nodes
+                .get_mut(node)
+                .map(|q| q.lanes.values_mut().flat_map(|l| l.drain(..)).collect())
+                .unwrap_or_default();
+            (queued, s.active.values().cloned().collect())
+        };
+        let why = self.bus.why_unavailable(node);
+        for e in queued {
+            self.finish(&e.job, e.idx, NodeState::Offline, None, Some(why.clone()));
+        }
+        for job in active {
+            let running: Vec<usize> = job
+                .results()
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.node == node && r.state == NodeState::Running)
+                .map(|(i, _)| i)
+                .collect();
+            for idx in running {
+                let lost = Refusal::new(
+                    Kind::NodeLost,
+                    format!(
+                        "{node} was cut off while it ran the command: {}",
+                        why.message
+                    ),
+                );
+                self.finish(&job, idx, NodeState::Lost, None, Some(lost));
+            }
         }
     }
 

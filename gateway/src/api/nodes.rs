@@ -193,6 +193,9 @@ pub fn revoke(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
 /// ran `sync_keys`): cut what it still holds, its link (the agent is told `code`) with the commands
 /// on it, and every sshd session and listener of its key, a thief's included.
 fn end_access(ctx: &Ctx, node: &NodeRecord, code: &str, reason: &str) {
+    // Jobs first: their parts end with the reason, before the agent's answer to the goodbye (it
+    // kills what it ran) could end them as a plain failure.
+    ctx.jobs.cut_off(&node.id);
     ctx.bus.cut_off(&node.id, code, reason);
     let ports = node.ports.map(|p| p.to_vec()).unwrap_or_default();
     let cut = PublicKey::from_openssh(&node.public_key)
