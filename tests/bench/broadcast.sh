@@ -54,13 +54,11 @@ done
 hyperfine --warmup 3 --runs "$RUNS" --export-json "$WORK/result.json" "${args[@]}"
 
 block=$(python3 - "$WORK/result.json" "$RUNS" "$NODES" <<'PY'
-import json, sys, datetime, subprocess, platform
+import json, sys
+sys.path.insert(0, "tests/bench")
+from benchlib import pct, machine
 res = json.load(open(sys.argv[1]))["results"]
-def pct(ts, p):
-    ts = sorted(ts); return ts[min(len(ts) - 1, int(round(p / 100 * (len(ts) - 1))))] * 1000
-commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-cores = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
-print(f"Measured {datetime.date.today()} at commit `{commit}` on {platform.machine()}, {cores} cores, loopback, "
+print(f"{machine()}, loopback, "
       f"release build, {sys.argv[3]} agents on this machine, {sys.argv[2]} runs each after 3 warm-up runs, "
       f"with `tests/bench/broadcast.sh {sys.argv[2]} {sys.argv[3]}`.\n")
 print("| what | p50 (ms) | p95 (ms) | p50 / one node |\n| --- | ---: | ---: | ---: |")
