@@ -527,6 +527,13 @@ impl Pump {
             )));
         }
         self.socket_readable = revents.contains(PollFlags::IN);
+        if self.socket_readable {
+            // ACK what arrives at once. sshd does not set TCP_NODELAY on a session without a tty, so
+            // its second small packet (an `Exec` after a `Done` the agent does not answer) waits for
+            // the ACK of the first: 40 ms of delayed ACK per command otherwise. Linux drops quick-ACK
+            // mode by itself, so it is set again on every wake-up with data.
+            let _ = rustix::net::sockopt::set_tcp_quickack(&self.socket, true);
+        }
         self.peer_hung_up = revents.contains(PollFlags::RDHUP);
         Ok(())
     }
