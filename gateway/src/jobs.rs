@@ -560,12 +560,14 @@ impl Jobs {
             batch,
             any_of,
         };
-        {
+        // The commit runs while the parts start (the `Exec` may go out meanwhile); the caller is
+        // answered only once it is durable. Writes about the parts queue after it.
+        let stored = {
             let (meta, results) = (meta.clone(), results.clone());
             self.store
-                .write(move |tx| persist::insert(tx, &meta, &results))
-                .map_err(|e| Refusal::new(Kind::Internal, format!("storing the job: {e:#}")))?;
-        }
+                .queue(move |tx| persist::insert(tx, &meta, &results))
+                .map_err(|e| Refusal::new(Kind::Internal, format!("storing the job: {e:#}")))?
+        };
         let job = Arc::new(Job::new(meta, results));
         {
             let mut live = job.live();
@@ -609,6 +611,9 @@ impl Jobs {
             }
         }
         self.pump();
+        stored
+            .wait()
+            .map_err(|e| Refusal::new(Kind::Internal, format!("storing the job: {e:#}")))?;
         Ok(job)
     }
 
@@ -960,8 +965,10 @@ impl Jobs {
                     } else {
                         NodeState::Failed
                     };
+                    // The lane is free before the end is committed: the next command of the
+                    // lane need not wait for this one's fsync.
                     self.part_stopped(job, node);
-                    self.finish(job, idx, state, Some(status), None);
+                    self.finish_held(job, idx, state, Some(status), None);
                     request.done();
                     return Followed::Ended;
                 }
@@ -972,7 +979,8 @@ impl Jobs {
                         (NodeState::Failed, Kind::ExecFailed)
                     };
                     self.part_stopped(job, node);
-                    self.finish(job, idx, state, None, Some(Refusal::new(kind, message)));
+                    let why = Refusal::new(kind, message);
+                    self.finish_held(job, idx, state, None, Some(why));
                     request.done();
                     return Followed::Ended;
                 }
@@ -1074,6 +1082,33 @@ impl Jobs {
         exit: Option<ExitStatus>,
         error: Option<Refusal>,
     ) {
+        self.end_part(job, idx, state, exit, error, false);
+    }
+
+    /// Ends a part whose outcome the agent holds until it is told `Done` (which the caller sends
+    /// after this returns): waiters are answered while the commit runs. The outcome is durable on
+    /// one side or the other all along: if the gateway dies before its commit, the part is still
+    /// open in the store, and its `Exec` sent again after the restart gets the agent's kept copy.
+    fn finish_held(
+        &self,
+        job: &Arc<Job>,
+        idx: usize,
+        state: NodeState,
+        exit: Option<ExitStatus>,
+        error: Option<Refusal>,
+    ) {
+        self.end_part(job, idx, state, exit, error, true);
+    }
+
+    fn end_part(
+        &self,
+        job: &Arc<Job>,
+        idx: usize,
+        state: NodeState,
+        exit: Option<ExitStatus>,
+        error: Option<Refusal>,
+        held_by_agent: bool,
+    ) {
         let _order = lock(&job.emitting);
         let (r, last) = {
             let mut live = job.live();
@@ -1089,6 +1124,9 @@ impl Jobs {
             let r = r.clone();
             (r, live.results.iter().all(|r| r.state.is_final()))
         };
+        if held_by_agent {
+            job.changed.notify_all();
+        }
         let id = job.meta.id.clone();
         let stored = r.clone();
         if let Err(e) = self
@@ -1101,6 +1139,8 @@ impl Jobs {
                 r.node
             );
         }
+        // Input nobody will read: an uploader blocked on it is told at once.
+        lock(&job.stdin_rx).take();
         let far = Instant::now() + Duration::from_secs(30);
         job.emit_in_order(
             Ev::End {
@@ -1111,6 +1151,7 @@ impl Jobs {
         );
         if last {
             job.emit_in_order(Ev::Finished, true, far);
+            // Only now: a `GET /api/v1/jobs/{id}` reads the store once the job leaves memory.
             lock(&self.sched).active.remove(&job.meta.id);
             job.live().subscribers.clear();
         }

@@ -135,6 +135,17 @@ impl Store {
         &self,
         f: impl FnOnce(&Transaction) -> rusqlite::Result<T> + Send + 'static,
     ) -> anyhow::Result<T> {
+        self.queue(f)?.wait()
+    }
+
+    /// Queues a change like [`Store::write`] and returns at once; [`Pending::wait`] then waits for
+    /// its durable commit. Writes queued after it returns (from any thread) are ordered after it, so a
+    /// caller can start what the change records (send a command) while the commit runs, and
+    /// acknowledge it only after.
+    pub fn queue<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Transaction) -> rusqlite::Result<T> + Send + 'static,
+    ) -> anyhow::Result<Pending<T>> {
         let (tx, rx) = crossbeam_channel::bounded::<anyhow::Result<T>>(1);
         let fail_tx = tx.clone();
         let path = self.path.clone();
@@ -156,9 +167,9 @@ impl Store {
             fail: Box::new(move |e| {
                 let _ = fail_tx.send(Err(anyhow!(e)));
             }),
+            lazy: false,
         })?;
-        rx.recv()
-            .map_err(|_| anyhow!("the store's writer thread stopped"))?
+        Ok(Pending { rx })
     }
 
     /// Like [`Store::write`], but returns at once without waiting for the commit (for output chunks,
@@ -186,6 +197,7 @@ impl Store {
                 }
             }),
             fail: Box::new(|e| log::warn!("a background store write was lost: {e}")),
+            lazy: true,
         });
         if let Err(e) = submitted {
             log::warn!("a background store write was lost: {e:#}");
@@ -249,3 +261,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests;
+
+/// A change queued with [`Store::queue`].
+#[must_use = "a queued change is acknowledged only once `wait` says it is durable"]
+pub struct Pending<T> {
+    rx: crossbeam_channel::Receiver<anyhow::Result<T>>,
+}
+
+impl<T> Pending<T> {
+    /// The change's result once its commit is durable (or why it failed).
+    pub fn wait(self) -> anyhow::Result<T> {
+        self.rx
+            .recv()
+            .map_err(|_| anyhow!("the store's writer thread stopped"))?
+    }
+}

@@ -321,6 +321,41 @@ fn lazy_writes_are_ordered_with_other_writes() {
     assert_eq!(seen, 21, "a write sees every lazy write queued before it");
 }
 
+/// A command's "started" row (lazy) and its end (durable) a moment later cost one fsync, not two:
+/// a batch of only lazy changes waits up to `LAZY_LINGER` for a durable one; alone, it still lands.
+#[test]
+fn a_lazy_write_shares_the_commit_of_a_durable_one_that_follows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_table(dir.path());
+    // The durable write must come within the linger of the writer taking the lazy one; a test
+    // thread descheduled that long on a busy machine gets two more tries.
+    let shared = (0..3).any(|n| {
+        let before = store.commits();
+        store.write_lazy(move |t| t.execute("INSERT INTO t VALUES (?1)", [10 + n]).map(|_| ()));
+        // The writer has taken it and lingers (nothing durable came to commit it with).
+        wait_until("the writer to take the lazy change", || {
+            store.writer.queued() == 0
+        });
+        store
+            .write(move |t| t.execute("INSERT INTO t VALUES (?1)", [20 + n]))
+            .unwrap();
+        store.commits() - before == 1
+    });
+    assert!(
+        shared,
+        "a lazy write and the durable one after it never shared a commit"
+    );
+    let before = store.commits();
+    store.write_lazy(|t| t.execute("INSERT INTO t VALUES (3)", []).map(|_| ()));
+    wait_until("a lone lazy write to be committed", || {
+        store.commits() - before == 1
+    });
+    let n: i64 = store
+        .read(|c| c.query_row("SELECT count(*) FROM t WHERE n = 3", [], |r| r.get(0)))
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
 /// The child of [`acknowledged_writes_survive_kill_9`]: writes rows from four threads, printing
 /// `acked N` after each write returned, until it is killed. Without the variable it does nothing.
 #[test]

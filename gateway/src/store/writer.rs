@@ -27,6 +27,10 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 /// unbounded amount of work.
 const MAX_BATCH: usize = 512;
 
+/// A batch of only lazy changes waits this long for a durable one to share its commit: a command's
+/// "started" row then rides on the commit of its end instead of costing an fsync of its own.
+pub(super) const LAZY_LINGER: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Queued changes; a caller blocks (backpressure) only when the writer is this far behind.
 const QUEUE: usize = 8192;
 
@@ -44,6 +48,8 @@ pub(super) struct Change {
     pub apply: Apply,
     /// Answers the caller when the change could not even be run (the transaction did not begin).
     pub fail: Box<dyn FnOnce(String) + Send>,
+    /// Nobody waits for its commit ([`super::Store::write_lazy`]).
+    pub lazy: bool,
 }
 
 /// The handle of the writer thread.
@@ -111,6 +117,15 @@ fn run(conn: Connection, rx: Receiver<Change>, path: PathBuf, commits: &AtomicU6
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
+                Ok(change) => batch.push(change),
+                Err(_) => break,
+            }
+        }
+        // Nobody waits for lazy changes: give a durable one a moment to come and share the fsync.
+        let deadline = std::time::Instant::now() + LAZY_LINGER;
+        while batch.len() < MAX_BATCH && batch.iter().all(|c| c.lazy) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
                 Ok(change) => batch.push(change),
                 Err(_) => break,
             }
