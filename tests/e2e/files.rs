@@ -378,3 +378,49 @@ fn stdin_streams_ten_megabytes_exactly() {
     let (status, _) = gw.api("PUT", &format!("/api/v1/jobs/{id}/stdin"), None);
     assert_ne!(status, 200, "a second stdin for an ended job is refused");
 }
+
+/// Regression: a push cut by a gateway crash stayed `queued` in the store for ever (a transfer is
+/// run by its uploader's request, which the crash took with it). It now ends `lost`, and the node
+/// keeps no partial file.
+#[test]
+fn a_transfer_cut_by_a_gateway_crash_ends_lost_and_leaves_no_file() {
+    let gw = Gateway::start();
+    let agent = Agent::start(&gw.join(&[]), "crashy");
+    gw.wait_status("crashy", "online");
+    let dir = agent.dir.path().join("in");
+    std::fs::create_dir(&dir).unwrap();
+    let target = dir.join("half.bin");
+    let token = gw.token("operator");
+    let mut s = TcpStream::connect(gw.api).unwrap();
+    let len: u64 = 100 << 20;
+    write!(
+        s,
+        "PUT /api/v1/nodes/crashy/files?path={} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\
+         Content-Length: {len}\r\n\r\n",
+        target.display()
+    )
+    .unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    pattern(0, &mut buf);
+    s.write_all(&buf).unwrap();
+    let mut job_id = String::new();
+    wait_until(
+        Duration::from_secs(10),
+        "the transfer to be under way",
+        || {
+            let (_, jobs) = gw.api("GET", "/api/v1/jobs?limit=1", None);
+            job_id = jobs["jobs"][0]["job_id"].as_str().unwrap_or("").to_string();
+            jobs["jobs"][0]["kind"] == "put" && jobs["jobs"][0]["state"] == "running"
+        },
+    );
+    let gw = gw.crash_restart();
+    drop(s);
+    wait_until(Duration::from_secs(10), "the cut transfer to end", || {
+        gw.api("GET", &format!("/api/v1/jobs/{job_id}"), None).1["state"] == "lost"
+    });
+    wait_until(
+        Duration::from_secs(10),
+        "no partial file on the node",
+        || leftovers(&dir).is_empty(),
+    );
+}
