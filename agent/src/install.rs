@@ -156,6 +156,21 @@ mod tests {
     use super::*;
     use crate::cli::{Cli, Command as Sub};
 
+    /// A temporary directory for tests that install for real, outside `/tmp` and `/var/tmp` (a
+    /// unit with `PrivateTmp=yes` could not see those, so installing refuses them): in `/run` as
+    /// root, else in `$HOME`.
+    fn install_root() -> tempfile::TempDir {
+        let base = if rustix::process::geteuid().is_root() {
+            std::path::PathBuf::from("/run")
+        } else {
+            std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+        };
+        tempfile::Builder::new()
+            .prefix(".burrow-install-test")
+            .tempdir_in(base)
+            .unwrap()
+    }
+
     /// The binary the tests' units run: present on every Linux, never under /tmp.
     const TEST_BIN: &str = "/bin/sh";
 
@@ -236,7 +251,7 @@ mod tests {
 
     #[test]
     fn install_writes_a_unit_that_systemd_analyze_verifies_and_a_0600_config() {
-        let root = tempfile::tempdir().unwrap();
+        let root = install_root();
         let cli = install_in(
             root.path(),
             &[
@@ -358,9 +373,44 @@ mod tests {
         let err =
             install::check_binary(&SERVICE, Path::new("/nonexistent/agent"), false).unwrap_err();
         assert!(err.to_string().contains("pass --bin"), "{err}");
-        let tmp = tempfile::NamedTempFile::new_in("/tmp").unwrap();
-        let err = install::check_binary(&SERVICE, tmp.path(), true).unwrap_err();
+    }
+
+    /// Regression (papercut): `--print` refused a binary under /tmp although it writes nothing,
+    /// while a data dir or config dir under /tmp passed without a word. Every path the unit depends
+    /// on is now treated alike: a warning when printing, a refusal when installing.
+    #[test]
+    fn paths_under_tmp_warn_when_printing_and_are_refused_when_installing() {
+        let ok = Path::new(TEST_BIN);
+        let (data, etc) = (
+            Path::new("/var/lib/burrow/agent"),
+            Path::new("/etc/burrow/agent.toml"),
+        );
+        assert!(install::hidden_by_private_tmp(&SERVICE, ok, data, etc).is_empty());
+        let hidden = install::hidden_by_private_tmp(
+            &SERVICE,
+            Path::new("/tmp/agent"),
+            Path::new("/var/tmp/data"),
+            Path::new("/tmp/etc/agent.toml"),
+        );
+        assert_eq!(hidden.len(), 3, "{hidden:?}");
+        for (h, what) in hidden.iter().zip(["binary", "data dir", "config file"]) {
+            assert!(h.contains(what) && h.contains("PrivateTmp"), "{h}");
+        }
+        let tmp = tempfile::tempdir_in("/tmp").unwrap();
+        let printed = install_in(tmp.path(), &["--print"]);
+        run(&printed.data_dir, printed.log, install_of(&printed)).unwrap();
+        let installing = install_in(tmp.path(), &[]);
+        let err = run(
+            &installing.data_dir,
+            installing.log,
+            install_of(&installing),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("PrivateTmp"), "{err}");
+        assert!(
+            fs::read_dir(tmp.path()).unwrap().next().is_none(),
+            "nothing was written"
+        );
     }
 
     #[test]

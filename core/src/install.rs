@@ -90,6 +90,12 @@ impl Paths {
         let data_dir = absolute(data_dir)?;
         let config_path = absolute(config_dir)?.join(service.config);
         let unit_path = absolute(unit_dir)?.join(service.unit);
+        for warning in hidden_by_private_tmp(service, &bin, &data_dir, &config_path) {
+            if !printing {
+                return Err(failed(warning));
+            }
+            eprintln!("warning: {warning}");
+        }
         Ok(Paths {
             bin,
             data_dir,
@@ -170,15 +176,46 @@ pub fn check_binary(service: &Service, bin: &Path, printing: bool) -> Result<()>
             bin.display()
         );
     }
-    if bin.starts_with("/tmp") || bin.starts_with("/var/tmp") {
-        let name = service.binary;
-        return Err(failed(format!(
-            "{} would be hidden from the service by PrivateTmp=yes: copy it to e.g. \
-             /usr/local/bin/{name} and pass --bin /usr/local/bin/{name}",
-            bin.display()
-        )));
-    }
     Ok(())
+}
+
+/// What the unit would not find because the service gets a private `/tmp` and `/var/tmp`
+/// (`PrivateTmp=yes`): its binary, data dir or config file under them. Printing a unit only warns
+/// (it writes nothing); installing one refuses.
+#[inline]
+pub fn hidden_by_private_tmp(
+    service: &Service,
+    bin: &Path,
+    data_dir: &Path,
+    config_path: &Path,
+) -> Vec<String> {
+    let name = service.binary;
+    [
+        (
+            "binary",
+            bin,
+            format!("copy it to e.g. /usr/local/bin/{name} and pass --bin /usr/local/bin/{name}"),
+        ),
+        (
+            "data dir",
+            data_dir,
+            format!("pass e.g. --data-dir /var/lib/burrow/{name}"),
+        ),
+        (
+            "config file",
+            config_path,
+            "pass e.g. --config-dir /etc/burrow".to_string(),
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, path, _)| path.starts_with("/tmp") || path.starts_with("/var/tmp"))
+    .map(|(what, path, advice)| {
+        format!(
+            "the {what} {} would be hidden from the service by PrivateTmp=yes: {advice}",
+            path.display()
+        )
+    })
+    .collect()
 }
 
 /// A path as a unit file value: absolute, and nothing systemd would split, expand or unescape.

@@ -233,6 +233,21 @@ mod tests {
     use super::*;
     use crate::cli::{Cli, Command as Sub};
 
+    /// A temporary directory for tests that install for real, outside `/tmp` and `/var/tmp` (a
+    /// unit with `PrivateTmp=yes` could not see those, so installing refuses them): in `/run` as
+    /// root, else in `$HOME`.
+    fn install_root() -> tempfile::TempDir {
+        let base = if rustix::process::geteuid().is_root() {
+            std::path::PathBuf::from("/run")
+        } else {
+            std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+        };
+        tempfile::Builder::new()
+            .prefix(".burrow-install-test")
+            .tempdir_in(base)
+            .unwrap()
+    }
+
     /// The binary the tests' units run: present on every Linux, never under /tmp.
     const TEST_BIN: &str = "/bin/sh";
 
@@ -304,7 +319,7 @@ mod tests {
 
     #[test]
     fn install_writes_a_unit_that_systemd_analyze_verifies_and_a_0600_config() {
-        let root = tempfile::tempdir().unwrap();
+        let root = install_root();
         let d = |name: &str| root.path().join(name).to_str().unwrap().to_string();
         let (units, etc, data) = (d("units"), d("etc"), d("data"));
         let cli = install_args(&[
