@@ -370,8 +370,7 @@ mod tests {
         assert!(unit_path(Path::new("/opt/my agent")).is_err());
         assert!(unit_path(Path::new("/opt/100%")).is_err());
         assert!(unit_path(Path::new("/opt/$HOME")).is_err());
-        let err =
-            install::check_binary(&SERVICE, Path::new("/nonexistent/agent"), false).unwrap_err();
+        let err = install::check_binary(Path::new("/nonexistent/agent"), false).unwrap_err();
         assert!(err.to_string().contains("pass --bin"), "{err}");
     }
 

@@ -86,7 +86,7 @@ impl Paths {
             None => std::env::current_exe()
                 .map_err(|e| because("finding this binary's path (pass --bin)", e))?,
         };
-        check_binary(service, &bin, printing)?;
+        check_binary(&bin, printing)?;
         let data_dir = absolute(data_dir)?;
         let config_path = absolute(config_dir)?.join(service.config);
         let unit_path = absolute(unit_dir)?.join(service.unit);
@@ -163,7 +163,7 @@ pub fn run(service: &Service, plan: &Plan, print: Option<Print>, force: bool) ->
 /// The unit must be able to start the binary: it exists (when printing, e.g. a unit for release
 /// artefacts, it may be installed later), and the sandbox does not hide it.
 #[inline]
-pub fn check_binary(service: &Service, bin: &Path, printing: bool) -> Result<()> {
+pub fn check_binary(bin: &Path, printing: bool) -> Result<()> {
     if !bin.is_file() {
         if !printing {
             return Err(failed(format!(
