@@ -134,6 +134,10 @@ pub struct Submit {
     pub lane: String,
     pub queue_ttl_s: Option<u64>,
     pub batch: Option<Batch>,
+    /// The caller is told the job id before the job ends (`async`, streaming): the job must be
+    /// durable first. A caller answered only with the job's end needs no commit of its own: the
+    /// job's row then rides on the commit of its first end.
+    pub acknowledged_at_once: bool,
 }
 
 /// A batch window: a number of nodes, or a share of them.
@@ -565,12 +569,19 @@ impl Jobs {
         };
         // The commit runs while the parts start (the `Exec` may go out meanwhile); the caller is
         // answered only once it is durable. Writes about the parts queue after it.
-        let stored = {
-            let (meta, results) = (meta.clone(), results.clone());
-            self.store
-                .queue(move |tx| persist::insert(tx, &meta, &results))
-                .map_err(|e| Refusal::new(Kind::Internal, format!("storing the job: {e:#}")))?
-        };
+        let stored =
+            {
+                let (meta, results) = (meta.clone(), results.clone());
+                let insert = move |tx: &rusqlite::Transaction| persist::insert(tx, &meta, &results);
+                if submit.acknowledged_at_once {
+                    Some(self.store.queue(insert).map_err(|e| {
+                        Refusal::new(Kind::Internal, format!("storing the job: {e:#}"))
+                    })?)
+                } else {
+                    self.store.write_lazy(insert);
+                    None
+                }
+            };
         let job = Arc::new(Job::new(meta, results));
         {
             let mut live = job.live();
@@ -614,9 +625,11 @@ impl Jobs {
             }
         }
         self.pump();
-        stored
-            .wait()
-            .map_err(|e| Refusal::new(Kind::Internal, format!("storing the job: {e:#}")))?;
+        if let Some(stored) = stored {
+            stored
+                .wait()
+                .map_err(|e| Refusal::new(Kind::Internal, format!("storing the job: {e:#}")))?;
+        }
         Ok(job)
     }
 

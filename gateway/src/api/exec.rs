@@ -189,6 +189,7 @@ fn submit(
         (None, None) => None,
     };
     let stdin_stream = body.stdin_stream;
+    let acknowledged_at_once = body.run_async || wants_ndjson(req);
     if stdin_stream && stdin.is_some() {
         return Err(bad_request(
             "give \"stdin\"/\"stdin_b64\" or \"stdin_stream\", not both",
@@ -208,6 +209,7 @@ fn submit(
         lane,
         queue_ttl_s,
         batch,
+        acknowledged_at_once,
     })?;
     let nodes: Vec<String> = job.results().into_iter().map(|r| r.node).collect();
     let mut detail = json!({"job_id": job.meta.id, "nodes": nodes, "lane": job.meta.lane});
