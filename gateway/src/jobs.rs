@@ -502,6 +502,26 @@ impl Jobs {
         }
     }
 
+    /// A new job's row for `node`: `queued`, or `offline` at once when the node is not linked and
+    /// the job may not wait for it.
+    fn first_result(&self, node: &str, may_wait: bool, t: u64) -> NodeResult {
+        let mut r = NodeResult::new(node.to_string());
+        if !may_wait && !self.bus.is_linked(node) {
+            let why = self.bus.why_unavailable(node);
+            r.state = NodeState::Offline;
+            r.error = Some((why.kind.code().into(), why.message));
+            r.ended_at = Some(t);
+        }
+        r
+    }
+
+    /// The next job's arrival number.
+    fn next_seq(&self) -> u64 {
+        let mut s = lock(&self.sched);
+        s.next_seq += 1;
+        s.next_seq - 1
+    }
+
     /// Creates a job and queues its parts; answers once it is durable.
     pub fn submit(self: &Arc<Self>, submit: Submit) -> Result<Arc<Job>, Refusal> {
         let nodes = {
@@ -539,25 +559,14 @@ impl Jobs {
             Batch::Percent(p) => (chosen.len() * usize::from(p)).div_ceil(100).max(1),
         });
         let t = now();
-        let mut results = Vec::new();
-        for node in &chosen {
-            let mut r = NodeResult::new(node.clone());
-            if !self.bus.is_linked(node) && submit.queue_ttl_s.is_none() {
-                let why = self.bus.why_unavailable(node);
-                r.state = NodeState::Offline;
-                r.error = Some((why.kind.code().into(), why.message));
-                r.ended_at = Some(t);
-            }
-            results.push(r);
-        }
-        let seq = {
-            let mut s = lock(&self.sched);
-            s.next_seq += 1;
-            s.next_seq - 1
-        };
+        let may_wait = submit.queue_ttl_s.is_some();
+        let results: Vec<NodeResult> = chosen
+            .iter()
+            .map(|node| self.first_result(node, may_wait, t))
+            .collect();
         let meta = JobMeta {
             id: crate::bus::new_job_id(),
-            seq,
+            seq: self.next_seq(),
             kind: submit.kind,
             created_at: t,
             actor: submit.actor,

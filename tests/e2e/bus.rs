@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::util::{alive, children, wait_until, Agent, Gateway};
+use crate::util::{alive, children, online_node, wait_until, Agent, Gateway};
 
 fn fleet(gw: &Gateway, names: &[&str], extra: &[&str]) -> Vec<Agent> {
     let agents: Vec<Agent> = names
@@ -51,9 +51,7 @@ fn by_node(answer: &Value) -> std::collections::BTreeMap<String, Value> {
 
 #[test]
 fn fifty_commands_in_one_lane_land_in_order_and_two_lanes_interleave() {
-    let gw = Gateway::start();
-    let agent = Agent::start(&gw.join(&[]), "orderly");
-    gw.wait_status("orderly", "online");
+    let (gw, agent) = online_node("orderly");
     let file = agent.dir.path().join("order");
     let ids: Vec<String> = (0..50)
         .map(|i| {
@@ -286,9 +284,7 @@ fn start_tree(gw: &Gateway, node: &str, pidfile: &std::path::Path) -> (String, V
 
 #[test]
 fn cancel_kills_the_command_and_its_background_children() {
-    let gw = Gateway::start();
-    let agent = Agent::start(&gw.join(&[]), "cancelled");
-    gw.wait_status("cancelled", "online");
+    let (gw, agent) = online_node("cancelled");
     let (id, pids) = start_tree(&gw, "cancelled", &agent.dir.path().join("tree.pid"));
     // Queued behind it in its lane: cancelling the job must not start this one early, and
     // cancelling this one must mean it never runs.
@@ -316,9 +312,7 @@ fn cancel_kills_the_command_and_its_background_children() {
 
 #[test]
 fn a_client_that_goes_away_does_not_cancel_and_can_attach_again() {
-    let gw = Gateway::start();
-    let _agent = Agent::start(&gw.join(&[]), "detach");
-    gw.wait_status("detach", "online");
+    let (gw, _agent) = online_node("detach");
     let http: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
@@ -355,9 +349,7 @@ fn a_client_that_goes_away_does_not_cancel_and_can_attach_again() {
 
 #[test]
 fn a_gateway_restart_while_a_command_runs_ends_succeeded_with_its_output() {
-    let gw = Gateway::start();
-    let _agent = Agent::start(&gw.join(&[]), "survivor");
-    gw.wait_status("survivor", "online");
+    let (gw, _agent) = online_node("survivor");
     let id = submit(
         &gw,
         json!({"target": "survivor", "async": true, "command": "echo before; sleep 5; echo done"}),
@@ -374,9 +366,7 @@ fn a_gateway_restart_while_a_command_runs_ends_succeeded_with_its_output() {
 
 #[test]
 fn queued_commands_wait_for_an_offline_node_run_once_and_expire() {
-    let gw = Gateway::start();
-    let mut agent = Agent::start(&gw.join(&[]), "sleeper");
-    gw.wait_status("sleeper", "online");
+    let (gw, mut agent) = online_node("sleeper");
     agent.proc.terminate();
     wait_until(Duration::from_secs(20), "sleeper offline", || {
         gw.node("sleeper")["status"] == "offline"
@@ -514,9 +504,7 @@ fn a_node_with_a_limit_of_two_runs_at_most_two_at_once() {
 
 #[test]
 fn killing_the_gateway_mid_delivery_never_runs_a_command_twice() {
-    let gw = Gateway::start();
-    let mut agent = Agent::start(&gw.join(&[]), "once");
-    gw.wait_status("once", "online");
+    let (gw, mut agent) = online_node("once");
     agent.proc.terminate();
     wait_until(Duration::from_secs(20), "once offline", || {
         gw.node("once")["status"] == "offline"

@@ -7,14 +7,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::{json, Value};
 
-use crate::util::{alive, Agent, Gateway};
-
-fn online_node(name: &str) -> (Gateway, Agent) {
-    let gw = Gateway::start();
-    let agent = Agent::start(&gw.join(&[]), name);
-    gw.wait_status(name, "online");
-    (gw, agent)
-}
+use crate::util::{alive, online_node};
 
 #[test]
 fn ndjson_streams_output_as_it_is_produced() {

@@ -10,7 +10,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::util::{wait_until, Agent, Gateway};
+use crate::util::{online_node, wait_until, Agent, Gateway};
 
 /// A repeatable byte pattern that is not all zeros (so a wrong offset shows in the hash).
 fn pattern(offset: u64, buf: &mut [u8]) {
@@ -120,9 +120,7 @@ fn leftovers(dir: &std::path::Path) -> Vec<String> {
 
 #[test]
 fn a_file_pushed_to_one_node_and_pulled_back_is_the_same() {
-    let gw = Gateway::start();
-    let agent = Agent::start(&gw.join(&[]), "files");
-    gw.wait_status("files", "online");
+    let (gw, agent) = online_node("files");
     let dir = agent.dir.path().join("drop");
     std::fs::create_dir(&dir).unwrap();
     let target = dir.join("big.bin");
@@ -282,9 +280,7 @@ fn a_push_to_five_nodes_lands_everywhere_and_an_interrupted_push_leaves_nothing(
 
 #[test]
 fn gateway_memory_stays_bounded_during_a_1_gb_push() {
-    let gw = Gateway::start();
-    let agent = Agent::start(&gw.join(&[]), "bulk");
-    gw.wait_status("bulk", "online");
+    let (gw, agent) = online_node("bulk");
     let target = agent.dir.path().join("gigabyte");
     let pid = gw.proc.child.id();
     let before = rss_kib(pid);
@@ -317,9 +313,7 @@ fn gateway_memory_stays_bounded_during_a_1_gb_push() {
 
 #[test]
 fn stdin_streams_ten_megabytes_exactly() {
-    let gw = Gateway::start();
-    let _agent = Agent::start(&gw.join(&[]), "cat");
-    gw.wait_status("cat", "online");
+    let (gw, _agent) = online_node("cat");
     let (status, out) = gw.api(
         "POST",
         "/api/v1/exec",
@@ -384,9 +378,7 @@ fn stdin_streams_ten_megabytes_exactly() {
 /// keeps no partial file.
 #[test]
 fn a_transfer_cut_by_a_gateway_crash_ends_lost_and_leaves_no_file() {
-    let gw = Gateway::start();
-    let agent = Agent::start(&gw.join(&[]), "crashy");
-    gw.wait_status("crashy", "online");
+    let (gw, agent) = online_node("crashy");
     let dir = agent.dir.path().join("in");
     std::fs::create_dir(&dir).unwrap();
     let target = dir.join("half.bin");

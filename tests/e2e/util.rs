@@ -321,6 +321,14 @@ impl Gateway {
     }
 }
 
+/// A fresh gateway with one agent, `name`, joined and online.
+pub fn online_node(name: &str) -> (Gateway, Agent) {
+    let gw = Gateway::start();
+    let agent = Agent::start(&gw.join(&[]), name);
+    gw.wait_status(name, "online");
+    (gw, agent)
+}
+
 /// A running agent with its own data dir.
 pub struct Agent {
     pub proc: Proc,

@@ -165,7 +165,7 @@ fn put(ctx: &Ctx, req: &Req, target: Target, text: String) -> Result<Reply, Refu
         }
         parts.retain_mut(|p| send_chunk(&ctx.jobs, &job, p, &chunk[..n]));
     }
-    let sha256 = hex(&hasher.finalize());
+    let sha256 = burrow_core::join::hex(&hasher.finalize());
     for mut p in parts {
         let _ = p.request.send_eof(stream::FIRST_OPENED);
         let ended = wait_end(&mut p.request, Instant::now() + NODE_WAIT);
@@ -393,7 +393,7 @@ impl Read for FileReader {
             if self.eof {
                 return match self.request.next(deadline) {
                     Some(Event::Exit(s)) if s.exit_code == Some(0) => {
-                        let sha256 = hex(&self.hasher.clone().finalize());
+                        let sha256 = burrow_core::join::hex(&self.hasher.clone().finalize());
                         let t = Transfer {
                             bytes: self.total,
                             sha256,
@@ -449,8 +449,4 @@ impl Drop for FileReader {
                 .finish(&self.job, 0, NodeState::Cancelled, None, Some(why));
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    burrow_core::join::hex(bytes)
 }

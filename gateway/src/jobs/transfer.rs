@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use super::state::NodeState;
 use super::{lock, persist, Job, JobKind, JobMeta, Jobs, NodeResult, Transfer};
 use crate::refusal::{Kind, Refusal};
 use crate::registry::now;
@@ -20,26 +19,12 @@ impl Jobs {
     ) -> Result<Arc<Job>, Refusal> {
         let t = now();
         let results: Vec<NodeResult> = nodes
-            .into_iter()
-            .map(|node| {
-                let mut r = NodeResult::new(node.clone());
-                if !self.bus.is_linked(&node) {
-                    let why = self.bus.why_unavailable(&node);
-                    r.state = NodeState::Offline;
-                    r.error = Some((why.kind.code().into(), why.message));
-                    r.ended_at = Some(t);
-                }
-                r
-            })
+            .iter()
+            .map(|node| self.first_result(node, false, t))
             .collect();
-        let seq = {
-            let mut s = lock(&self.sched);
-            s.next_seq += 1;
-            s.next_seq - 1
-        };
         let meta = JobMeta {
             id: crate::bus::new_job_id(),
-            seq,
+            seq: self.next_seq(),
             kind,
             created_at: t,
             actor: actor.to_string(),
