@@ -33,6 +33,7 @@ impl Sampler {
             disk_total: root.map_or(0, |d| d.total_space()),
             disk_free: root.map_or(0, |d| d.available_space()),
             agent_rss: own_rss(),
+            ..Metrics::default()
         }
     }
 }

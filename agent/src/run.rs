@@ -223,6 +223,7 @@ fn heartbeat_source() -> crate::service::HeartbeatSource {
         // Filled in by the service, which knows the job table.
         max_jobs: 0,
         running: 0,
+        ..Heartbeat::default()
     })
 }
 

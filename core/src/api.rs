@@ -77,7 +77,8 @@ pub struct PairReply {
 }
 
 /// What an agent reports on its secure link ([`crate::protocol::Message::Heartbeat`]), at once and
-/// every 30 s.
+/// every `interval_s` (30 s by default, jittered). Every field added since the first heartbeat has a
+/// default, so a gateway reads an older agent's beat (and the reverse) without failing.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {
     /// Agent version.
@@ -91,25 +92,134 @@ pub struct Heartbeat {
     /// Commands running on the node now (attached or not).
     #[serde(default)]
     pub running: u32,
+    /// The agent's wall clock when it sent this beat, Unix milliseconds. The gateway compares it with
+    /// its own clock on arrival (the clock offset; skew beyond a bound is a fault). 0: not said.
+    #[serde(default)]
+    pub sent_at_ms: u64,
+    /// Seconds until the next beat at the latest (the agent's interval plus its jitter): a beat
+    /// later than this, on a link that still answers pings, is "late". 0: not said (30 s assumed).
+    #[serde(default)]
+    pub interval_s: u32,
+    /// Faults the node sees in itself now (empty when healthy); a node with any is in `error`.
+    #[serde(default)]
+    pub faults: Vec<Fault>,
 }
 
-/// Health figures an agent reports.
+/// A fault a node reports about itself: `code` is one of [`fault`], `message` is for people.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fault {
+    /// Machine-readable kind, one of [`fault`].
+    pub code: String,
+    /// What is wrong, in plain words (with the path or figure involved).
+    pub message: String,
+}
+
+/// The codes of [`Fault`].
+pub mod fault {
+    /// The agent cannot write to its data dir (job ledger, results, node key rotation).
+    pub const DATA_DIR_NOT_WRITABLE: &str = "data_dir_not_writable";
+    /// The node owner's policy file does not parse (the agent then refuses every command).
+    pub const POLICY_INVALID: &str = "policy_invalid";
+}
+
+/// Health figures an agent reports. Sizes are bytes, rates are counters the gateway differences
+/// (network), percentages are of the interval since the previous beat. Empty lists and `None` mean
+/// "not readable on this machine", never zero.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
     /// Seconds since boot.
     pub uptime_s: u64,
     /// 1-minute load average.
     pub load1: f64,
+    /// 5-minute load average.
+    #[serde(default)]
+    pub load5: f64,
+    /// 15-minute load average.
+    #[serde(default)]
+    pub load15: f64,
     /// CPU use in percent of all cores since the previous beat.
     pub cpu_percent: f32,
+    /// CPU use per core, in percent of that core, since the previous beat (index = core number).
+    #[serde(default)]
+    pub cpu_cores: Vec<f32>,
     /// Memory in bytes.
     pub mem_total: u64,
-    /// Memory in use, bytes.
+    /// Memory in use (total minus available), bytes.
     pub mem_used: u64,
-    /// Root filesystem size, bytes.
+    /// Memory available to new programs without swapping (`MemAvailable`), bytes.
+    #[serde(default)]
+    pub mem_available: u64,
+    /// Swap size, bytes.
+    #[serde(default)]
+    pub swap_total: u64,
+    /// Swap in use, bytes.
+    #[serde(default)]
+    pub swap_used: u64,
+    /// Root filesystem size, bytes (also in `filesystems`; kept for older readers).
     pub disk_total: u64,
-    /// Root filesystem free, bytes.
+    /// Root filesystem free, bytes (also in `filesystems`).
     pub disk_free: u64,
+    /// Every real filesystem (block devices; no tmpfs, overlay, squashfs, proc or cgroup noise), one
+    /// entry per mount point.
+    #[serde(default)]
+    pub filesystems: Vec<Filesystem>,
+    /// Network byte counters per interface since boot (loopback left out).
+    #[serde(default)]
+    pub network: Vec<NetInterface>,
+    /// Temperatures the kernel exposes (`/sys/class/thermal`, hwmon), degrees Celsius.
+    #[serde(default)]
+    pub temperatures: Vec<Temperature>,
+    /// The Raspberry Pi firmware's throttling flags (`get_throttled`, bit 0 under-voltage now, bit
+    /// 2 throttled now, ...) where readable.
+    #[serde(default)]
+    pub throttled: Option<u32>,
+    /// Processes on the machine.
+    #[serde(default)]
+    pub processes: u32,
     /// The agent's own resident memory, bytes.
     pub agent_rss: u64,
+}
+
+/// One mounted filesystem, from `statvfs`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Filesystem {
+    /// Mount point.
+    pub mount: String,
+    /// Device (`/dev/mmcblk0p2`).
+    pub device: String,
+    /// Filesystem type (`ext4`).
+    pub fstype: String,
+    /// Size, bytes.
+    pub total: u64,
+    /// Free for unprivileged users (`f_bavail`), bytes.
+    pub available: u64,
+    /// Free including the root reserve (`f_bfree`), bytes; used = total - free.
+    pub free: u64,
+    /// Inodes in all.
+    pub inodes_total: u64,
+    /// Inodes free.
+    pub inodes_free: u64,
+    /// Mounted read-only.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// Byte counters of one network interface since boot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetInterface {
+    /// Interface name (`eth0`, `wlan0`).
+    pub name: String,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+}
+
+/// One temperature sensor.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Temperature {
+    /// Sensor name (`cpu-thermal`, `coretemp/Package id 0`).
+    pub sensor: String,
+    /// Degrees Celsius.
+    pub celsius: f32,
 }

@@ -443,6 +443,7 @@ mod tests {
             },
             max_jobs: 64,
             running: 0,
+            ..Heartbeat::default()
         };
         reg.record_heartbeat("pi-1", beat(100));
         reg.record_heartbeat("pi-1", beat(200));

@@ -115,6 +115,7 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
     // sessions) runs at shutdown.
     let status_of = supervisor.as_ref().map(Arc::downgrade);
     let cut_of = supervisor.as_ref().map(Arc::downgrade);
+    let health = health::Health::new(registry.clone(), bus.clone());
     let contact_json =
         json!({"listen": ssh_addr, "public": ssh_public, "host_fingerprint": host_fingerprint});
     let ctx = Arc::new(Ctx {
@@ -122,6 +123,7 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         pairing: pairing.clone(),
         bus: bus.clone(),
         jobs: jobs.clone(),
+        health: health.clone(),
         started: Instant::now(),
         answer_limit: args.max_answer_bytes,
         draining: Default::default(),
@@ -143,7 +145,7 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
     let api = Api::start(server, ctx.clone())?;
     jobs.start()?;
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
-    let health = health::spawn(registry, bus.clone(), stop_rx)?;
+    let monitor = health::monitor::spawn(registry, bus.clone(), stop_rx)?;
     runinfo::write(
         &data_dir,
         api_addr,
@@ -160,7 +162,7 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
     );
     runinfo::remove(&data_dir);
     drop(stop_tx);
-    let _ = health.join();
+    let _ = monitor.join();
     drain(api, &ctx, args.shutdown_grace)?;
     // The handlers' context holds the audit handle: it must go before the log's writer is joined.
     drop(ctx);

@@ -94,6 +94,7 @@ pub(crate) fn samples() -> Vec<Message> {
             },
             max_jobs: 64,
             running: 2,
+            ..Heartbeat::default()
         }),
         Message::Bye {
             code: bye::REVOKED.into(),

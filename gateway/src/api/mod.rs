@@ -43,6 +43,8 @@ pub struct Ctx {
     pub pairing: Arc<Pairing>,
     pub bus: Arc<Bus>,
     pub jobs: Arc<crate::jobs::Jobs>,
+    /// Node state: the one owner ([`crate::health`]).
+    pub health: Arc<crate::health::Health>,
     pub started: Instant,
     /// The sshd supervisor's status, as JSON.
     pub sshd_status: Box<dyn Fn() -> Value + Send + Sync>,

@@ -10,27 +10,26 @@ use burrow_core::protocol::bye;
 
 use super::routes::Req;
 use super::{parse_body, Ctx, Reply};
+use crate::health::NodeState;
 use crate::refusal::{bad_request, not_found, Refusal};
-use crate::registry::{rfc3339, Approval, NodeRecord};
+use crate::registry::{rfc3339, NodeRecord};
 use crate::tokens::Role;
 
 pub fn status(ctx: &Ctx, _req: &Req) -> Result<Reply, Refusal> {
-    let (mut online, mut offline, mut pending, mut rejected) = (0, 0, 0, 0);
-    for n in ctx.registry.read().nodes.values() {
-        match (n.approval, ctx.bus.is_linked(&n.id)) {
-            (Approval::Approved, true) => online += 1,
-            (Approval::Approved, false) => offline += 1,
-            (Approval::Pending, _) => pending += 1,
-            (Approval::Rejected, _) => rejected += 1,
-        }
-    }
+    let mut nodes: serde_json::Map<String, Value> = ctx
+        .health
+        .counts()
+        .into_iter()
+        .map(|(state, n)| (state.as_str().to_string(), json!(n)))
+        .collect();
+    let total: u64 = nodes.values().filter_map(Value::as_u64).sum();
+    nodes.insert("total".into(), json!(total));
     Ok(Reply::Json(
         200,
         json!({
             "version": burrow_core::VERSION,
             "uptime_s": ctx.started.elapsed().as_secs(),
-            "nodes": {"online": online, "offline": offline, "pending": pending, "rejected": rejected,
-                      "total": online + offline + pending + rejected},
+            "nodes": nodes,
             "ssh": ctx.contact,
             "sshd": (ctx.sshd_status)(),
         }),
@@ -45,11 +44,11 @@ pub fn list(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
     for (key, value) in super::query(&req.call.path)? {
         match key.as_str() {
             "status" => {
-                const STATUSES: [&str; 4] = ["online", "offline", "pending", "rejected"];
-                if !STATUSES.contains(&value.as_str()) {
+                if !NodeState::ALL.iter().any(|s| s.as_str() == value) {
+                    let names: Vec<&str> = NodeState::ALL.iter().map(|s| s.as_str()).collect();
                     return Err(bad_request(format!(
                         "status is one of {}",
-                        STATUSES.join(", ")
+                        names.join(", ")
                     )));
                 }
                 status = Some(value);
@@ -69,12 +68,17 @@ pub fn list(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
             }
         }
     }
-    let nodes: Vec<Value> = ctx
+    // Collected first: `node_json` asks the health module, which reads the registry too.
+    let matching: Vec<NodeRecord> = ctx
         .registry
         .read()
         .nodes
         .values()
         .filter(|n| selector.matches(n))
+        .cloned()
+        .collect();
+    let nodes: Vec<Value> = matching
+        .iter()
         .map(|n| node_json(ctx, n))
         .filter(|n| status.as_deref().is_none_or(|s| n["status"] == s))
         .collect();
@@ -155,12 +159,9 @@ pub fn label(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
 
 pub fn show(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
     let id = req.param(0);
-    let state = ctx.registry.read();
-    let node = state
-        .nodes
-        .get(id)
-        .ok_or_else(|| not_found(format!("no node {id:?}")))?;
-    Ok(Reply::Json(200, node_json(ctx, node)))
+    let node = ctx.registry.read().nodes.get(id).cloned();
+    let node = node.ok_or_else(|| not_found(format!("no node {id:?}")))?;
+    Ok(Reply::Json(200, node_json(ctx, &node)))
 }
 
 pub fn approve(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
@@ -210,12 +211,8 @@ fn end_access(ctx: &Ctx, node: &NodeRecord, code: &str, reason: &str) {
 /// A node as the API shows it.
 fn node_json(ctx: &Ctx, n: &NodeRecord) -> Value {
     let live = ctx.registry.live(&n.id);
-    let status = match n.approval {
-        Approval::Pending => "pending",
-        Approval::Rejected => "rejected",
-        Approval::Approved if ctx.bus.is_linked(&n.id) => "online",
-        Approval::Approved => "offline",
-    };
+    let state = ctx.health.state(&n.id);
+    let status = state.as_ref().map_or("offline", |s| s.state.as_str());
     json!({
         "id": n.id,
         "hostname": n.hostname,
@@ -224,6 +221,8 @@ fn node_json(ctx: &Ctx, n: &NodeRecord) -> Value {
         "labels": n.labels,
         "last_seen": live.last_seen.map(rfc3339),
         "online_since": live.online_since.filter(|_| status == "online").map(rfc3339),
+        "state_since": state.as_ref().and_then(|s| s.since).map(rfc3339),
+        "state_reason": state.as_ref().map(|s| s.reason.as_str()).filter(|r| !r.is_empty()),
         "fingerprint": n.fingerprint,
         "os": n.os,
         "arch": n.arch,

@@ -1,4 +1,4 @@
-//! Health: keeps a link to every approved node (redialing when it drops), pings quiet links and drops
+//! The health thread: keeps a link to every approved node (redialing when it drops), pings quiet links and drops
 //! dead ones. A node is `online` exactly while its authenticated link is up; heartbeats (on the link,
 //! at once and every 30 s) refresh `last_seen` and its metrics.
 
