@@ -80,6 +80,46 @@ pub struct StateInfo {
     pub reason: String,
 }
 
+/// Whether an alert holds now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code, reason = "the alerts engine is being built")]
+pub enum AlertState {
+    Firing,
+    Resolved,
+}
+
+/// One alert: a rule whose condition held for its duration on one node (or the gateway itself).
+/// It fires once and resolves once.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Alert {
+    /// Unique, increasing.
+    pub id: u64,
+    /// The rule's name (`disk_full`, `node_offline`).
+    pub rule: String,
+    /// The node it is about; `None` for the gateway itself.
+    pub node: Option<String>,
+    /// The rule's severity (`warning`, `critical`).
+    pub severity: String,
+    pub state: AlertState,
+    /// For people ("disk / 93 % full (threshold 90 %) for 5m").
+    pub summary: String,
+    /// The figure that crossed the threshold, when there is one.
+    pub value: Option<f64>,
+    /// When it fired (Unix seconds).
+    pub started_at: u64,
+    /// When it resolved.
+    pub resolved_at: Option<u64>,
+}
+
+/// One point of a node's metrics history.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Sample {
+    /// Unix seconds.
+    pub at: u64,
+    pub metrics: burrow_core::api::Metrics,
+}
+
 /// The one owner of node state (see the module doc).
 pub struct Health {
     registry: Arc<Registry>,
@@ -116,6 +156,21 @@ impl Health {
         ids.into_iter()
             .filter_map(|id| self.state(&id).map(|s| (id, s)))
             .collect()
+    }
+
+    /// Alerts, newest first: those in `state` (all when `None`), at most `limit`.
+    #[allow(dead_code, reason = "the alerts engine and its routes are being built")]
+    pub fn alerts(&self, state: Option<AlertState>, limit: usize) -> Vec<Alert> {
+        let _ = (state, limit);
+        Vec::new()
+    }
+
+    /// A node's metrics history from `since` (Unix seconds), one point per `step` seconds at most
+    /// (downsampled: averages of gauges, last value of counters), oldest first.
+    #[allow(dead_code, reason = "the history store and its route are being built")]
+    pub fn history(&self, node: &str, since: u64, step: u64) -> Vec<Sample> {
+        let _ = (node, since, step);
+        Vec::new()
     }
 
     /// How many nodes are in each state (every state present, zeros included).
