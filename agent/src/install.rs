@@ -107,23 +107,23 @@ WantedBy=multi-user.target
     Ok(text)
 }
 
-/// The config file: every setting, those not set commented out with an example.
+/// The config file: every setting of `agent run` with its help; those `install` was given written
+/// out, the rest commented out with their default or an example.
 fn config(data_dir: &Path, log: log::LevelFilter, join: Option<&str>, p: &Profile) -> String {
     let list = |items: Vec<String>| items.join(", ");
     let capabilities = p.capabilities.iter().map(|c| toml_string(c)).collect();
     let labels = p.labels.iter();
     let labels = labels.map(|(k, v)| format!("{} = {}", toml_key(k), toml_string(v)));
+    let log = toml_string(&log.to_string().to_ascii_lowercase());
     let entries = [
         (
-            "join",
-            join.map(toml_string),
-            "\"burrow1.…\"   # from `gateway join create`; unused once paired",
+            "data_dir",
+            Some(toml_string(&data_dir.to_string_lossy())),
+            "",
         ),
-        (
-            "name",
-            p.name.as_deref().map(toml_string),
-            "\"pi-1\"        # default: the hostname",
-        ),
+        ("log", Some(log), ""),
+        ("join", join.map(toml_string), "\"burrow1.…\""),
+        ("name", p.name.as_deref().map(toml_string), "\"pi-1\""),
         (
             "capability",
             (!p.capabilities.is_empty()).then(|| format!("[{}]", list(capabilities))),
@@ -138,10 +138,14 @@ fn config(data_dir: &Path, log: log::LevelFilter, join: Option<&str>, p: &Profil
     let header = "\
 # burrow agent settings, written by `agent install`. Each key is also a flag (`data_dir` is
 # --data-dir) and an environment variable (BURROW_DATA_DIR); a flag beats the environment, which
-# beats this file. Reference: docs/deploy.md. Keep this file 0600: it may hold a join string.
+# beats this file. Lines starting with `#` show the default. Reference: docs/deploy.md. Keep this
+# file 0600: it may hold a join string.
 ";
-    let log = log.to_string().to_ascii_lowercase();
-    config_file(header, data_dir, &log, &entries)
+    let cli = <crate::cli::Cli as clap::CommandFactory>::command();
+    let run = cli
+        .find_subcommand("run")
+        .expect("the agent has a run subcommand");
+    config_file(header, &[&cli, run], &entries)
 }
 
 #[cfg(test)]
@@ -358,9 +362,15 @@ mod tests {
         ] {
             assert!(plan.unit.contains(line), "missing {line:?} in\n{}", plan.unit);
         }
-        assert!(plan
-            .config
-            .contains("\ndata_dir = \"/var/lib/burrow/agent\"\nlog = \"info\"\n# join = "));
+        // Defaults are shown commented out, with their help above them (issue 12, papercut 4).
+        for line in [
+            "\n# data_dir = \"/var/lib/burrow/agent\"\n",
+            "\n# log = \"info\"\n",
+            "\n# The join string from `gateway join create`; ignored once this node is paired\n# join = ",
+            "\n# max_concurrent = 64\n",
+        ] {
+            assert!(plan.config.contains(line), "missing {line:?} in\n{}", plan.config);
+        }
         // With --print nothing is written (the real /etc is not touched, whoever runs the tests).
         run(&cli.data_dir, cli.log, install_of(&cli)).unwrap();
     }

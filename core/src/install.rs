@@ -251,28 +251,74 @@ pub fn state_directory(data_dir: &Path) -> Result<String> {
     }
 }
 
-/// One key of a config file: its name, its value as TOML (none: the line is commented out) and the
-/// example shown for it when commented out.
+/// One key of a config file: its name, its value in this run as TOML (none: not set) and, for a
+/// setting without a default, the example shown when it is commented out.
 pub type Setting<'a> = (&'a str, Option<String>, &'a str);
 
-/// The config file: `header`, then `data_dir` and `log` (lowercase level name), then `settings`,
-/// those not set commented out with their example.
+/// The config file `install` writes: `header`, then every setting of `commands` (their `BURROW_*`
+/// flags, in order, each key once; see [`crate::settings`]) with its help as a comment. A setting
+/// whose value in `set` differs from its default is written `key = value`; every other one is
+/// commented out with its default (`# key = "10s"`) or, without one, its example, so the file lists
+/// everything that can be set, as `/etc` files do. A key of `commands` missing from `set` is
+/// commented out too: each binary's test checks `set` covers them all.
 #[inline]
-pub fn config_file(header: &str, data_dir: &Path, log: &str, settings: &[Setting<'_>]) -> String {
+pub fn config_file(header: &str, commands: &[&clap::Command], set: &[Setting<'_>]) -> String {
     let mut text = String::from(header);
-    let data_dir = toml_string(&data_dir.to_string_lossy());
-    let common = [
-        ("data_dir", Some(data_dir), ""),
-        ("log", Some(toml_string(log)), ""),
-    ];
-    for (key, value, example) in common.iter().chain(settings) {
-        match value {
-            Some(value) => writeln!(text, "{key} = {value}"),
-            None => writeln!(text, "# {key} = {example}"),
+    let mut seen = std::collections::BTreeSet::new();
+    for arg in commands.iter().flat_map(|c| c.get_arguments()) {
+        let Some(key) = crate::settings::setting_key(arg) else {
+            continue;
+        };
+        if !seen.insert(key.clone()) {
+            continue;
         }
-        .expect("writing to a String");
+        let (value, example) = set
+            .iter()
+            .find(|(k, _, _)| *k == key)
+            .map_or((None, ""), |(_, v, e)| (v.clone(), *e));
+        let default = default_toml(arg);
+        text.push('\n');
+        if let Some(help) = arg.get_help() {
+            comment(&mut text, &help.to_string());
+        }
+        let line = match (value, default) {
+            (Some(v), Some(d)) if v == d => format!("# {key} = {d}"),
+            (Some(v), _) => format!("{key} = {v}"),
+            (None, Some(d)) => format!("# {key} = {d}"),
+            (None, None) => format!("# {key} = {example}"),
+        };
+        writeln!(text, "{}", line.trim_end()).expect("writing to a String");
     }
     text
+}
+
+/// `words` as `# ` lines of at most 100 columns.
+#[inline]
+fn comment(text: &mut String, words: &str) {
+    let mut line = String::from("#");
+    for word in words.split_whitespace() {
+        if line.len() > 1 && line.len() + 1 + word.len() > 100 {
+            writeln!(text, "{line}").expect("writing to a String");
+            line = String::from("#");
+        }
+        line.push(' ');
+        line.push_str(word);
+    }
+    writeln!(text, "{line}").expect("writing to a String");
+}
+
+/// A flag's default value as TOML: a switch's `false`, a number bare, anything else a string.
+#[inline]
+fn default_toml(arg: &clap::Arg) -> Option<String> {
+    if matches!(arg.get_action(), clap::ArgAction::SetTrue) {
+        return Some("false".into());
+    }
+    let values = arg.get_default_values();
+    let value = values.first()?.to_str()?;
+    Some(match value.parse::<i64>() {
+        Ok(n) => n.to_string(),
+        Err(_) => toml_string(value),
+    })
 }
 
 /// A TOML basic string. JSON's string escapes (`\"`, `\\`, `\n`, `\u00XX`, never `\/`) are a subset

@@ -173,7 +173,7 @@ fn collect_settings(command: &Command, found: &mut BTreeMap<String, Arg>) {
 
 /// `BURROW_DATA_DIR` → `data_dir`; flags without a `BURROW_*` variable are not settings.
 #[inline]
-fn setting_key(arg: &Arg) -> Option<String> {
+pub fn setting_key(arg: &Arg) -> Option<String> {
     let env = arg.get_env()?.to_str()?;
     let key = env.strip_prefix(ENV_PREFIX)?;
     (env != CONFIG_ENV && arg.get_long().is_some()).then(|| key.to_ascii_lowercase())

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use burrow_core::install::{self, config_file, toml_string, unit_path, Paths, Plan};
+use burrow_core::install::{self, config_file, toml_string, unit_path, Paths, Plan, Setting};
 
 use crate::cli::{InstallArgs, Print, ServeArgs};
 
@@ -131,34 +131,47 @@ WantedBy=multi-user.target
     Ok(text)
 }
 
-/// The config file: every setting, those not set commented out with an example.
+/// The config file: every setting of `serve` with its help, those this run sets to something else
+/// than the default written out, the rest commented out with their default.
 fn config(data_dir: &Path, log: log::LevelFilter, s: &ServeArgs) -> String {
-    let entries = [
+    let set = serve_settings(data_dir, log, s);
+    let header = "\
+# burrow gateway settings, written by `gateway install`. Each key is also a flag (`data_dir` is
+# --data-dir) and an environment variable (BURROW_DATA_DIR); a flag beats the environment, which
+# beats this file. Lines starting with `#` show the default. Reference: docs/deploy.md.
+";
+    let cli = <crate::cli::Cli as clap::CommandFactory>::command();
+    let serve = cli
+        .find_subcommand("serve")
+        .expect("the gateway has a serve subcommand");
+    config_file(header, &[&cli, serve], &set)
+}
+
+/// The value of every setting `serve` reads, as TOML (see `config`; a test checks none is missing).
+fn serve_settings(data_dir: &Path, log: log::LevelFilter, s: &ServeArgs) -> Vec<Setting<'static>> {
+    let path = |p: &Path| Some(toml_string(&p.to_string_lossy()));
+    let duration = |d| Some(toml_string(&humantime::format_duration(d).to_string()));
+    vec![
+        ("data_dir", path(data_dir), ""),
+        (
+            "log",
+            Some(toml_string(&log.to_string().to_ascii_lowercase())),
+            "",
+        ),
         ("api", Some(toml_string(&s.api.to_string())), ""),
         ("ssh", Some(toml_string(&s.ssh.to_string())), ""),
         (
             "ssh_public",
             s.ssh_public.as_deref().map(toml_string),
-            "\"vm.example.com:2222\"   # what nodes dial; default: hostname and ssh port",
+            "\"vm.example.com:2222\"",
         ),
-        ("sshd", Some(toml_string(&s.sshd.to_string_lossy())), ""),
+        ("sshd", path(&s.sshd), ""),
+        ("system_sshd", Some(s.system_sshd.to_string()), ""),
+        ("host_key", path(&s.host_key), ""),
         ("insecure", Some(s.insecure.to_string()), ""),
         ("max_answer_bytes", Some(s.max_answer_bytes.to_string()), ""),
-        (
-            "shutdown_grace",
-            Some(toml_string(
-                &humantime::format_duration(s.shutdown_grace).to_string(),
-            )),
-            "",
-        ),
-    ];
-    let header = "\
-# burrow gateway settings, written by `gateway install`. Each key is also a flag (`data_dir` is
-# --data-dir) and an environment variable (BURROW_DATA_DIR); a flag beats the environment, which
-# beats this file. Reference: docs/deploy.md.
-";
-    let log = log.to_string().to_ascii_lowercase();
-    config_file(header, data_dir, &log, &entries)
+        ("shutdown_grace", duration(s.shutdown_grace), ""),
+    ]
 }
 
 /// The `Match User` blocks that make a system sshd treat node and enrollment logins the way the
@@ -411,6 +424,55 @@ mod tests {
         assert!(unit_path(Path::new("/opt/my gateway")).is_err());
     }
 
+    /// Issue 12, papercut 4: docs/deploy.md promised the unset settings "commented out", but the
+    /// defaults were written as set and `system_sshd`/`host_key` were missing. Every setting `serve`
+    /// reads now has one line, commented out with its default unless this run changes it.
+    #[test]
+    fn install_print_lists_every_setting_commented_out_unless_set() {
+        let cli = install_args(&["install", "--print", "--ssh-public", "vm.example.com:22"]);
+        let text = plan(&cli.data_dir, cli.log, install_of(&cli))
+            .unwrap()
+            .config;
+        let command = <Cli as clap::CommandFactory>::command();
+        let serve = command.find_subcommand("serve").unwrap();
+        let keys: Vec<String> = command
+            .get_arguments()
+            .chain(serve.get_arguments())
+            .filter_map(burrow_core::settings::setting_key)
+            .collect();
+        let set = serve_settings(
+            Path::new("/d"),
+            log::LevelFilter::Info,
+            &install_of(&cli).serve,
+        );
+        for key in &keys {
+            // A setting missing here would be silently dropped from an installed config.
+            assert!(
+                set.iter().any(|(k, _, _)| k == key),
+                "serve_settings has no value for `{key}`"
+            );
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| {
+                    let l = l.strip_prefix("# ").unwrap_or(l);
+                    l.strip_prefix(key.as_str())
+                        .is_some_and(|rest| rest.starts_with(" = "))
+                })
+                .collect();
+            let expected = if key == "ssh_public" {
+                "ssh_public = \"vm.example.com:22\"".to_string()
+            } else {
+                format!("# {key} = ")
+            };
+            assert!(
+                lines.len() == 1 && lines[0].starts_with(&expected),
+                "`{key}`: expected one line starting {expected:?}, found {lines:?} in\n{text}"
+            );
+        }
+        assert!(text.contains("\n# system_sshd = false\n"), "{text}");
+        assert!(text.contains("\n# shutdown_grace = \"10s\"\n"), "{text}");
+        assert!(text.lines().all(|l| l.len() <= 100), "{text}");
+    }
     /// `sshd -T` (effective settings) for a login of `user` under `config`.
     fn effective(config: &Path, user: &str) -> String {
         crate::testing::sshd_t(Path::new("/usr/sbin/sshd"), config, user)
