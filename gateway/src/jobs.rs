@@ -138,6 +138,10 @@ pub struct Submit {
     /// durable first. A caller answered only with the job's end needs no commit of its own: the
     /// job's row then rides on the commit of its first end.
     pub acknowledged_at_once: bool,
+    /// The caller waits for the whole answer on its own thread ([`Job::wait`]): a one-node job whose
+    /// part can start at once runs it there, instead of on a thread of its own (no thread to start,
+    /// no hand-over of the `Exec` and of the end between threads: the single-node hot path).
+    pub run_in_waiter: bool,
 }
 
 /// A batch window: a number of nodes, or a share of them.
@@ -248,6 +252,9 @@ pub struct Job {
     changed: Condvar,
     /// Parts running now (for the batch window).
     running: AtomicUsize,
+    /// A part started for the caller of [`Jobs::submit`] to run in [`Job::wait`]
+    /// ([`Submit::run_in_waiter`]).
+    for_waiter: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl Job {
@@ -266,6 +273,7 @@ impl Job {
             (None, None)
         };
         Job {
+            for_waiter: Mutex::new(None),
             stdin_tx: Mutex::new(tx),
             stdin_rx: Mutex::new(rx),
             meta,
@@ -310,8 +318,13 @@ impl Job {
         self.live().results.iter().all(|r| r.state.is_final())
     }
 
-    /// Waits until every part ended or `deadline` passes; returns whether it ended.
+    /// Waits until every part ended or `deadline` passes; returns whether it ended. A part kept for
+    /// the waiter ([`Submit::run_in_waiter`]) runs here first, to its end.
     pub fn wait(&self, deadline: Instant) -> bool {
+        let part = lock(&self.for_waiter).take();
+        if let Some(part) = part {
+            part();
+        }
         let mut live = self.live();
         loop {
             if live.results.iter().all(|r| r.state.is_final()) {
@@ -410,6 +423,18 @@ pub struct Jobs {
     stopping: AtomicBool,
     next_subscriber: AtomicUsize,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Ends whose agent waits for `Done` until they are durable (see [`Jobs::confirm`]).
+    confirmations: Sender<Confirmation>,
+    /// Itself, for work that outlives a call ([`Jobs::leaver`]).
+    me: std::sync::Weak<Jobs>,
+}
+
+/// An end being committed, the request to tell `Done` once it is, and what else waits for it.
+struct Confirmation {
+    pending: crate::store::Pending<()>,
+    request: crate::bus::Request,
+    what: String,
+    then: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl Jobs {
@@ -420,7 +445,24 @@ impl Jobs {
         limits: Limits,
     ) -> anyhow::Result<Arc<Jobs>> {
         let next_seq = store.read(persist::max_seq)? + 1;
-        let jobs = Arc::new(Jobs {
+        let (confirmations, to_confirm) = crossbeam_channel::unbounded::<Confirmation>();
+        // Commits end in the order they were queued, so one thread waiting on each in turn tells
+        // every agent `Done` as soon as its end is durable. It ends when `Jobs` is dropped.
+        std::thread::Builder::new()
+            .name("jobs-confirm".into())
+            .spawn(move || {
+                for c in to_confirm {
+                    match c.pending.wait() {
+                        Ok(()) => c.request.done(),
+                        Err(e) => log::error!("storing the end of {}: {e:#}", c.what),
+                    }
+                    if let Some(then) = c.then {
+                        then();
+                    }
+                }
+            })?;
+        let jobs = Arc::new_cyclic(|me| Jobs {
+            me: me.clone(),
             bus: bus.clone(),
             registry,
             store,
@@ -433,6 +475,7 @@ impl Jobs {
             stopping: AtomicBool::new(false),
             next_subscriber: AtomicUsize::new(1),
             threads: Mutex::new(Vec::new()),
+            confirmations,
         });
         let weak = Arc::downgrade(&jobs);
         bus.on_link(Box::new(move |_node| {
@@ -441,6 +484,45 @@ impl Jobs {
             }
         }));
         Ok(jobs)
+    }
+
+    /// Tells the agent behind `request` `Done` once `pending` (the end it holds) is durable, then
+    /// runs `then`, on the "jobs-confirm" thread: the part's own thread (or the waiter running it)
+    /// goes on at once.
+    fn confirm(
+        &self,
+        pending: crate::store::Pending<()>,
+        request: crate::bus::Request,
+        what: String,
+        then: Option<Box<dyn FnOnce() + Send>>,
+    ) {
+        let c = Confirmation {
+            pending,
+            request,
+            what,
+            then,
+        };
+        if let Err(e) = self.confirmations.send(c) {
+            // Only if the thread is gone: then wait here.
+            let c = e.into_inner();
+            if c.pending.wait().is_ok() {
+                c.request.done();
+            }
+            if let Some(then) = c.then {
+                then();
+            }
+        }
+    }
+
+    /// What takes an ended job out of memory (run once its last end is durable).
+    fn leaver(&self, job: &Arc<Job>) -> Box<dyn FnOnce() + Send> {
+        let me = self.me.clone();
+        let id = job.meta.id.clone();
+        Box::new(move || {
+            if let Some(jobs) = me.upgrade() {
+                lock(&jobs.sched).active.remove(&id);
+            }
+        })
     }
 
     /// Starts the scheduler's clock (expiry, retention) and resumes the jobs a previous run left.
@@ -633,7 +715,14 @@ impl Jobs {
                 s.active.insert(job.meta.id.clone(), job.clone());
             }
         }
-        self.pump();
+        if let Some((job, idx, node, resumed)) =
+            self.pump_keeping(submit.run_in_waiter.then_some(&job))
+        {
+            let jobs = self.clone();
+            let part = job.clone();
+            *lock(&job.for_waiter) =
+                Some(Box::new(move || jobs.run_part(&part, idx, &node, resumed)));
+        }
         if let Some(stored) = stored {
             stored
                 .wait()

@@ -210,6 +210,8 @@ fn submit(
         queue_ttl_s,
         batch,
         acknowledged_at_once,
+        // Answered whole: this worker waits for the job anyway (`Job::wait`), so it runs a part.
+        run_in_waiter: !acknowledged_at_once,
     })?;
     let nodes: Vec<String> = job.results().into_iter().map(|r| r.node).collect();
     let mut detail = json!({"job_id": job.meta.id, "nodes": nodes, "lane": job.meta.lane});

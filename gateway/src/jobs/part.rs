@@ -199,8 +199,7 @@ impl Jobs {
                     // The lane is free before the end is committed: the next command of the
                     // lane need not wait for this one's fsync.
                     self.part_stopped(job, node);
-                    self.end_part(job, idx, state, Some(status), None, true);
-                    request.done();
+                    self.end_part(job, idx, state, Some(status), None, Some(request));
                     return Followed::Ended;
                 }
                 Event::Failed(message) => {
@@ -211,8 +210,7 @@ impl Jobs {
                     };
                     self.part_stopped(job, node);
                     let why = Refusal::new(kind, message);
-                    self.end_part(job, idx, state, None, Some(why), true);
-                    request.done();
+                    self.end_part(job, idx, state, None, Some(why), Some(request));
                     return Followed::Ended;
                 }
                 Event::Unknown { code, reason } => {
@@ -313,14 +311,17 @@ impl Jobs {
         exit: Option<ExitStatus>,
         error: Option<Refusal>,
     ) {
-        self.end_part(job, idx, state, exit, error, false);
+        self.end_part(job, idx, state, exit, error, None);
     }
 
-    /// Ends a part. `held_by_agent`: the agent holds its outcome until it is told `Done` (which the
-    /// caller sends after this returns), so waiters are answered while the commit runs; the outcome
-    /// is durable on one side or the other all along: if the gateway dies before its commit, the part
-    /// is still open in the store, and its `Exec` sent again after the restart gets the agent's kept
-    /// copy. Otherwise (nothing ran, or the gateway decided the end) the commit comes first.
+    /// Ends a part. `held_by`: the request whose agent holds the outcome until it is told `Done`
+    /// (sent by [`Jobs::confirm`] once the end is durable), so waiters and subscribers hear of the
+    /// end while the commit runs; the outcome is durable on one side or the other all along: if the
+    /// gateway dies before its commit, the part is still open in the store (or the job was never
+    /// acknowledged before its end), and its `Exec` sent again after the restart gets the agent's
+    /// kept copy. Otherwise (nothing ran, or the gateway decided the end) the commit comes first.
+    /// Either way the job leaves memory, where `GET /api/v1/jobs/{id}` finds it, only once its last
+    /// end is durable: from then on the store answers.
     fn end_part(
         &self,
         job: &Arc<Job>,
@@ -328,7 +329,7 @@ impl Jobs {
         state: NodeState,
         exit: Option<ExitStatus>,
         error: Option<Refusal>,
-        held_by_agent: bool,
+        held_by: Option<Request>,
     ) {
         let _order = lock(&job.emitting);
         let (r, last) = {
@@ -345,21 +346,25 @@ impl Jobs {
             let r = r.clone();
             (r, live.results.iter().all(|r| r.state.is_final()))
         };
-        if held_by_agent {
-            job.changed.notify_all();
-        }
         let id = job.meta.id.clone();
         let stored = r.clone();
-        if let Err(e) = self
-            .store
-            .write(move |tx| persist::update(tx, &id, idx, &stored))
-        {
-            log::error!(
-                "storing the end of job {} on {}: {e:#}",
-                job.meta.id,
-                r.node
-            );
-        }
+        let write = move |tx: &rusqlite::Transaction| persist::update(tx, &id, idx, &stored);
+        let what = format!("job {} on {}", job.meta.id, r.node);
+        let pending = match held_by {
+            Some(request) => match self.store.queue(write) {
+                Ok(pending) => Some((pending, request)),
+                Err(e) => {
+                    log::error!("storing the end of {what}: {e:#}");
+                    None
+                }
+            },
+            None => {
+                if let Err(e) = self.store.write(write) {
+                    log::error!("storing the end of {what}: {e:#}");
+                }
+                None
+            }
+        };
         // Input nobody will read: an uploader blocked on it is told at once.
         lock(&job.stdin_rx).take();
         let far = Instant::now() + Duration::from_secs(30);
@@ -372,11 +377,18 @@ impl Jobs {
         );
         if last {
             job.emit_in_order(Ev::Finished, true, far);
-            // Only now: a `GET /api/v1/jobs/{id}` reads the store once the job leaves memory.
-            lock(&self.sched).active.remove(&job.meta.id);
             job.live().subscribers.clear();
         }
         job.changed.notify_all();
+        let leave = last.then(|| self.leaver(job));
+        match pending {
+            Some((pending, request)) => self.confirm(pending, request, what, leave),
+            None => {
+                if let Some(leave) = leave {
+                    leave();
+                }
+            }
+        }
     }
 }
 

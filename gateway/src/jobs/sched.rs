@@ -34,8 +34,17 @@ impl Jobs {
 
     /// Starts what may start, expires what waited too long, reports offline what may not wait.
     pub fn pump(self: &Arc<Self>) {
+        self.pump_keeping(None);
+    }
+
+    /// [`Jobs::pump`], except that a part of `keep` that can start is not given a thread but
+    /// returned, for the caller to run ([`super::Submit::run_in_waiter`]).
+    pub(super) fn pump_keeping(
+        self: &Arc<Self>,
+        keep: Option<&Arc<Job>>,
+    ) -> Option<(Arc<Job>, usize, String, bool)> {
         if self.stopping.load(Ordering::Relaxed) {
-            return;
+            return None;
         }
         let t = now();
         let mut start = Vec::new();
@@ -109,9 +118,15 @@ impl Jobs {
         for (job, idx) in repick {
             self.fail_over(&job, idx, None);
         }
+        let mut kept = None;
         for (job, idx, node, resumed) in start {
-            self.spawn_part(job, idx, node, resumed);
+            if kept.is_none() && keep.is_some_and(|k| Arc::ptr_eq(k, &job)) {
+                kept = Some((job, idx, node, resumed));
+            } else {
+                self.spawn_part(job, idx, node, resumed);
+            }
         }
+        kept
     }
 
     pub(super) fn spawn_part(
