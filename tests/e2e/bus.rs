@@ -551,3 +551,52 @@ fn killing_the_gateway_mid_delivery_never_runs_a_command_twice() {
         "nothing is lost either: {states:?}"
     );
 }
+
+/// Regression: once ends the agent holds were committed in the background (so the answer need not
+/// wait for the fsync), a job could leave memory before its end was durable, and a `GET
+/// /api/v1/jobs/{id}` right after the stream's summary read the stale stored row (`queued`). A job
+/// now leaves memory only once its last end is durable; whole answers (run on the waiting worker)
+/// and streamed ones are both read back at once here.
+#[test]
+fn a_job_read_right_after_its_answer_shows_its_end() {
+    let (gw, _agent) = online_node("pi-1");
+    let token = gw.token("operator");
+    let http: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    for round in 0..20 {
+        let streamed = round % 2 == 0;
+        let mut request = http
+            .post(&gw.url("/api/v1/exec"))
+            .header("Authorization", &format!("Bearer {token}"));
+        if streamed {
+            request = request.header("Accept", "application/x-ndjson");
+        }
+        let resp = request
+            .send(json!({"target": "pi-1", "command": format!("exit {}", round % 3)}).to_string())
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        let text = resp.into_body().read_to_string().unwrap();
+        let job_id = if streamed {
+            let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+            first["job_id"].as_str().unwrap().to_string()
+        } else {
+            let answer: Value = serde_json::from_str(&text).unwrap();
+            answer["job_id"].as_str().unwrap().to_string()
+        };
+        let (status, job) = gw.api("GET", &format!("/api/v1/jobs/{job_id}"), None);
+        assert_eq!(status, 200, "{job}");
+        let want = if round % 3 == 0 {
+            "succeeded"
+        } else {
+            "failed"
+        };
+        assert_eq!(job["state"], want, "round {round}: {job}");
+        assert_eq!(
+            job["results"][0]["exit_code"],
+            round % 3,
+            "round {round}: {job}"
+        );
+    }
+}
