@@ -323,7 +323,7 @@ fn node_families(w: &mut Writer, s: &Snapshot) {
     )(w);
     each(
         w,
-        "burrow_node_memory_MemTotal_bytes",
+        "burrow_node_memory_total_bytes",
         Type::Gauge,
         "Memory, bytes.",
         &|f, n| {
@@ -334,7 +334,7 @@ fn node_families(w: &mut Writer, s: &Snapshot) {
     );
     each(
         w,
-        "burrow_node_memory_MemAvailable_bytes",
+        "burrow_node_memory_available_bytes",
         Type::Gauge,
         "Memory available to new programs without swapping, bytes.",
         &|f, n| {
@@ -350,7 +350,7 @@ fn node_families(w: &mut Writer, s: &Snapshot) {
     );
     each(
         w,
-        "burrow_node_memory_SwapTotal_bytes",
+        "burrow_node_swap_total_bytes",
         Type::Gauge,
         "Swap, bytes.",
         &|f, n| {
@@ -361,7 +361,7 @@ fn node_families(w: &mut Writer, s: &Snapshot) {
     );
     each(
         w,
-        "burrow_node_memory_SwapFree_bytes",
+        "burrow_node_swap_free_bytes",
         Type::Gauge,
         "Swap not in use, bytes.",
         &|f, n| {

@@ -112,23 +112,7 @@ impl Pairing {
 
     /// Nodes that count against `--max-nodes` now.
     pub fn nodes_used(&self) -> usize {
-        nodes_used(&self.registry.read(), now())
-    }
-
-    /// The refusal for one more node if the registry `s` holds as many as allowed.
-    fn check_room(&self, s: &crate::registry::State, now: u64) -> Result<(), Refusal> {
-        let used = nodes_used(s, now);
-        if used < self.max_nodes {
-            return Ok(());
-        }
-        Err(Refusal::new(
-            Kind::NodeLimit,
-            format!(
-                "this gateway is full: {used} nodes are approved or pending and it takes at most {} \
-                 (serve --max-nodes); remove one (gateway nodes revoke NAME) or raise the limit",
-                self.max_nodes
-            ),
-        ))
+        limit::nodes_used(&self.registry.read(), now())
     }
 
     /// A state file written before join TTLs were bounded may hold a token that lives for millennia
@@ -345,7 +329,7 @@ impl Pairing {
         }
         // Before the token's use is counted: a refused node does not spend it.
         let token_id = token.id.clone();
-        if let Err(full) = self.check_room(s, now) {
+        if let Err(full) = limit::check_room(s, self.max_nodes, now) {
             log::warn!(
                 "pairing refused for {:?} with join token {token_id}: {}",
                 req.name,
@@ -430,7 +414,7 @@ impl Pairing {
                 .ok_or_else(|| not_found(format!("no node {id:?}")))?;
             // A rejected node does not count against the limit; approving it again does.
             if node.approval == Approval::Rejected {
-                self.check_room(s, now())?;
+                limit::check_room(s, self.max_nodes, now())?;
             }
             let node = s
                 .nodes
@@ -497,19 +481,6 @@ impl Pairing {
         let lines = key_lines(&self.registry.read(), self.contact.api_port, now());
         (self.keys)(&lines)
     }
-}
-
-/// Nodes that count against `--max-nodes`: approved ones, and pending ones whose request has not
-/// lapsed (rejected ones do not).
-fn nodes_used(s: &crate::registry::State, now: u64) -> usize {
-    s.nodes
-        .values()
-        .filter(|n| match n.approval {
-            Approval::Approved => true,
-            Approval::Pending => n.pending_until.is_none_or(|t| t > now),
-            Approval::Rejected => false,
-        })
-        .count()
 }
 
 /// The `authorized_keys` lines the registry implies. `command="/bin/false"` because `restrict` alone
@@ -620,5 +591,6 @@ pub fn validate_name(name: &str) -> Result<(), Refusal> {
     }
 }
 
+mod limit;
 #[cfg(test)]
 mod tests;

@@ -161,8 +161,8 @@ fn every_family_is_written_once_with_its_samples_together() {
         "burrow_node_state{node=\"pi-2\",state=\"online\"} 0",
         "burrow_node_cpu_usage_ratio{node=\"pi-1\"} 0.125",
         "burrow_node_cpu_core_usage_ratio{node=\"pi-1\",cpu=\"1\"} 0.15",
-        "burrow_node_memory_MemAvailable_bytes{node=\"pi-1\"} 3221225472",
-        "burrow_node_memory_SwapFree_bytes{node=\"pi-1\"} 1047552",
+        "burrow_node_memory_available_bytes{node=\"pi-1\"} 3221225472",
+        "burrow_node_swap_free_bytes{node=\"pi-1\"} 1047552",
         "burrow_node_filesystem_avail_bytes{node=\"pi-1\",device=\"/dev/mmcblk0p2\",fstype=\"ext4\",mountpoint=\"/\"} 40",
         "burrow_node_filesystem_readonly{node=\"pi-1\",device=\"/dev/sda1\",fstype=\"vfat\",mountpoint=\"/mnt/we\\\"ird\\\\path\\nx\"} 1",
         "burrow_node_network_receive_bytes_total{node=\"pi-1\",device=\"eth0\"} 123",
@@ -245,7 +245,7 @@ fn stale_and_unsent_figures_are_left_out() {
     let old = lines_of("old");
     for absent in [
         "burrow_node_load5",
-        "burrow_node_memory_SwapTotal_bytes",
+        "burrow_node_swap_total_bytes",
         "burrow_node_processes",
         "burrow_node_filesystem_free_bytes",
         "burrow_node_filesystem_files",
@@ -260,7 +260,7 @@ fn stale_and_unsent_figures_are_left_out() {
     assert!(text.contains(
         "burrow_node_filesystem_size_bytes{node=\"old\",device=\"\",fstype=\"\",mountpoint=\"/\"} 100"
     ));
-    assert!(text.contains("burrow_node_memory_MemAvailable_bytes{node=\"old\"} 600"));
+    assert!(text.contains("burrow_node_memory_available_bytes{node=\"old\"} 600"));
     assert!(text.contains("burrow_node_up{node=\"new\"} 0"));
     assert!(text.contains("burrow_node_state{node=\"new\",state=\"pending\"} 1"));
 }
