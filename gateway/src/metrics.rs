@@ -179,9 +179,10 @@ fn v2(m: &Metrics) -> bool {
     !m.cpu_cores.is_empty()
 }
 
-/// A percentage sent as `f32` as a ratio, through its shortest decimal (12.5 % is 0.125).
+/// A percentage sent as `f32` as a ratio, through the shortest decimal of the `f32` ratio (38.88889 %
+/// is 0.3888889, not 0.38888890000000004).
 fn ratio(percent: f32) -> f64 {
-    percent.to_string().parse::<f64>().unwrap_or(f64::NAN) / 100.0
+    (percent / 100.0).to_string().parse().unwrap_or(f64::NAN)
 }
 
 fn node_families(w: &mut Writer, s: &Snapshot) {

@@ -287,3 +287,45 @@ fn a_node_cannot_make_unbounded_series() {
         .count();
     assert_eq!(rx, MAX_ITEMS);
 }
+
+/// `promtool check metrics` (Debian package `prometheus`) accepts a render with every family
+/// filled, odd label values included; skipped with a message where promtool is missing (the e2e
+/// test `prometheus::promtool_accepts_…` checks a real gateway's answer the same way).
+#[test]
+fn promtool_accepts_a_full_render() {
+    use std::io::Write;
+    let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("SKIPPED promtool_accepts_a_full_render: promtool is not installed");
+        return;
+    };
+    let counters = busy_counters();
+    let mut odd = node(
+        "we\"ird\\node\nname",
+        NodeState::Error,
+        Some(full_metrics()),
+    );
+    odd.hostname = "ünïcode host".into();
+    let text = render(&snapshot(
+        vec![node("pi-1", NodeState::Online, Some(full_metrics())), odd],
+        &counters,
+    ));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
