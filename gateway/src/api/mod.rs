@@ -171,7 +171,7 @@ impl Api {
                     m,
                     METRICS_WORKERS,
                     "metrics",
-                    serve_metrics as fn(&Ctx, Request),
+                    prometheus::serve_metrics as fn(&Ctx, Request),
                 )
             }),
         ];
@@ -191,30 +191,6 @@ impl Api {
             }
         }
         Ok(Api { workers })
-    }
-}
-
-impl Listeners {
-    /// Also serves `GET /metrics` on `addr` without a token (`serve --metrics-listen`), for a
-    /// network the operator trusts. Every other path there is 404. An unspecified address (all
-    /// interfaces) is refused unless `insecure`; any other is served with a warning in the log, as
-    /// whoever reaches it (every local user, on loopback) reads node names and figures.
-    pub fn with_metrics(mut self, addr: SocketAddr, insecure: bool) -> anyhow::Result<Listeners> {
-        if addr.ip().is_unspecified() && !insecure {
-            anyhow::bail!(
-                "refusing to serve /metrics without a token on every interface ({addr}): give the \
-                 address of the trusted network's interface, or pass --insecure"
-            );
-        }
-        let server =
-            Server::http(addr).map_err(|e| anyhow::anyhow!("serving /metrics on {addr}: {e}"))?;
-        let bound = server.server_addr().to_ip().unwrap_or(addr);
-        log::warn!(
-            "serving /metrics without a token on http://{bound}/metrics: whoever reaches that \
-             address reads node names, states and figures"
-        );
-        self.metrics = Some(server);
-        Ok(self)
     }
 }
 
@@ -296,31 +272,6 @@ fn respond(request: Request, reply: Reply) {
     if let Err(e) = result {
         log::debug!("writing response: {e}");
     }
-}
-
-/// A request on the `--metrics-listen` port: `GET /metrics` answered without a token, anything else
-/// 404 (405 for another method on `/metrics`).
-fn serve_metrics(ctx: &Ctx, request: Request) {
-    let path = request.url().split('?').next().unwrap_or("");
-    let method = request.method().as_str().to_uppercase();
-    let reply = match (path.trim_end_matches('/'), method.as_str()) {
-        ("/metrics", "GET") => prometheus::answer(ctx),
-        ("/metrics", _) => error_reply(&Refusal::new(
-            Kind::MethodNotAllowed,
-            format!("{method} is not allowed on /metrics; use GET"),
-        )),
-        _ => error_reply(&Refusal::new(
-            Kind::NotFound,
-            format!("no route {path}: this port serves only /metrics"),
-        )),
-    };
-    let route = if path.trim_end_matches('/') == "/metrics" {
-        "/metrics"
-    } else {
-        crate::metrics::counters::UNMATCHED
-    };
-    crate::metrics::counters::global().request(&method, route, reply.status());
-    respond(request, reply);
 }
 
 /// Routes one request: table lookup (404/405), body size against the route's limit (413, from the
