@@ -48,6 +48,19 @@ pub enum Command {
         after_long_help = "Example:\n  gateway nodes ls\n  gateway nodes approve pi-1"
     )]
     Nodes(NodesCommand),
+    /// Alerts the gateway raised: firing now, or resolved.
+    #[command(
+        subcommand,
+        after_long_help = "Example:\n  gateway alerts ls --state firing"
+    )]
+    Alerts(AlertsCommand),
+    /// The fleet at a glance: nodes by state, alerts, jobs, the data dir's room, sshd.
+    #[command(after_long_help = "Example:\n  gateway status\n  gateway status --json | jq .nodes")]
+    Status {
+        /// Print the API's JSON instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
     /// API bearer tokens.
     #[command(
         subcommand,
@@ -132,6 +145,14 @@ pub struct ServeArgs {
     /// gateway exits (keep it under systemd's TimeoutStopSec, 90 s by default).
     #[arg(long, env = "BURROW_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// Nodes the gateway takes, approved and pending together; joins beyond it are refused
+    /// (rejected nodes do not count).
+    #[arg(long, env = "BURROW_MAX_NODES", value_name = "N", default_value_t = crate::pairing::DEFAULT_MAX_NODES)]
+    pub max_nodes: usize,
+    /// Also serve GET /metrics WITHOUT a token on this address, for a network you trust (e.g. the
+    /// VPN interface Prometheus scrapes from); the API port's /metrics needs a viewer token.
+    #[arg(long, env = "BURROW_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Where `gateway install` writes, and what goes into the config file it writes.
@@ -195,10 +216,25 @@ pub enum JoinCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum NodesCommand {
-    /// List nodes.
-    #[command(after_long_help = "Example:\n  gateway nodes ls --json")]
+    /// List nodes: state, labels, CPU, memory, fullest disk, temperature, last heartbeat.
+    #[command(
+        after_long_help = "Example:\n  gateway nodes ls\n  gateway nodes ls --json | jq '.nodes[].id'"
+    )]
     Ls {
         /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one node: its state and why, every figure of its last heartbeat, the recent trend.
+    #[command(
+        after_long_help = "Example:\n  gateway nodes show pi-1\n  gateway nodes show pi-1 --since 6h"
+    )]
+    Show {
+        name: String,
+        /// How far back the trend goes.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        since: Duration,
+        /// Print the API's JSON (the node, and its history) instead.
         #[arg(long)]
         json: bool,
     },
@@ -226,6 +262,32 @@ pub enum NodesCommand {
         #[arg(long, value_name = "LIST")]
         capabilities: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AlertsCommand {
+    /// List alerts, newest first.
+    #[command(
+        after_long_help = "Example:\n  gateway alerts ls\n  gateway alerts ls --state resolved --json"
+    )]
+    Ls {
+        /// Only alerts in this state.
+        #[arg(long, value_enum)]
+        state: Option<AlertFilter>,
+        /// At most this many.
+        #[arg(long, value_name = "N", default_value_t = 50)]
+        limit: u32,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `gateway alerts ls --state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AlertFilter {
+    Firing,
+    Resolved,
 }
 
 #[derive(Debug, Subcommand)]

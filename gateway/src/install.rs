@@ -170,6 +170,12 @@ fn serve_settings(data_dir: &Path, log: log::LevelFilter, s: &ServeArgs) -> Vec<
         ("host_key", path(&s.host_key), ""),
         ("insecure", Some(s.insecure.to_string()), ""),
         ("max_answer_bytes", Some(s.max_answer_bytes.to_string()), ""),
+        ("max_nodes", Some(s.max_nodes.to_string()), ""),
+        (
+            "metrics_listen",
+            s.metrics_listen.map(|a| toml_string(&a.to_string())),
+            "\"10.8.0.1:9101\"",
+        ),
         ("shutdown_grace", duration(s.shutdown_grace), ""),
     ]
 }

@@ -255,6 +255,8 @@ pub struct Job {
     /// A part started for the caller of [`Jobs::submit`] to run in [`Job::wait`]
     /// ([`Submit::run_in_waiter`]).
     for_waiter: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// When this process made it (for the exec latency of `/metrics`: [`Job::since_submit`]).
+    created: Instant,
 }
 
 impl Job {
@@ -288,7 +290,16 @@ impl Job {
             emitting: Mutex::new(()),
             changed: Condvar::new(),
             running: AtomicUsize::new(0),
+            created: Instant::now(),
         }
+    }
+
+    /// How long ago the job was submitted, for a job submitted to this process; `None` for one
+    /// loaded from the store (resumed after a restart: its submission is older than this run).
+    pub fn since_submit(&self) -> Option<Duration> {
+        let age = self.created.elapsed();
+        let wall = now().saturating_sub(self.meta.created_at);
+        (wall <= age.as_secs() + 1).then_some(age)
     }
 
     fn live(&self) -> MutexGuard<'_, Live> {
@@ -570,6 +581,16 @@ impl Jobs {
     /// Parts running now, on every node.
     pub fn running(&self) -> usize {
         lock(&self.sched).nodes.values().map(|q| q.running).sum()
+    }
+
+    /// Parts waiting in their lanes, on every node (`/metrics`, `/api/v1/status`).
+    pub fn queue_depth(&self) -> usize {
+        lock(&self.sched)
+            .nodes
+            .values()
+            .flat_map(|q| q.lanes.values())
+            .map(VecDeque::len)
+            .sum()
     }
 
     fn prune(&self) {

@@ -12,6 +12,7 @@ mod config;
 mod health;
 mod install;
 mod jobs;
+mod metrics;
 mod nonce;
 mod pairing;
 mod refusal;
@@ -50,6 +51,8 @@ fn run(cli: cli::Cli) -> anyhow::Result<u8> {
         Command::Serve(args) => serve::run(dir, args)?,
         Command::Join(c) => client::join(dir, c)?,
         Command::Nodes(c) => client::nodes(dir, c)?,
+        Command::Alerts(c) => client::health::alerts(dir, c)?,
+        Command::Status { json } => client::health::status(dir, json)?,
         Command::Token(TokenCommand::Create { role, ttl, subject }) => {
             client::token(dir, &role, ttl, subject.as_deref())?
         }

@@ -32,6 +32,8 @@ const PENDING_TTL: u64 = 24 * 3600;
 /// holds it enroll a node (auto-approved, unless `--manual`) and it travels in scripts and chat: a year
 /// covers a provisioning image baked once a year; anything longer is a standing invitation.
 pub const MAX_JOIN_TTL: Duration = Duration::from_secs(365 * 86400);
+/// Nodes a gateway takes unless `serve --max-nodes` says otherwise.
+pub const DEFAULT_MAX_NODES: usize = 100;
 
 /// Where nodes reach the gateway; written into join strings.
 pub struct Contact {
@@ -67,6 +69,8 @@ pub struct Pairing {
     keys_lock: Mutex<()>,
     audit: Audit,
     nonces: ServerNonces,
+    /// Approved plus pending nodes allowed at once (`serve --max-nodes`).
+    max_nodes: usize,
 }
 
 impl Pairing {
@@ -86,10 +90,29 @@ impl Pairing {
             keys_lock: Mutex::new(()),
             audit,
             nonces: ServerNonces::new(),
+            max_nodes: DEFAULT_MAX_NODES,
         };
         pairing.bound_join_tokens()?;
         pairing.sync_keys()?;
         Ok(pairing)
+    }
+
+    /// The same, taking at most `max` nodes approved or pending at once (`serve --max-nodes`): a
+    /// join or an approval beyond that is refused (`node_limit`). Nodes already registered over
+    /// the limit (it was lowered) keep what they have.
+    pub fn with_max_nodes(mut self, max: usize) -> Pairing {
+        self.max_nodes = max;
+        self
+    }
+
+    /// `--max-nodes`.
+    pub fn max_nodes(&self) -> usize {
+        self.max_nodes
+    }
+
+    /// Nodes that count against `--max-nodes` now.
+    pub fn nodes_used(&self) -> usize {
+        limit::nodes_used(&self.registry.read(), now())
     }
 
     /// A state file written before join TTLs were bounded may hold a token that lives for millennia
@@ -304,6 +327,21 @@ impl Pairing {
                 req.name, holder.fingerprint
             )));
         }
+        // Before the token's use is counted: a refused node does not spend it.
+        let token_id = token.id.clone();
+        if let Err(full) = limit::check_room(s, self.max_nodes, now) {
+            log::warn!(
+                "pairing refused for {:?} with join token {token_id}: {}",
+                req.name,
+                full.message
+            );
+            return Err(full);
+        }
+        let token = s
+            .join_tokens
+            .iter_mut()
+            .find(|t| t.id == token_id)
+            .ok_or_else(|| Refusal::new(Kind::Internal, "join token vanished while pairing"))?;
         token.used += 1;
         let manual = token.manual;
         let token_id = token.id.clone();
@@ -370,6 +408,14 @@ impl Pairing {
         let node = self.registry.update(|s| {
             let others: Vec<NodeRecord> =
                 s.nodes.values().filter(|n| n.id != id).cloned().collect();
+            let node = s
+                .nodes
+                .get_mut(id)
+                .ok_or_else(|| not_found(format!("no node {id:?}")))?;
+            // A rejected node does not count against the limit; approving it again does.
+            if node.approval == Approval::Rejected {
+                limit::check_room(s, self.max_nodes, now())?;
+            }
             let node = s
                 .nodes
                 .get_mut(id)
@@ -545,5 +591,6 @@ pub fn validate_name(name: &str) -> Result<(), Refusal> {
     }
 }
 
+mod limit;
 #[cfg(test)]
 mod tests;

@@ -35,13 +35,15 @@ pub enum Kind {
     Unavailable,
     /// Something took too long.
     Timeout,
+    /// The gateway holds as many nodes as `serve --max-nodes` allows.
+    NodeLimit,
     /// A bug or an I/O failure on the gateway.
     Internal,
 }
 
 impl Kind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::BadRequest,
         Kind::Unauthorized,
         Kind::Forbidden,
@@ -56,6 +58,7 @@ impl Kind {
         Kind::ExecFailed,
         Kind::Unavailable,
         Kind::Timeout,
+        Kind::NodeLimit,
         Kind::Internal,
     ];
 
@@ -67,7 +70,7 @@ impl Kind {
             Kind::Forbidden => 403,
             Kind::NotFound => 404,
             Kind::MethodNotAllowed => 405,
-            Kind::Conflict | Kind::NodePending | Kind::NodeRejected => 409,
+            Kind::Conflict | Kind::NodePending | Kind::NodeRejected | Kind::NodeLimit => 409,
             Kind::TooLarge => 413,
             Kind::Internal => 500,
             Kind::NodeOffline | Kind::NodeLost | Kind::Unavailable => 503,
@@ -92,6 +95,7 @@ impl Kind {
             Kind::ExecFailed => "exec_failed",
             Kind::Unavailable => "unavailable",
             Kind::Timeout => "timeout",
+            Kind::NodeLimit => "node_limit",
             Kind::Internal => "internal",
         }
     }

@@ -37,6 +37,10 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         .canonicalize()
         .with_context(|| format!("resolving {}", data_dir.display()))?;
     let (server, api_addr) = Api::bind(args.api, &data_dir)?;
+    let server = match args.metrics_listen {
+        Some(addr) => server.with_metrics(addr, args.insecure)?,
+        None => server,
+    };
     let host = burrow_core::hostname("localhost");
     let (identity, created) = Identity::load_or_generate(
         &data_dir.join("gateway.key"),
@@ -90,13 +94,16 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         api_port: api_addr.port(),
     };
     let key_settings = settings.clone();
-    let pairing = Arc::new(Pairing::new(
-        identity.clone(),
-        registry.clone(),
-        contact,
-        Box::new(move |k| sshd::write_authorized_keys(&key_settings, &k.nodes, &k.enrollment)),
-        audit_log.handle(),
-    )?);
+    let pairing = Arc::new(
+        Pairing::new(
+            identity.clone(),
+            registry.clone(),
+            contact,
+            Box::new(move |k| sshd::write_authorized_keys(&key_settings, &k.nodes, &k.enrollment)),
+            audit_log.handle(),
+        )?
+        .with_max_nodes(args.max_nodes),
+    );
     let supervisor = match args.system_sshd {
         true => None,
         false => Some(Arc::new(Supervisor::start(settings.clone())?)),

@@ -396,7 +396,7 @@ fn hello_flood_cannot_lock_out_pairing() {
 }
 
 /// Sends a pairing request signed by `key`, straight to the API (as the agent does through sshd).
-fn signed_pair(
+pub(crate) fn signed_pair(
     gw: &Gateway,
     key: &burrow_core::identity::Identity,
     name: &str,

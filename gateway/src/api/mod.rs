@@ -11,7 +11,9 @@ mod files;
 mod jobs;
 mod local;
 mod nodes;
+mod prometheus;
 pub mod routes;
+mod status;
 
 pub use exec::DEFAULT_ANSWER_LIMIT;
 
@@ -86,6 +88,22 @@ pub enum Reply {
         job_id: String,
         body: Box<dyn Read + Send>,
     },
+    /// A text body of its own media type (`/metrics`).
+    Text {
+        status: u16,
+        content_type: &'static str,
+        body: String,
+    },
+}
+
+impl Reply {
+    /// The status the answer starts with (streams and bytes start 200).
+    fn status(&self) -> u16 {
+        match self {
+            Reply::Json(status, _) | Reply::Text { status, .. } => *status,
+            Reply::Stream(_) | Reply::Bytes { .. } => 200,
+        }
+    }
 }
 
 /// The running API servers (TCP, and the CLI's Unix socket); dropping it stops the workers.
@@ -97,7 +115,13 @@ pub struct Api {
 pub struct Listeners {
     tcp: Server,
     local: Server,
+    /// `serve --metrics-listen`: `/metrics` without a token ([`Listeners::with_metrics`]).
+    metrics: Option<Server>,
 }
+
+/// Workers of the `--metrics-listen` port: a scrape is short, and one at a time is what Prometheus
+/// sends.
+const METRICS_WORKERS: usize = 2;
 
 /// Workers of the CLI socket; a `gateway exec` holds one for the command's duration.
 const LOCAL_WORKERS: usize = 8;
@@ -131,6 +155,7 @@ impl Api {
             Listeners {
                 tcp: server,
                 local: socket,
+                metrics: None,
             },
             local,
         ))
@@ -138,10 +163,19 @@ impl Api {
 
     pub fn start(listeners: Listeners, ctx: Arc<Ctx>) -> anyhow::Result<Api> {
         let mut workers = Vec::new();
-        for (server, count, name) in [
-            (listeners.tcp, WORKERS, "api"),
-            (listeners.local, LOCAL_WORKERS, "api-local"),
-        ] {
+        let servers = [
+            Some((listeners.tcp, WORKERS, "api", serve as fn(&Ctx, Request))),
+            Some((listeners.local, LOCAL_WORKERS, "api-local", serve)),
+            listeners.metrics.map(|m| {
+                (
+                    m,
+                    METRICS_WORKERS,
+                    "metrics",
+                    prometheus::serve_metrics as fn(&Ctx, Request),
+                )
+            }),
+        ];
+        for (server, count, name, handle) in servers.into_iter().flatten() {
             let server = Arc::new(server);
             for i in 0..count {
                 let (s, ctx) = (server.clone(), ctx.clone());
@@ -150,7 +184,7 @@ impl Api {
                     .spawn(move || {
                         // `recv` returns Err once `unblock` is called on shutdown.
                         while let Ok(request) = s.recv() {
-                            serve(&ctx, request);
+                            handle(&ctx, request);
                         }
                     })?;
                 workers.push((server.clone(), worker));
@@ -191,6 +225,11 @@ fn serve(ctx: &Ctx, mut request: Request) {
     };
     let declared = request.body_length();
     let reply = dispatch(ctx, call, declared, request.as_reader());
+    respond(request, reply);
+}
+
+/// Writes `reply` as the answer to `request`.
+fn respond(request: Request, reply: Reply) {
     let result = match reply {
         Reply::Json(status, value) => {
             let body = serde_json::to_vec(&value).expect("JSON serializes");
@@ -207,6 +246,15 @@ fn serve(ctx: &Ctx, mut request: Request) {
             request.respond(response)
         }
         Reply::Stream(lines) => stream(request, lines),
+        Reply::Text {
+            status,
+            content_type: media,
+            body,
+        } => request.respond(
+            Response::from_string(body)
+                .with_status_code(status)
+                .with_header(content_type(media)),
+        ),
         Reply::Bytes { job_id, body } => {
             let headers = vec![
                 content_type("application/octet-stream"),
@@ -229,12 +277,28 @@ fn serve(ctx: &Ctx, mut request: Request) {
 /// Routes one request: table lookup (404/405), body size against the route's limit (413, from the
 /// declared length before anything is read, then from what arrives), the route's permission, then
 /// the handler (a panic there becomes a 500). An unread body is drained by tiny_http, not buffered.
-pub fn dispatch(ctx: &Ctx, mut call: Call, declared: Option<usize>, body: &mut dyn Read) -> Reply {
+/// Each answer is counted for `/metrics` under its route's pattern (never the raw path, so the
+/// series stay bounded).
+pub fn dispatch(ctx: &Ctx, call: Call, declared: Option<usize>, body: &mut dyn Read) -> Reply {
+    let method = call.method.clone();
+    let (route, reply) = route_and_run(ctx, call, declared, body);
+    let pattern = route.map_or(crate::metrics::counters::UNMATCHED, |r| r.pattern);
+    crate::metrics::counters::global().request(&method, pattern, reply.status());
+    reply
+}
+
+fn route_and_run(
+    ctx: &Ctx,
+    mut call: Call,
+    declared: Option<usize>,
+    body: &mut dyn Read,
+) -> (Option<&'static Route>, Reply) {
     if ctx.draining.load(std::sync::atomic::Ordering::Relaxed) {
-        return error_reply(&Refusal::new(
+        let refusal = Refusal::new(
             Kind::Unavailable,
             "the gateway is shutting down; try again once it is back",
-        ));
+        );
+        return (None, error_reply(&refusal));
     }
     let path = call.path.split('?').next().unwrap_or("").to_string();
     let (route, params) = match routes::find(ROUTES, &call.method, &path) {
@@ -247,20 +311,22 @@ pub fn dispatch(ctx: &Ctx, mut call: Call, declared: Option<usize>, body: &mut d
             );
             let mut body = error_body(&refusal);
             body["allow"] = Value::from(allow);
-            return Reply::Json(refusal.kind.status(), body);
+            return (None, Reply::Json(refusal.kind.status(), body));
         }
         Lookup::NotFound => {
-            return error_reply(&Refusal::new(Kind::NotFound, format!("no route {path}")))
+            let refusal = Refusal::new(Kind::NotFound, format!("no route {path}"));
+            return (None, error_reply(&refusal));
         }
     };
     if route.body_limit != routes::STREAMED {
         if let Err(r) = read_body(route, declared, body, &mut call.body) {
-            return error_reply(&r);
+            return (Some(route), error_reply(&r));
         }
     }
-    authorize(ctx, route, &call)
+    let reply = authorize(ctx, route, &call)
         .and_then(|caller| run_handler(ctx, route, &call, params, caller, body))
-        .unwrap_or_else(|r| error_reply(&r))
+        .unwrap_or_else(|r| error_reply(&r));
+    (Some(route), reply)
 }
 
 fn read_body(

@@ -1,4 +1,4 @@
-//! Read and admin routes: status, nodes, approvals, join tokens, API tokens.
+//! Read and admin routes: nodes, approvals, join tokens, API tokens (the fleet's status: `status.rs`).
 
 use std::time::Duration;
 
@@ -14,27 +14,6 @@ use crate::health::NodeState;
 use crate::refusal::{bad_request, not_found, Refusal};
 use crate::registry::{rfc3339, NodeRecord};
 use crate::tokens::Role;
-
-pub fn status(ctx: &Ctx, _req: &Req) -> Result<Reply, Refusal> {
-    let mut nodes: serde_json::Map<String, Value> = ctx
-        .health
-        .counts()
-        .into_iter()
-        .map(|(state, n)| (state.as_str().to_string(), json!(n)))
-        .collect();
-    let total: u64 = nodes.values().filter_map(Value::as_u64).sum();
-    nodes.insert("total".into(), json!(total));
-    Ok(Reply::Json(
-        200,
-        json!({
-            "version": burrow_core::VERSION,
-            "uptime_s": ctx.started.elapsed().as_secs(),
-            "nodes": nodes,
-            "ssh": ctx.contact,
-            "sshd": (ctx.sshd_status)(),
-        }),
-    ))
-}
 
 /// `GET /api/v1/nodes?status=&label=k=v&capability=c`: every filter given must hold (labels and
 /// capabilities may repeat).

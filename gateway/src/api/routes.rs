@@ -8,7 +8,7 @@
 
 use serde_json::json;
 
-use super::{agent, exec, files, jobs, nodes, Call, Ctx, Reply};
+use super::{agent, exec, files, jobs, nodes, prometheus, status, Call, Ctx, Reply};
 use crate::refusal::{Kind, Refusal};
 use crate::tokens::{Role, Verified};
 
@@ -133,7 +133,14 @@ pub const ROUTES: &[Route] = &[
         pattern: "/api/v1/status",
         permission: Permission::Read,
         body_limit: SMALL,
-        handler: nodes::status,
+        handler: status::status,
+    },
+    Route {
+        method: "GET",
+        pattern: "/metrics",
+        permission: Permission::Read,
+        body_limit: SMALL,
+        handler: prometheus::metrics,
     },
     Route {
         method: "GET",

@@ -124,7 +124,7 @@ fn what(job: &Value) -> String {
 }
 
 /// `45s`, `12m`, `3h`, `5d` since an RFC 3339 time (`?` if it does not parse).
-fn age(created_at: &str, now: SystemTime) -> String {
+pub(super) fn age(created_at: &str, now: SystemTime) -> String {
     let Ok(then) = humantime::parse_rfc3339_weak(created_at) else {
         return "?".into();
     };
@@ -137,7 +137,7 @@ fn age(created_at: &str, now: SystemTime) -> String {
     }
 }
 
-fn cut(text: &str, max: usize) -> String {
+pub(super) fn cut(text: &str, max: usize) -> String {
     let text = text.replace(['\n', '\t'], " ");
     if text.chars().count() <= max {
         return text;

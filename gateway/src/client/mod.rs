@@ -3,7 +3,8 @@
 //! (root or the gateway's own user: run these as that user) and audits the action under that name.
 //! The TCP address in `run.json` is never used, so whoever holds that port learns nothing.
 //!
-//! Here: the client, and the small commands (`join`, `nodes`, `token`). The command bus has a
+//! Here: the client, and the small commands (`join`, `nodes`, `token`); `health.rs` prints nodes,
+//! alerts and the fleet's status for people. The command bus has a
 //! module per command: `exec.rs` (with `interrupt.rs` for Ctrl-C and `render.rs` for the output),
 //! `jobs.rs`, `cp.rs`; `target.rs` holds the target and path syntax they share.
 
@@ -19,6 +20,7 @@ use crate::unix_http;
 
 pub mod cp;
 pub mod exec;
+pub mod health;
 mod interrupt;
 pub mod jobs;
 mod render;
@@ -220,33 +222,8 @@ pub fn join(data_dir: &Path, command: JoinCommand) -> anyhow::Result<()> {
 pub fn nodes(data_dir: &Path, command: NodesCommand) -> anyhow::Result<()> {
     let client = Client::open(data_dir)?;
     match command {
-        NodesCommand::Ls { json } => {
-            let reply = client.call("GET", "/api/v1/nodes", None)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&reply)?);
-                return Ok(());
-            }
-            println!(
-                "{:<20} {:<9} {:<20} {:<21} CAPABILITIES",
-                "NODE", "STATUS", "HOSTNAME", "LAST SEEN"
-            );
-            for n in reply["nodes"].as_array().into_iter().flatten() {
-                let caps: Vec<&str> = n["capabilities"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .collect();
-                println!(
-                    "{:<20} {:<9} {:<20} {:<21} {}",
-                    n["id"].as_str().unwrap_or(""),
-                    n["status"].as_str().unwrap_or(""),
-                    n["hostname"].as_str().unwrap_or(""),
-                    n["last_seen"].as_str().unwrap_or("-"),
-                    caps.join(",")
-                );
-            }
-        }
+        NodesCommand::Ls { json } => health::ls(&client, json)?,
+        NodesCommand::Show { name, since, json } => health::show(&client, &name, since, json)?,
         NodesCommand::Approve { name } => {
             let n = client.call("POST", &format!("/api/v1/nodes/{name}/approve"), None)?;
             println!(

@@ -343,6 +343,7 @@ impl Jobs {
             r.exit = exit;
             r.error = error.map(|e| (e.kind.code().to_string(), e.message));
             r.ended_at = Some(now());
+            crate::metrics::part_ended(job, state, r.exit.is_some());
             let r = r.clone();
             (r, live.results.iter().all(|r| r.state.is_final()))
         };
