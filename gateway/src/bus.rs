@@ -555,7 +555,10 @@ impl Bus {
                     (id, Event::Unknown { code, reason }, true)
                 }
                 Message::Ping(v) => {
-                    let _ = link.send(&Message::Pong(v));
+                    // Never wait for the writer here: this thread must keep reading (the node's
+                    // frames are what keep its link alive). A busy writer is sending the agent
+                    // frames anyway, and any frame answers its ping.
+                    link.try_send(&Message::Pong(v));
                     continue;
                 }
                 Message::Pong(_) => continue,

@@ -13,6 +13,7 @@ mod cli_socket;
 mod exec;
 mod fake_gateway;
 mod files;
+mod health;
 mod hostile_http;
 mod link;
 mod pairing;
