@@ -312,7 +312,7 @@ mod tests {
         registry
             .update(|s| {
                 s.nodes
-                    .insert("pi".into(), crate::health::tests::node("pi"));
+                    .insert("pi".into(), crate::health::tests_support::node("pi"));
                 Ok::<_, anyhow::Error>(())
             })
             .unwrap();

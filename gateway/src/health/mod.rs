@@ -268,13 +268,20 @@ impl Health {
                 received_ms,
             } => {
                 let f = facts.entry(node.to_string()).or_default();
+                let skewed = |s: Option<i64>| s.is_some_and(|s| s.abs() > state::MAX_SKEW_S);
+                let skew_s = (beat.sent_at_ms > 0)
+                    .then(|| (beat.sent_at_ms as i64 - received_ms as i64) / 1000);
+                // A beat that brings or clears a fault changes the state: decide at once.
+                let wake = f.faults != beat.faults || skewed(f.skew_s) != skewed(skew_s);
                 f.beat_at = Some(t);
                 f.interval_s = beat.interval_s;
                 f.faults.clone_from(&beat.faults);
-                f.skew_s = (beat.sent_at_ms > 0)
-                    .then(|| (beat.sent_at_ms as i64 - received_ms as i64) / 1000);
+                f.skew_s = skew_s;
                 drop(facts);
                 self.history.observe(node, t, &beat.metrics);
+                if wake {
+                    let _ = self.wake.0.try_send(());
+                }
                 return;
             }
             LinkEvent::HandshakeFailed { node, port, error } => {
@@ -468,7 +475,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests;
+
+#[cfg(test)]
+pub(crate) mod tests_support {
     use std::collections::BTreeMap;
 
     use crate::registry::NodeRecord;
