@@ -26,6 +26,9 @@ use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use crate::refusal::{Kind, Refusal};
 use crate::registry::{now, rfc3339, Approval, Registry};
 
+/// How long a dial of a node's first port has before its second port is dialed too.
+const FIRST_PORT_HEAD_START: Duration = Duration::from_secs(1);
+
 /// What a request on a node's link reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -395,7 +398,8 @@ impl Bus {
     }
 
     /// Dials a node in the background unless it is linked: each of its two ports not being dialed
-    /// already gets a dial thread ("dial-<node>"). The first handshake that succeeds links the node.
+    /// already gets a dial thread ("dial-<node>"), the second after the first (see below). The
+    /// first handshake that succeeds links the node.
     pub fn dial(self: &Arc<Self>, node: &str) {
         if self.is_linked(node) {
             return;
@@ -416,22 +420,38 @@ impl Bus {
         };
         // Only the two ports assigned at approval, which sshd lets no other key listen on. The port a
         // node reports in its heartbeat is never dialed: any node token holder can set it.
+        // The first port is tried first: the second is dialed only once the first has failed, or
+        // has not answered within FIRST_PORT_HEAD_START (a stale session's listener that never
+        // answers must not hold the node back), or is still stuck from an earlier round.
+        let mut first_done: Option<Receiver<()>> = None;
         for port in ports {
             if !lock(&self.dialing).insert((node.to_string(), port)) {
                 continue;
             }
+            let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
+            let wait_for = first_done.take();
             let bus = self.clone();
             let name = node.to_string();
             let spawned = std::thread::Builder::new()
                 .name(format!("dial-{node}"))
                 .spawn(move || {
-                    if let Err(e) = bus.connect(&name, port, &key) {
-                        log::debug!("dialing {name} on port {port}: {e:#}");
+                    // Disconnected (not sent to) when the first port's dial ends.
+                    if let Some(first) = wait_for {
+                        let _ = first.recv_timeout(FIRST_PORT_HEAD_START);
+                    }
+                    if !bus.is_linked(&name) {
+                        if let Err(e) = bus.connect(&name, port, &key) {
+                            log::debug!("dialing {name} on port {port}: {e:#}");
+                        }
                     }
                     lock(&bus.dialing).remove(&(name, port));
+                    drop(done_tx);
                 });
             match spawned {
-                Ok(handle) => self.keep(handle),
+                Ok(handle) => {
+                    self.keep(handle);
+                    first_done = Some(done_rx);
+                }
                 Err(e) => {
                     log::error!("spawning a dial thread: {e}");
                     lock(&self.dialing).remove(&(node.to_string(), port));
