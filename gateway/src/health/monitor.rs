@@ -11,8 +11,9 @@
 //! an approved node that has not linked yet as gone `offline` (it is being redialed): a restart
 //! does not fill every node's history with offline/online pairs.
 //!
-//! Writes: state changes and alerts go to the store lazily as they happen (rare); metric samples
-//! in one lazy batch a minute ([`super::history`]), compacted every ten minutes.
+//! Writes: alerts are stored durably (one commit for all that changed in a tick) before the hook or
+//! webhook hears of them; state changes go to the store lazily as they happen; metric samples in
+//! one lazy batch a minute ([`super::history`]), compacted every ten minutes.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -188,6 +189,19 @@ impl Monitor {
         }
         let pruned = lock(&h.engine).prune(&rules, |n| known.contains(n), t);
         changed_alerts.extend(pruned);
+        // Stored before anyone is told (all in one commit), so the API shows what the hook says.
+        let queued: Vec<_> = changed_alerts
+            .iter()
+            .map(|a| {
+                let a = a.clone();
+                h.store.queue(move |tx| rows::put_alert(tx, &a))
+            })
+            .collect();
+        for q in queued {
+            if let Err(e) = q.and_then(crate::store::Pending::wait) {
+                log::error!("storing an alert: {e:#}");
+            }
+        }
         for alert in changed_alerts {
             self.alert_changed(alert, &rules);
         }
@@ -279,10 +293,6 @@ impl Monitor {
                 alert.summary
             ),
         }
-        let stored = alert.clone();
-        self.health
-            .store
-            .write_lazy(move |tx| rows::put_alert(tx, &stored));
         if rules.hook.is_some() || rules.webhook.is_some() {
             self.notifier.send(Notice::Changed {
                 alert,
