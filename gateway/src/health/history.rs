@@ -302,6 +302,29 @@ mod tests {
         assert!(h.unwritten("pi").is_empty());
     }
 
+    /// Issue 8 §3: samples are not durable one by one; a minute of 2,000 nodes' beats is one
+    /// batch, one commit.
+    #[test]
+    fn two_thousand_nodes_cost_one_commit_a_minute() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let h = History::default();
+        for n in 0..2000 {
+            let node = format!("pi-{n}");
+            h.observe(&node, 600, &m(5.0, 1));
+            h.observe(&node, 630, &m(7.0, 2));
+        }
+        let before = store.commits();
+        let batch = h.take_finished(660);
+        assert_eq!(batch.len(), 2000);
+        store
+            .write(move |tx| rows::insert_samples(tx, &batch))
+            .unwrap();
+        assert_eq!(store.commits() - before, 1);
+        let one = store.read(|c| rows::samples(c, "pi-7", 0)).unwrap();
+        assert_eq!(one.len(), 1);
+    }
+
     /// Regression guard for the history bound: a day of beats every 30 s leaves 60 fine and at
     /// most 6 × 23 coarse points, and queries rebucket them.
     #[test]

@@ -340,7 +340,8 @@ impl Health {
     /// Decides a node's state now (no recording): see [`state::decide`].
     fn decide(&self, node: &str, approval: Approval, now: u64) -> (NodeState, String) {
         let linked = self.bus.is_linked(node);
-        let firing = lock(&self.engine).resource_firing(node, &self.rules());
+        let rules = self.rules();
+        let firing = lock(&self.engine).resource_firing(node, &rules);
         let facts = lock(&self.facts).get(node).cloned().unwrap_or_default();
         let beat_age_s = match linked {
             true => facts
