@@ -6,7 +6,9 @@
 //! concurrent jobs never interleave and their nonces stay in order. Output credit is returned per
 //! stream as a job's consumer takes output, so a slow HTTP client stalls only its own command on the
 //! node, never the link. Dials are made from short-lived threads ("dial-<node>"), at most one per node
-//! at a time, and only to the node's two registered ports: never to a port a node merely reports.
+//! and port at a time, and only to the node's two registered ports: never to a port a node merely
+//! reports. What happens on the links (up, down, heartbeats, failed handshakes) is told to the
+//! health module ([`Bus::on_event`]), which decides node state; the bus itself only knows "linked".
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
