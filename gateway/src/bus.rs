@@ -400,7 +400,7 @@ impl Bus {
     }
 
     /// Dials a node in the background unless it is linked: each of its two ports not being dialed
-    /// already gets a dial thread ("dial-<node>"), the second after the first (see below). The
+    /// already gets a dial thread (`dial-<node>`), the second after the first (see below). The
     /// first handshake that succeeds links the node.
     pub fn dial(self: &Arc<Self>, node: &str) {
         if self.is_linked(node) {
