@@ -3,6 +3,7 @@
 //! the probe's bound.
 
 use super::*;
+use burrow_core::protocol::Role;
 use std::net::TcpListener;
 use std::sync::atomic::AtomicBool;
 use std::thread;
