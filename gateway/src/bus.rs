@@ -6,21 +6,23 @@
 //! concurrent jobs never interleave and their nonces stay in order. Output credit is returned per
 //! stream as a job's consumer takes output, so a slow HTTP client stalls only its own command on the
 //! node, never the link. Dials are made from short-lived threads ("dial-<node>"), at most one per node
-//! at a time, and only to the node's two registered ports: never to a port a node merely reports.
+//! and port at a time, and only to the node's two registered ports: never to a port a node merely
+//! reports. What happens on the links (up, down, heartbeats, failed handshakes) is told to the
+//! health module ([`Bus::on_event`]), which decides node state; the bus itself only knows "linked".
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use burrow_core::identity::{Identity, PublicKey};
+use burrow_core::identity::Identity;
 #[cfg(doc)]
 use burrow_core::protocol::bye;
-use burrow_core::protocol::{stream, ExecSpec, ExitStatus, Message, Role};
-use burrow_core::secure::{handshake, Opener, Sealer};
+use burrow_core::protocol::{stream, ExecSpec, ExitStatus, Message};
+use burrow_core::secure::{Opener, Sealer};
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 
 use crate::refusal::{Kind, Refusal};
@@ -125,12 +127,44 @@ impl Link {
 /// Called with a node's id whenever its link comes up or its heartbeat changes what it can take.
 pub type LinkHook = Box<dyn Fn(&str) + Send + Sync>;
 
+/// What the bus tells the health module ([`Bus::on_event`]): the facts node state is decided from.
+#[derive(Debug)]
+pub enum LinkEvent<'a> {
+    /// The node's link came up (handshake done).
+    Up { node: &'a str },
+    /// The node's link ended, and why.
+    Down { node: &'a str, reason: &'a str },
+    /// A heartbeat arrived on the link, at `received_ms` (the gateway's clock, Unix milliseconds).
+    Beat {
+        node: &'a str,
+        beat: &'a burrow_core::api::Heartbeat,
+        received_ms: u64,
+    },
+    /// A dial reached something on the node's port that failed the handshake (a wrong key, a
+    /// protocol error): not a refused or timed-out connection, which only means "not there".
+    HandshakeFailed {
+        node: &'a str,
+        port: u16,
+        error: &'a str,
+    },
+    /// A handshake with the node succeeded (resets the count of failed ones).
+    HandshakeOk { node: &'a str },
+}
+
+/// See [`Bus::on_event`]. Called on bus threads: it must not block, nor call the bus.
+pub type EventHook = Box<dyn Fn(LinkEvent<'_>) + Send + Sync>;
+
 pub struct Bus {
     identity: Identity,
     on_link: Mutex<Option<Arc<LinkHook>>>,
+    on_event: Mutex<Option<Arc<EventHook>>>,
     registry: Arc<Registry>,
     links: Mutex<HashMap<String, Arc<Link>>>,
-    dialing: Mutex<HashSet<String>>,
+    /// Dials in progress, one at most per node and port: a port that hangs (a stale sshd session
+    /// still holding it after a network cut) does not hold back the dial of the other one.
+    dialing: Mutex<HashSet<(String, u16)>>,
+    /// Linked nodes that take no command now (in `error`, [`Bus::hold`]): their commands queue.
+    held: Mutex<HashSet<String>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -227,15 +261,48 @@ impl Bus {
         Bus {
             identity,
             on_link: Mutex::new(None),
+            on_event: Mutex::new(None),
             registry,
             links: Mutex::new(HashMap::new()),
             dialing: Mutex::new(HashSet::new()),
+            held: Mutex::new(HashSet::new()),
             threads: Mutex::new(Vec::new()),
         }
     }
 
     pub fn is_linked(&self, node: &str) -> bool {
         lock(&self.links).contains_key(node)
+    }
+
+    /// Whether commands are sent to the node now: linked, and not held by the health module (a node
+    /// in `error` keeps its link, but its commands wait in the queue).
+    pub fn takes_commands(&self, node: &str) -> bool {
+        self.is_linked(node) && !lock(&self.held).contains(node)
+    }
+
+    /// Holds (`true`) or releases a node's commands (see [`Bus::takes_commands`]); a release wakes
+    /// the scheduler like a new link does.
+    pub fn hold(&self, node: &str, held: bool) {
+        let changed = match held {
+            true => lock(&self.held).insert(node.to_string()),
+            false => lock(&self.held).remove(node),
+        };
+        if changed && !held && self.is_linked(node) {
+            self.linked(node);
+        }
+    }
+
+    /// Sets what hears of links coming and going, heartbeats and failed handshakes (the health
+    /// module).
+    pub fn on_event(&self, hook: EventHook) {
+        *lock(&self.on_event) = Some(Arc::new(hook));
+    }
+
+    fn event(&self, event: LinkEvent<'_>) {
+        let hook = lock(&self.on_event).clone();
+        if let Some(hook) = hook {
+            hook(event);
+        }
     }
 
     /// How many commands the node takes at once, as its agent said (`None` until it has).
@@ -329,70 +396,6 @@ impl Bus {
         }
     }
 
-    /// Dials a node in the background unless it is linked or being dialed.
-    pub fn dial(self: &Arc<Self>, node: &str) {
-        if self.is_linked(node) || !lock(&self.dialing).insert(node.to_string()) {
-            return;
-        }
-        let bus = self.clone();
-        let name = node.to_string();
-        let spawned = std::thread::Builder::new()
-            .name(format!("dial-{node}"))
-            .spawn(move || {
-                if let Err(e) = bus.connect(&name) {
-                    log::debug!("dialing {name}: {e:#}");
-                }
-                lock(&bus.dialing).remove(&name);
-            });
-        match spawned {
-            Ok(handle) => self.keep(handle),
-            Err(e) => {
-                log::error!("spawning a dial thread: {e}");
-                lock(&self.dialing).remove(node);
-            }
-        }
-    }
-
-    fn connect(self: &Arc<Self>, node: &str) -> anyhow::Result<()> {
-        let (key, ports) = {
-            let state = self.registry.read();
-            let n = state
-                .nodes
-                .get(node)
-                .ok_or_else(|| anyhow::anyhow!("node is gone"))?;
-            let ports = n
-                .ports
-                .ok_or_else(|| anyhow::anyhow!("node has no ports"))?;
-            (PublicKey::from_openssh(&n.public_key)?, ports)
-        };
-        // Only the two ports assigned at approval, which sshd lets no other key listen on. The port a
-        // node reports in its heartbeat is never dialed: any node token holder can set it.
-        let mut last_err = anyhow::anyhow!("no port answered");
-        for port in ports {
-            match self.handshake_on(node, port, &key) {
-                Ok((stream, sealer, opener)) => return self.attach(node, stream, sealer, opener),
-                Err(e) => last_err = e,
-            }
-        }
-        Err(last_err)
-    }
-
-    fn handshake_on(
-        &self,
-        node: &str,
-        port: u16,
-        key: &PublicKey,
-    ) -> anyhow::Result<(TcpStream, Sealer, Opener)> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let channel = handshake(&mut stream, &self.identity, Role::Gateway, |k| k == key)
-            .map_err(|e| anyhow::anyhow!("handshake with {node} on port {port}: {e}"))?;
-        stream.set_read_timeout(None)?;
-        Ok((stream, channel.sealer, channel.opener))
-    }
-
     fn attach(
         self: &Arc<Self>,
         node: &str,
@@ -414,15 +417,23 @@ impl Bus {
             last_rx: Mutex::new(Instant::now()),
             reader_done,
         });
-        lock(&self.links).insert(node.to_string(), link.clone());
+        {
+            let mut links = lock(&self.links);
+            if links.contains_key(node) {
+                // The other port's dial won: this one is not needed.
+                let _ = link.closer.shutdown(Shutdown::Both);
+                return Ok(());
+            }
+            links.insert(node.to_string(), link.clone());
+        }
         let t = now();
         self.registry.set_live(node, |l| {
-            l.online = true;
             l.online_since = Some(t);
             l.last_seen = Some(t);
             l.port = Some(port);
         });
-        log::info!("node {node} online (port {port})");
+        log::info!("node {node} linked (port {port})");
+        self.event(LinkEvent::Up { node });
         self.linked(node);
         let bus = self.clone();
         let handle = std::thread::Builder::new()
@@ -463,12 +474,20 @@ impl Bus {
                     (id, Event::Unknown { code, reason }, true)
                 }
                 Message::Ping(v) => {
-                    let _ = link.send(&Message::Pong(v));
+                    // Never wait for the writer here: this thread must keep reading (the node's
+                    // frames are what keep its link alive). A busy writer is sending the agent
+                    // frames anyway, and any frame answers its ping.
+                    link.try_send(&Message::Pong(v));
                     continue;
                 }
                 Message::Pong(_) => continue,
                 // The link's handshake authenticated the node: no token needed.
                 Message::Heartbeat(beat) => {
+                    self.event(LinkEvent::Beat {
+                        node: &link.node,
+                        beat: &beat,
+                        received_ms: now_ms(),
+                    });
                     let before = link.max_jobs.swap(beat.max_jobs, Ordering::Relaxed);
                     self.registry.record_heartbeat(&link.node, beat);
                     if before != link.max_jobs.load(Ordering::Relaxed) {
@@ -502,8 +521,11 @@ impl Bus {
         if links.get(&link.node).is_some_and(|l| Arc::ptr_eq(l, link)) {
             links.remove(&link.node);
             drop(links);
-            self.registry.set_live(&link.node, |l| l.online = false);
-            log::info!("node {} offline: {reason}", link.node);
+            log::info!("node {} link lost: {reason}", link.node);
+            self.event(LinkEvent::Down {
+                node: &link.node,
+                reason: &reason,
+            });
         }
     }
 
@@ -530,8 +552,8 @@ impl Bus {
     /// end as lost, and the agent kills the commands they ran when the connection drops.
     pub fn cut_off(&self, node: &str, code: &str, reason: &str) {
         let link = lock(&self.links).remove(node);
-        self.registry.set_live(node, |l| l.online = false);
         let Some(link) = link else { return };
+        self.event(LinkEvent::Down { node, reason });
         log::info!("node {node} cut off ({code}): {reason}");
         // A writer blocked on a peer that stopped reading holds the mutex: then skip the goodbye.
         let deadline = Instant::now() + Duration::from_millis(500);
@@ -591,9 +613,17 @@ pub fn new_job_id() -> String {
     burrow_core::join::hex(&burrow_core::random_bytes::<16>())
 }
 
+/// Unix milliseconds now.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+mod dial;
 #[cfg(test)]
 mod tests;

@@ -153,6 +153,18 @@ pub struct ServeArgs {
     /// VPN interface Prometheus scrapes from); the API port's /metrics needs a viewer token.
     #[arg(long, env = "BURROW_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// A node's link on which nothing has arrived for this long is dropped and the node is offline
+    /// (a quiet link is pinged after a quarter of it); 2s to 10m.
+    #[arg(long, env = "BURROW_DEAD_AFTER", default_value = "20s", value_parser = parse_duration)]
+    pub dead_after: Duration,
+    /// Alert rules, hook and webhook (TOML, docs/alerts.md), reloaded on SIGHUP [default:
+    /// alerts.toml beside the config file if it exists, else the built-in rules].
+    #[arg(long, env = "BURROW_ALERT_RULES", value_name = "FILE")]
+    pub alert_rules: Option<PathBuf>,
+    /// How long metric history (`/api/v1/nodes/ID/metrics`) is kept: 1-minute points for the last
+    /// hour, 10-minute averages before that.
+    #[arg(long, env = "BURROW_METRICS_RETENTION", default_value = "1day", value_parser = parse_duration)]
+    pub metrics_retention: Duration,
 }
 
 /// Where `gateway install` writes, and what goes into the config file it writes.

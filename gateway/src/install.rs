@@ -177,6 +177,13 @@ fn serve_settings(data_dir: &Path, log: log::LevelFilter, s: &ServeArgs) -> Vec<
             "\"10.8.0.1:9101\"",
         ),
         ("shutdown_grace", duration(s.shutdown_grace), ""),
+        ("dead_after", duration(s.dead_after), ""),
+        (
+            "alert_rules",
+            s.alert_rules.as_deref().and_then(path),
+            "\"/etc/burrow/alerts.toml\"",
+        ),
+        ("metrics_retention", duration(s.metrics_retention), ""),
     ]
 }
 

@@ -1,5 +1,6 @@
 //! The node registry: who is paired, pending or rejected, which join tokens exist, which API tokens are
-//! revoked, and what the gateway knows live about each node (online, last seen, metrics).
+//! revoked, and what the gateway knows live about each node (last seen, metrics). Whether a node is
+//! linked is the bus's; what state it is in is the health module's (`crate::health`).
 //!
 //! The registry is kept in memory and persisted in the store (`burrow.db`, tables of migration 1,
 //! rows in `store::registry`): [`Registry::update`] writes the rows it changed durably before it
@@ -102,7 +103,8 @@ pub struct State {
 /// starts empty.
 #[derive(Debug, Clone, Default)]
 pub struct Live {
-    pub online: bool,
+    /// When its current link came up (kept after the link ends; the health module says whether
+    /// the node is online).
     pub online_since: Option<u64>,
     pub last_seen: Option<u64>,
     pub port: Option<u16>,
@@ -452,7 +454,7 @@ mod tests {
         drop(reg);
         let reg = Registry::open(dir.path()).unwrap();
         let live = reg.live("pi-1");
-        assert!(!live.online);
+        assert_eq!(live.online_since, None, "a link does not survive a restart");
         assert!(live.last_seen.unwrap() + 60 > now());
         assert_eq!(live.agent_version.as_deref(), Some("9.9.9"));
         assert_eq!(

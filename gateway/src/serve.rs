@@ -1,5 +1,7 @@
 //! `gateway serve`: brings the gateway up in a safe order (API port first, then keys, registry, sshd,
 //! links), writes `run.json` so the CLI can find the API, and takes it all down on SIGTERM/SIGINT.
+//! SIGHUP reloads the alert rules (a bad file keeps the rules in force, and says why); links and
+//! everything else stay as they are.
 //!
 //! Stopping: the API takes no new request, running commands get `--shutdown-grace` (10 s) to finish,
 //! then the links are closed, which cancels what is still running on the nodes (the agents kill those
@@ -9,7 +11,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use burrow_core::identity::Identity;
@@ -32,6 +34,17 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
             args.api
         );
     }
+    if args.dead_after < Duration::from_secs(2) || args.dead_after > Duration::from_secs(600) {
+        bail!(
+            "--dead-after {} is out of range: 2s to 10m",
+            humantime::format_duration(args.dead_after)
+        );
+    }
+    let rules_file = args.alert_rules.clone().or_else(default_rules_file);
+    let rules = match &rules_file {
+        Some(path) => health::rules::Rules::load(path)?,
+        None => health::rules::Rules::builtin(),
+    };
     burrow_core::atomic_file::private_dir(data_dir)?;
     let data_dir = data_dir
         .canonicalize()
@@ -123,6 +136,7 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
     let status_of = supervisor.as_ref().map(Arc::downgrade);
     let cut_of = supervisor.as_ref().map(Arc::downgrade);
     let health = health::Health::new(registry.clone(), bus.clone());
+    health.set_rules(rules);
     let contact_json =
         json!({"listen": ssh_addr, "public": ssh_public, "host_fingerprint": host_fingerprint});
     let ctx = Arc::new(Ctx {
@@ -152,7 +166,12 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
     let api = Api::start(server, ctx.clone())?;
     jobs.start()?;
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
-    let monitor = health::monitor::spawn(registry, bus.clone(), stop_rx)?;
+    let settings = health::monitor::Settings::new(args.dead_after, args.metrics_retention);
+    let monitor = health::monitor::spawn(health.clone(), settings, stop_rx)?;
+    // Before run.json says the gateway is up: from then on a SIGHUP must reload, not kill it.
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .context("installing signal handlers")?;
     runinfo::write(
         &data_dir,
         api_addr,
@@ -162,7 +181,19 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
     )?;
     log::info!("API on http://{api_addr}, sshd on {ssh_addr} (nodes dial {ssh_public}, host key {host_fingerprint})");
 
-    wait_for_signal()?;
+    for sig in signals.forever() {
+        if sig != SIGHUP {
+            log::info!("received signal {sig}");
+            break;
+        }
+        match &rules_file {
+            None => log::info!("SIGHUP: no alert rules file (built-in rules); nothing to reload"),
+            Some(path) => match health::rules::Rules::load(path) {
+                Ok(rules) => health.set_rules(rules),
+                Err(e) => log::error!("SIGHUP: keeping the alert rules in force: {e:#}"),
+            },
+        }
+    }
     log::info!(
         "shutting down: no new requests; running commands have {} to finish",
         humantime::format_duration(args.shutdown_grace)
@@ -212,14 +243,23 @@ fn drain(api: Api, ctx: &Ctx, grace: std::time::Duration) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn wait_for_signal() -> anyhow::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
-        .context("installing signal handlers")?;
-    if let Some(sig) = signals.forever().next() {
-        log::info!("received signal {sig}");
+/// `alerts.toml` in the directory of the config file in use (`--config`, `BURROW_CONFIG`, or
+/// /etc/burrow/gateway.toml), if it exists.
+fn default_rules_file() -> Option<std::path::PathBuf> {
+    let mut args = std::env::args_os();
+    let mut config = None;
+    while let Some(a) = args.next() {
+        if a == "--config" {
+            config = args.next().map(std::path::PathBuf::from);
+        } else if let Some(v) = a.to_str().and_then(|a| a.strip_prefix("--config=")) {
+            config = Some(v.into());
+        }
     }
-    Ok(())
+    let config = config
+        .or_else(|| std::env::var_os("BURROW_CONFIG").map(Into::into))
+        .unwrap_or_else(|| "/etc/burrow/gateway.toml".into());
+    let file = config.parent()?.join("alerts.toml");
+    file.is_file().then_some(file)
 }
 
 /// A free port on the given address (for `--ssh 127.0.0.1:0`): bind, read, release.

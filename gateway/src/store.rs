@@ -18,6 +18,7 @@
 //! Schema: `PRAGMA user_version` is the schema version; [`migrations::MIGRATIONS`] brings a database up
 //! to date, one transaction per migration. A database from a newer burrow is refused, never downgraded.
 
+pub mod health;
 mod migrations;
 pub mod registry;
 mod writer;

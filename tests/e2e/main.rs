@@ -14,6 +14,7 @@ mod cli_socket;
 mod exec;
 mod fake_gateway;
 mod files;
+mod health;
 mod hostile_http;
 mod link;
 mod max_nodes;

@@ -129,7 +129,7 @@ impl Gateway {
         Gateway::start_in(dir, any, any, extra)
     }
 
-    fn start_in(
+    pub fn start_in(
         dir: tempfile::TempDir,
         api: SocketAddr,
         ssh: SocketAddr,

@@ -8,6 +8,7 @@
 mod agent;
 mod exec;
 mod files;
+mod health;
 mod jobs;
 mod local;
 mod nodes;

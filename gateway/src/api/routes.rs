@@ -8,7 +8,7 @@
 
 use serde_json::json;
 
-use super::{agent, exec, files, jobs, nodes, prometheus, status, Call, Ctx, Reply};
+use super::{agent, exec, files, health, jobs, nodes, prometheus, status, Call, Ctx, Reply};
 use crate::refusal::{Kind, Refusal};
 use crate::tokens::{Role, Verified};
 
@@ -155,6 +155,27 @@ pub const ROUTES: &[Route] = &[
         permission: Permission::Read,
         body_limit: SMALL,
         handler: nodes::show,
+    },
+    Route {
+        method: "GET",
+        pattern: "/api/v1/nodes/{id}/metrics",
+        permission: Permission::Read,
+        body_limit: SMALL,
+        handler: health::metrics,
+    },
+    Route {
+        method: "GET",
+        pattern: "/api/v1/nodes/{id}/history",
+        permission: Permission::Read,
+        body_limit: SMALL,
+        handler: health::history,
+    },
+    Route {
+        method: "GET",
+        pattern: "/api/v1/alerts",
+        permission: Permission::Read,
+        body_limit: SMALL,
+        handler: health::alerts,
     },
     Route {
         method: "PATCH",

@@ -3,6 +3,7 @@
 //! the probe's bound.
 
 use super::*;
+use burrow_core::protocol::Role;
 use std::net::TcpListener;
 use std::sync::atomic::AtomicBool;
 use std::thread;
@@ -75,8 +76,8 @@ fn dial_ignores_the_port_a_heartbeat_reported() {
     bus.shutdown();
 }
 
-/// The bound, with the health thread's figures: `DEAD_AFTER` (45 s) after the last frame, noticed at
-/// the next probe (every 2 s). Here the same logic with 0.5 s and a 50 ms probe.
+/// The bound, with the health thread's figures: `serve --dead-after` (20 s) after the last frame,
+/// noticed at the next probe (every second). Here the same logic with 0.5 s and a 50 ms probe.
 #[test]
 fn relay_dropping_the_agents_frames_is_cut_within_the_liveness_bound() {
     let dir = tempfile::tempdir().unwrap();

@@ -17,7 +17,7 @@ impl Jobs {
         let s = lock(&self.sched);
         candidates
             .iter()
-            .filter(|n| !skip.contains(n) && self.bus.is_linked(n))
+            .filter(|n| !skip.contains(n) && self.bus.takes_commands(n))
             .min_by(|a, b| {
                 let load = |n: &String| {
                     let q = s.nodes.get(n);
@@ -78,7 +78,8 @@ impl Jobs {
                         true
                     });
                 }
-                if !linked {
+                // Linked but in `error`: its commands wait in the queue.
+                if !self.bus.takes_commands(node) {
                     continue;
                 }
                 let limit = self.bus.max_jobs(node).unwrap_or(DEFAULT_NODE_LIMIT);

@@ -22,6 +22,7 @@ pub enum Migration {
 pub const MIGRATIONS: &[(u32, Migration)] = &[
     (1, Migration::Sql(REGISTRY)),
     (2, Migration::Sql(crate::jobs::persist::SCHEMA)),
+    (3, Migration::Sql(super::health::SCHEMA)),
 ];
 
 /// Migration 1: the registry (what `state.json` held: nodes, join tokens, revoked API token ids),
