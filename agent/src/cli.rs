@@ -5,6 +5,7 @@
 //! environment > file > default.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -48,6 +49,8 @@ pub enum Command {
             value_parser = clap::value_parser!(u16).range(1..)
         )]
         max_concurrent: u16,
+        #[command(flatten)]
+        link: Link,
     },
     /// Pair with a gateway and exit (waits while the request is pending approval).
     #[command(after_long_help = "Example:\n  agent join burrow1.… --name pi-1")]
@@ -92,6 +95,31 @@ pub struct InstallArgs {
     pub force: bool,
 }
 
+/// How the node keeps its link to the gateway.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct Link {
+    /// How often the node sends its heartbeat (health figures) to the gateway, e.g. 30s or 1m;
+    /// each interval is drawn within ±10 % of it.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "BURROW_HEARTBEAT_INTERVAL",
+        default_value = "30s",
+        value_parser = parse_heartbeat_interval
+    )]
+    pub heartbeat_interval: Duration,
+    /// A link to the gateway that stays silent this long is dead: dropped and dialed again. The
+    /// agent pings a silent gateway after a quarter of it.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "BURROW_DEAD_AFTER",
+        default_value = "20s",
+        value_parser = parse_dead_after
+    )]
+    pub dead_after: Duration,
+}
+
 /// How the node describes itself when it pairs.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Profile {
@@ -126,6 +154,37 @@ pub enum Print {
     Unit,
     /// The config file alone.
     Config,
+}
+
+/// `30s`, `1m`, `1m30s` (humantime), or a bare number of seconds (what a TOML integer becomes).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    match text.trim().parse::<u64>() {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => humantime::parse_duration(text.trim())
+            .map_err(|e| format!("{e} (examples: 30s, 1m, 90)")),
+    }
+}
+
+/// `text` as a duration within `min..=max`.
+fn duration_within(text: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d < min || d > max {
+        return Err(format!(
+            "{text} is outside {}..{}",
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        ));
+    }
+    Ok(d)
+}
+
+fn parse_heartbeat_interval(text: &str) -> Result<Duration, String> {
+    duration_within(text, Duration::from_secs(1), Duration::from_secs(3600))
+}
+
+/// At least 2 s: below that, scheduling hiccups on a small node would read as a dead link.
+fn parse_dead_after(text: &str) -> Result<Duration, String> {
+    duration_within(text, Duration::from_secs(2), Duration::from_secs(600))
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
