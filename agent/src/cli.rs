@@ -156,23 +156,53 @@ pub enum Print {
     Config,
 }
 
-/// `30s`, `1m`, `1m30s` (humantime), or a bare number of seconds (what a TOML integer becomes).
+/// `30s`, `1m`, `1m30s`, `500ms`, `2h`, or a bare number of seconds (what a TOML integer becomes):
+/// the gateway's duration syntax for the units a link setting needs, without humantime in the agent.
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    match text.trim().parse::<u64>() {
-        Ok(secs) => Ok(Duration::from_secs(secs)),
-        Err(_) => humantime::parse_duration(text.trim())
-            .map_err(|e| format!("{e} (examples: 30s, 1m, 90)")),
+    let bad = || format!("invalid duration {text:?} (examples: 30s, 1m, 1m30s, 90)");
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
     }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = rest[digits..].trim_start();
+        let unit = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let scale = match rest[..unit].trim() {
+            "ms" => Duration::from_millis(1),
+            "s" | "sec" | "secs" => Duration::from_secs(1),
+            "m" | "min" | "mins" => Duration::from_secs(60),
+            "h" | "hr" | "hrs" => Duration::from_secs(3600),
+            _ => return Err(bad()),
+        };
+        let part = u32::try_from(number)
+            .ok()
+            .and_then(|n| scale.checked_mul(n))
+            .ok_or_else(bad)?;
+        total = total.checked_add(part).ok_or_else(bad)?;
+        rest = &rest[unit..];
+    }
+    if text.is_empty() {
+        return Err(bad());
+    }
+    Ok(total)
 }
 
-/// `text` as a duration within `min..=max`.
+/// `text` as a duration within `min..=max` (both whole seconds).
 fn duration_within(text: &str, min: Duration, max: Duration) -> Result<Duration, String> {
     let d = parse_duration(text)?;
     if d < min || d > max {
         return Err(format!(
-            "{text} is outside {}..{}",
-            humantime::format_duration(min),
-            humantime::format_duration(max)
+            "{text} is outside {}s..{}s",
+            min.as_secs(),
+            max.as_secs()
         ));
     }
     Ok(d)
@@ -196,7 +226,40 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use clap::CommandFactory;
+
+    #[test]
+    fn durations_parse_like_the_gateways() {
+        let ok = |text: &str, secs: f64| {
+            assert_eq!(
+                super::parse_duration(text),
+                Ok(Duration::from_secs_f64(secs)),
+                "{text}"
+            )
+        };
+        ok("30s", 30.0);
+        ok("90", 90.0);
+        ok("1m30s", 90.0);
+        ok("1m 30s", 90.0);
+        ok("2h", 7200.0);
+        ok("1500ms", 1.5);
+        ok(" 20s ", 20.0);
+        for bad in [
+            "",
+            "s",
+            "10x",
+            "m5",
+            "1.5s",
+            "-3s",
+            "99999999999999999999s",
+            "5000000000h",
+        ] {
+            let err = super::parse_duration(bad).expect_err(bad);
+            assert!(err.contains("invalid duration"), "{bad}: {err}");
+        }
+    }
 
     /// Every subcommand says what it is in one line and shows how it is used (issue 12, point 8).
     #[test]
