@@ -70,8 +70,8 @@ kind = subprocess.run(["file", "-b", binary], capture_output=True, text=True).st
 m = json.loads(node).get("metrics") or {}
 print(f"{machine()}, {elapsed:.0f} s idle, {len(samples['agent'])} samples every 10 s, with "
       f"`tests/bench/idle.sh {sys.argv[1]}`. Agent binary: `{os.path.basename(binary)}` "
-      f"({','.join(kind).strip()}); heartbeat every 30 s ± 10 %, dead-link bound 20 s "
-      f"(ping after 5 s of quiet); its last beat carried {len(m.get('filesystems', []))} filesystem(s), "
+      f"({','.join(kind).strip()}) run with its defaults (this branch: heartbeat every 30 s ± 10 %, dead-link bound 20 s "
+      f"with a ping after 5 s of quiet); its last beat carried {len(m.get('filesystems', []))} filesystem(s), "
       f"{len(m.get('cpu_cores', []))} core(s), {len(m.get('network', []))} interface(s), "
       f"{len(m.get('temperatures', []))} sensor(s).\n")
 print("| process | idle RSS max (MB) | idle RSS avg (MB) | CPU time (s) | CPU (% of one core, average) |")
