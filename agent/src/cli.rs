@@ -5,6 +5,7 @@
 //! environment > file > default.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -48,6 +49,8 @@ pub enum Command {
             value_parser = clap::value_parser!(u16).range(1..)
         )]
         max_concurrent: u16,
+        #[command(flatten)]
+        link: Link,
     },
     /// Pair with a gateway and exit (waits while the request is pending approval).
     #[command(after_long_help = "Example:\n  agent join burrow1.… --name pi-1")]
@@ -92,6 +95,31 @@ pub struct InstallArgs {
     pub force: bool,
 }
 
+/// How the node keeps its link to the gateway.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct Link {
+    /// How often the node sends its heartbeat (health figures) to the gateway, e.g. 30s or 1m;
+    /// each interval is drawn within ±10 % of it.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "BURROW_HEARTBEAT_INTERVAL",
+        default_value = "30s",
+        value_parser = parse_heartbeat_interval
+    )]
+    pub heartbeat_interval: Duration,
+    /// A link to the gateway that stays silent this long is dead: dropped and dialed again. The
+    /// agent pings a silent gateway after a quarter of it.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "BURROW_DEAD_AFTER",
+        default_value = "20s",
+        value_parser = parse_dead_after
+    )]
+    pub dead_after: Duration,
+}
+
 /// How the node describes itself when it pairs.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Profile {
@@ -128,6 +156,67 @@ pub enum Print {
     Config,
 }
 
+/// `30s`, `1m`, `1m30s`, `500ms`, `2h`, or a bare number of seconds (what a TOML integer becomes):
+/// the gateway's duration syntax for the units a link setting needs, without humantime in the agent.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {text:?} (examples: 30s, 1m, 1m30s, 90)");
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = rest[digits..].trim_start();
+        let unit = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let scale = match rest[..unit].trim() {
+            "ms" => Duration::from_millis(1),
+            "s" | "sec" | "secs" => Duration::from_secs(1),
+            "m" | "min" | "mins" => Duration::from_secs(60),
+            "h" | "hr" | "hrs" => Duration::from_secs(3600),
+            _ => return Err(bad()),
+        };
+        let part = u32::try_from(number)
+            .ok()
+            .and_then(|n| scale.checked_mul(n))
+            .ok_or_else(bad)?;
+        total = total.checked_add(part).ok_or_else(bad)?;
+        rest = &rest[unit..];
+    }
+    if text.is_empty() {
+        return Err(bad());
+    }
+    Ok(total)
+}
+
+/// `text` as a duration within `min..=max` (both whole seconds).
+fn duration_within(text: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d < min || d > max {
+        return Err(format!(
+            "{text} is outside {}s..{}s",
+            min.as_secs(),
+            max.as_secs()
+        ));
+    }
+    Ok(d)
+}
+
+fn parse_heartbeat_interval(text: &str) -> Result<Duration, String> {
+    duration_within(text, Duration::from_secs(1), Duration::from_secs(3600))
+}
+
+/// At least 2 s: below that, scheduling hiccups on a small node would read as a dead link.
+fn parse_dead_after(text: &str) -> Result<Duration, String> {
+    duration_within(text, Duration::from_secs(2), Duration::from_secs(600))
+}
+
 fn parse_label(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
@@ -137,7 +226,40 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use clap::CommandFactory;
+
+    #[test]
+    fn durations_parse_like_the_gateways() {
+        let ok = |text: &str, secs: f64| {
+            assert_eq!(
+                super::parse_duration(text),
+                Ok(Duration::from_secs_f64(secs)),
+                "{text}"
+            )
+        };
+        ok("30s", 30.0);
+        ok("90", 90.0);
+        ok("1m30s", 90.0);
+        ok("1m 30s", 90.0);
+        ok("2h", 7200.0);
+        ok("1500ms", 1.5);
+        ok(" 20s ", 20.0);
+        for bad in [
+            "",
+            "s",
+            "10x",
+            "m5",
+            "1.5s",
+            "-3s",
+            "99999999999999999999s",
+            "5000000000h",
+        ] {
+            let err = super::parse_duration(bad).expect_err(bad);
+            assert!(err.contains("invalid duration"), "{bad}: {err}");
+        }
+    }
 
     /// Every subcommand says what it is in one line and shows how it is used (issue 12, point 8).
     #[test]

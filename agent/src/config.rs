@@ -7,6 +7,7 @@ mod tests {
     use std::ffi::OsString;
     use std::path::{Path, PathBuf};
     use std::process::Command as Process;
+    use std::time::Duration;
 
     use anyhow::Result;
     use burrow_core::settings::settings;
@@ -135,6 +136,44 @@ label = { site = "home", rack = "2" }
         assert!(parse(&["--config", "/dev/null", "run", "--max-concurrent", "0"]).is_err());
     }
 
+    /// `--heartbeat-interval` and `--dead-after` from the file (a duration string, or a bare number
+    /// of seconds as a TOML integer), the flag, or the defaults the service uses; out of range is an
+    /// error naming the range.
+    #[test]
+    fn heartbeat_interval_and_dead_after_come_from_the_file_or_the_flag() {
+        let link = |cli: &Cli| match cli.command {
+            Sub::Run { link, .. } => (link.heartbeat_interval, link.dead_after),
+            ref other => panic!("expected run, got {other:?}"),
+        };
+        let secs = Duration::from_secs;
+        assert_eq!(
+            link(&parse(&["--config", "/dev/null", "run"]).unwrap()),
+            (
+                crate::service::DEFAULT_HEARTBEAT,
+                crate::service::DEFAULT_DEAD_AFTER
+            )
+        );
+        let (_dir, path) = file("heartbeat_interval = \"1m\"\ndead_after = 10\n");
+        let config = path.to_str().unwrap();
+        assert_eq!(
+            link(&parse(&["--config", config, "run"]).unwrap()),
+            (secs(60), secs(10))
+        );
+        let flags = ["--heartbeat-interval", "45s", "--dead-after", "1m30s"];
+        let cli = parse(&[&["--config", config, "run"][..], &flags[..]].concat()).unwrap();
+        assert_eq!(link(&cli), (secs(45), secs(90)));
+        for bad in [
+            ["--dead-after", "1s"],
+            ["--dead-after", "soon"],
+            ["--heartbeat-interval", "0"],
+            ["--heartbeat-interval", "2h"],
+        ] {
+            let err = parse(&[&["--config", "/dev/null", "run"][..], &bad[..]].concat())
+                .expect_err("out of range");
+            assert!(format!("{err:#}").contains(bad[1]), "{bad:?}: {err:#}");
+        }
+    }
+
     #[test]
     fn default_file_is_read_only_if_it_exists_and_dashes_equal_underscores() {
         let cli = parse(&["id"]).unwrap();
@@ -151,7 +190,7 @@ label = { site = "home", rack = "2" }
     #[test]
     fn bad_files_are_errors_naming_the_file_the_key_and_the_line() {
         let cases: &[(&str, &str)] = &[
-            ("name = \"a\"\nnmae = \"pi\"\n", "unknown key `nmae` in {} (line 2); known keys: capability, data_dir, join, label, log, max_concurrent, name"),
+            ("name = \"a\"\nnmae = \"pi\"\n", "unknown key `nmae` in {} (line 2); known keys: capability, data_dir, dead_after, heartbeat_interval, join, label, log, max_concurrent, name"),
             ("name = \"pi\n", "{}: TOML parse error at line 1, column 11"),
             ("log = \"loud\"\n", "`log` in {} (line 1): invalid value 'loud' for '--log <LOG>'"),
             ("capability = true\n", "`capability` in {} (line 1): expected a string, found boolean"),
@@ -212,6 +251,8 @@ label = { site = "home", rack = "2" }
             [
                 "capability",
                 "data_dir",
+                "dead_after",
+                "heartbeat_interval",
                 "join",
                 "label",
                 "log",

@@ -47,7 +47,14 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
             join,
             profile,
             max_concurrent,
-        } => run::run(&dir()?, join.as_deref(), &profile, max_concurrent.into()),
+            link,
+        } => run::run(
+            &dir()?,
+            join.as_deref(),
+            &profile,
+            max_concurrent.into(),
+            link,
+        ),
         cli::Command::Join { join, profile } => {
             let state = pairing::join(&dir()?, &join, &profile)?;
             println!("paired with {} as {:?}", state.gateway.ssh, state.name);

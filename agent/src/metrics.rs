@@ -1,62 +1,96 @@
-//! Health figures for heartbeats, from `sysinfo` (CPU, memory, load, uptime, root disk) and
-//! `/proc/self/status` (the agent's own resident memory).
+//! Health figures for heartbeats, read straight from the kernel: `/proc` (load, CPU, memory, swap,
+//! uptime, network counters, process count, the agent's own RSS), `statvfs(2)` on every real
+//! filesystem, `/sys` (temperatures, the Raspberry Pi firmware's throttling flags).
+//!
+//! Why not `sysinfo`: each figure is one small file the agent reads when it sends a beat, so it
+//! refreshes exactly what it sends and keeps nothing between beats but the previous CPU counters
+//! (sysinfo kept its own tables of every process and disk; dropping it made the agent smaller:
+//! BENCHMARKS.md). Every reader returns "not readable" (an empty list, `None`, 0) rather than failing:
+//! a beat always goes out.
+
+mod faults;
+mod fs;
+mod proc;
+mod thermal;
+
+use std::path::{Path, PathBuf};
 
 use burrow_core::api::Metrics;
-use sysinfo::{Disks, System};
 
-/// Keeps the previous CPU sample so each beat reports use since the last one.
+pub use faults::Faults;
+
+/// Makes [`Metrics`] for one beat; keeps the CPU counters of the previous beat, so CPU use is over
+/// the interval between beats.
 pub struct Sampler {
-    system: System,
+    proc: PathBuf,
+    sys: PathBuf,
+    cpu: Option<proc::CpuTimes>,
 }
 
 impl Sampler {
+    /// Reads the real `/proc` and `/sys`.
     pub fn new() -> Sampler {
-        let mut system = System::new();
-        system.refresh_cpu_usage();
-        Sampler { system }
+        Sampler::at(Path::new("/proc"), Path::new("/sys"))
     }
 
+    /// Reads `proc` and `sys` instead of `/proc` and `/sys` (tests give it a fake tree). Filesystems
+    /// are always the real ones: `statvfs` needs real mount points.
+    pub fn at(proc: &Path, sys: &Path) -> Sampler {
+        let mut sampler = Sampler {
+            proc: proc.to_path_buf(),
+            sys: sys.to_path_buf(),
+            cpu: None,
+        };
+        // The first beat then has an interval to measure CPU over (since the agent started).
+        sampler.cpu = proc::CpuTimes::parse(&sampler.read("stat"));
+        sampler
+    }
+
+    /// One beat's figures.
     pub fn sample(&mut self) -> Metrics {
-        self.system.refresh_cpu_usage();
-        self.system.refresh_memory();
-        let disks = Disks::new_with_refreshed_list();
-        let root = disks
-            .list()
-            .iter()
-            .find(|d| d.mount_point() == std::path::Path::new("/"));
+        let (load1, load5, load15) = proc::loadavg(&self.read("loadavg")).unwrap_or_default();
+        let mem = proc::Memory::parse(&self.read("meminfo"));
+        let (cpu_percent, cpu_cores) = match proc::CpuTimes::parse(&self.read("stat")) {
+            Some(now) => {
+                let usage = self
+                    .cpu
+                    .as_ref()
+                    .map(|before| now.usage_since(before))
+                    .unwrap_or_default();
+                self.cpu = Some(now);
+                usage
+            }
+            None => Default::default(),
+        };
+        let root = fs::root();
         Metrics {
-            uptime_s: System::uptime(),
-            load1: System::load_average().one,
-            cpu_percent: self.system.global_cpu_usage(),
-            mem_total: self.system.total_memory(),
-            mem_used: self.system.used_memory(),
-            disk_total: root.map_or(0, |d| d.total_space()),
-            disk_free: root.map_or(0, |d| d.available_space()),
-            agent_rss: own_rss(),
-            ..Metrics::default()
+            uptime_s: proc::uptime(&self.read("uptime")),
+            load1,
+            load5,
+            load15,
+            cpu_percent,
+            cpu_cores,
+            mem_total: mem.total,
+            mem_used: mem.total.saturating_sub(mem.available),
+            mem_available: mem.available,
+            swap_total: mem.swap_total,
+            swap_used: mem.swap_total.saturating_sub(mem.swap_free),
+            disk_total: root.map_or(0, |r| r.total),
+            disk_free: root.map_or(0, |r| r.available),
+            filesystems: fs::filesystems(&self.read("self/mountinfo")),
+            network: proc::network(&self.read("net/dev")),
+            temperatures: thermal::temperatures(&self.sys),
+            throttled: thermal::throttled(&self.sys),
+            processes: proc::processes(&self.proc),
+            agent_rss: proc::own_rss(&self.read("self/status")),
         }
     }
-}
 
-/// VmRSS of this process in bytes (0 where /proc is missing).
-fn own_rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
+    /// A file under the proc root; empty when unreadable (every parser then reports nothing).
+    fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.proc.join(name)).unwrap_or_default()
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    #[test]
-    fn reports_plausible_figures() {
-        let m = super::Sampler::new().sample();
-        assert!(m.mem_total > 0 && m.mem_used <= m.mem_total);
-        assert!(m.agent_rss > 0);
-        assert!(m.uptime_s > 0);
-    }
-}
+mod tests;

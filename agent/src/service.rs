@@ -3,9 +3,10 @@
 //! gateway proves the pinned key, both derive the session keys), then serves the sealed frames
 //! (`Exec`, `Open`, `Data`, `Eof`, `Reset`, `Credit`, `Cancel`, `Done`, `Ping`, `Bye`) until the
 //! connection ends; [`crate::jobs`] keeps the jobs, [`crate::exec`] runs them, [`crate::files`]
-//! serves transfers. It also sends the node's heartbeats (version, metrics, `max_jobs`, `running`)
-//! on the connection, at once and every 30 s: the handshake authenticated the node, so they need no
-//! token and no API call.
+//! serves transfers. It also sends the node's heartbeats (version, metrics, `max_jobs`, `running`,
+//! faults) on the connection, at once and then every [`Liveness::heartbeat`] (30 s by default) give
+//! or take [`HEARTBEAT_JITTER`], drawn anew for each beat so a fleet started together does not beat
+//! in lockstep: the handshake authenticated the node, so they need no token and no API call.
 //!
 //! # Unauthenticated connections
 //!
@@ -16,11 +17,15 @@
 //!
 //! # Liveness
 //!
-//! The read side has a read timeout ([`Liveness::tick`]). When nothing has arrived from the gateway
-//! for [`Liveness::ping_after`] the agent pings it; when nothing has arrived for
-//! [`Liveness::dead_after`] the connection is dropped. A path that passes the agent's output but
-//! stalls the gateway's frames (its `Cancel` and `Credit`) is thereby cut within
-//! `dead_after + tick` (50 s by default); the gateway does the same the other way (`Bus::probe`).
+//! The read side sets its read timeout to the next thing it must do (at most [`Liveness::tick`]).
+//! When nothing has arrived from the gateway for [`Liveness::ping_after`] (5 s by default) the agent
+//! pings it, and again every `ping_after`; when nothing has arrived for [`Liveness::dead_after`]
+//! (`--dead-after`, 20 s by default) the connection is dropped. A frozen gateway, a cut network, or a
+//! path that passes the agent's output but stalls the gateway's frames (its `Cancel` and `Credit`)
+//! is thereby cut within `dead_after`; the gateway does the same the other way (`Bus::probe`). Only
+//! this thread reads, and it never waits for a job or for the metrics of a beat (those are sampled
+//! on the connection's `svc-heartbeat` thread), so a busy node still answers the gateway's pings at
+//! once: a slow node is not a dead one.
 //!
 //! # Requests
 //!
@@ -33,6 +38,7 @@
 //!
 //! - The caller's thread reads and dispatches frames. It never waits for a command, so `Credit` and
 //!   `Cancel` are handled while commands run.
+//! - `svc-heartbeat` samples and queues the heartbeats (it ends with the connection).
 //! - `svc-writer` owns the write half and the channel's `Sealer`: every frame goes through it via a
 //!   bounded channel, so frames never interleave and a slow link backpressures the requests producing
 //!   output (not the agent's memory).
@@ -65,11 +71,13 @@ use burrow_core::api::Heartbeat;
 use burrow_core::identity::{Identity, PublicKey};
 use burrow_core::protocol::{bye, stream, Message, Role};
 use burrow_core::secure::{handshake, Opener, Sealer};
-use crossbeam_channel::{bounded, select, Receiver, Sender, TryRecvError};
+use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender, TryRecvError};
 
 use crate::files;
 use crate::jobs::Jobs;
 
+/// The shortest read timeout the reader sets (so a deadline a hair away does not spin it).
+const MIN_READ_TIMEOUT: Duration = Duration::from_millis(10);
 /// Frames queued for the writer: at most this many output chunks (32 KiB each) wait in memory.
 const OUTBOX_DEPTH: usize = 64;
 /// A connection that has not finished the handshake by then is dropped.
@@ -122,22 +130,55 @@ pub struct Liveness {
     pub ping_after: Duration,
     /// Drop the connection when nothing came from it for this long.
     pub dead_after: Duration,
-    /// How often the reader wakes to check (its read timeout).
+    /// The longest the reader sleeps in one read (it wakes sooner when a ping or the bound is due).
     pub tick: Duration,
-    /// How often a heartbeat goes to the gateway.
+    /// How often a heartbeat goes to the gateway (each one jittered by [`HEARTBEAT_JITTER`]).
     pub heartbeat: Duration,
 }
 
-impl Default for Liveness {
-    /// The gateway's own bounds (`health.rs`): a ping after 15 s of quiet, dropped after 45 s; a
-    /// heartbeat every 30 s.
-    fn default() -> Liveness {
+/// `--dead-after` when not given: the bound issue 8 sets for noticing a dead link on either side.
+pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(20);
+/// `--heartbeat-interval` when not given.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
+/// Each heartbeat interval is the configured one times a factor drawn from 1 ± this.
+pub const HEARTBEAT_JITTER: f64 = 0.1;
+
+impl Liveness {
+    /// Drops a connection silent for `dead_after`, pinging it after a quarter of that; a heartbeat
+    /// every `heartbeat`.
+    pub fn new(dead_after: Duration, heartbeat: Duration) -> Liveness {
         Liveness {
-            ping_after: Duration::from_secs(15),
-            dead_after: Duration::from_secs(45),
-            tick: Duration::from_secs(5),
-            heartbeat: Duration::from_secs(30),
+            ping_after: dead_after / 4,
+            dead_after,
+            tick: Duration::from_secs(5).min(dead_after / 4),
+            heartbeat,
         }
+    }
+
+    /// How long until the beat after this one: `heartbeat` times a fresh factor in 1 ± jitter.
+    pub fn next_beat(&self) -> Duration {
+        let r = u32::from_be_bytes(burrow_core::random_bytes()) as f64 / (u32::MAX as f64 + 1.0);
+        jittered(self.heartbeat, r)
+    }
+
+    /// The longest gap between two beats, in whole seconds (rounded up): what a beat announces as
+    /// `interval_s`, so the gateway knows when one is late.
+    pub fn latest_beat_s(&self) -> u32 {
+        let latest = self.heartbeat.mul_f64(1.0 + HEARTBEAT_JITTER);
+        u32::try_from(latest.as_millis().div_ceil(1000)).unwrap_or(u32::MAX)
+    }
+}
+
+/// `base` scaled by `1 - J + 2J·r` for `r` in [0, 1): within `base` ± [`HEARTBEAT_JITTER`].
+fn jittered(base: Duration, r: f64) -> Duration {
+    base.mul_f64(1.0 - HEARTBEAT_JITTER + 2.0 * HEARTBEAT_JITTER * r.clamp(0.0, 1.0))
+}
+
+impl Default for Liveness {
+    /// [`DEFAULT_DEAD_AFTER`] and [`DEFAULT_HEARTBEAT`]: a ping after 5 s of quiet, dropped after
+    /// 20 s, a heartbeat every 30 s ± 3 s.
+    fn default() -> Liveness {
+        Liveness::new(DEFAULT_DEAD_AFTER, DEFAULT_HEARTBEAT)
     }
 }
 
@@ -225,9 +266,6 @@ where
     };
     drop(slot);
     ctx.heard_from_gateway();
-    reader
-        .set_timeout(Some(ctx.liveness.tick))
-        .context("setting the connection's read timeout")?;
     let mut opener = channel.opener;
     let sealer = channel.sealer;
 
@@ -237,12 +275,18 @@ where
         .spawn(move || write_frames(writer, sealer, queued))
         .context("starting the writer thread")?;
     let (shutdown, shutdown_seen) = bounded::<()>(0);
+    let outbox = Outbox {
+        frames,
+        shutdown: shutdown_seen,
+    };
+    let heartbeats = if ctx.heartbeat.is_some() {
+        Some(spawn_heartbeats(ctx.clone(), outbox.clone())?)
+    } else {
+        None
+    };
     let mut connection = Connection {
         ctx: ctx.clone(),
-        outbox: Outbox {
-            frames,
-            shutdown: shutdown_seen,
-        },
+        outbox,
         requests: Registry::default(),
         delivered: Delivered::default(),
         threads: Vec::new(),
@@ -250,6 +294,11 @@ where
     let result = connection.read_loop(&mut reader, &mut opener);
 
     drop(shutdown);
+    if let Some(thread) = heartbeats {
+        if thread.join().is_err() {
+            log::error!("the heartbeat thread panicked");
+        }
+    }
     connection.shut_down();
     // Drops the last sender once the request threads are gone: the writer drains what is queued and ends.
     drop(connection);
@@ -263,6 +312,31 @@ where
         }
     }
     result
+}
+
+/// Sends a heartbeat at once and then every [`Liveness::next_beat`] until the connection shuts down
+/// (its `shutdown` sender is dropped, which wakes the wait between beats).
+fn spawn_heartbeats(ctx: Arc<ServiceContext>, outbox: Outbox) -> anyhow::Result<JoinHandle<()>> {
+    thread::Builder::new()
+        .name("svc-heartbeat".into())
+        .spawn(move || {
+            let Some(beat) = &ctx.heartbeat else {
+                return;
+            };
+            loop {
+                let mut heartbeat = beat();
+                heartbeat.max_jobs = u32::try_from(ctx.jobs.max_running()).unwrap_or(u32::MAX);
+                heartbeat.running = u32::try_from(ctx.jobs.running()).unwrap_or(u32::MAX);
+                if !outbox.send(Message::Heartbeat(heartbeat)) {
+                    return;
+                }
+                match outbox.shutdown.recv_timeout(ctx.liveness.next_beat()) {
+                    Err(RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+            }
+        })
+        .context("starting the heartbeat thread")
 }
 
 /// Gives the handshake, which wants one `Read + Write` stream, both halves of the connection, and
@@ -336,39 +410,43 @@ struct Connection {
 }
 
 impl Connection {
-    fn read_loop(&mut self, reader: &mut impl Read, opener: &mut Opener) -> anyhow::Result<()> {
+    fn read_loop(
+        &mut self,
+        reader: &mut impl TimedRead,
+        opener: &mut Opener,
+    ) -> anyhow::Result<()> {
         let live = self.ctx.liveness;
         let mut last_rx = Instant::now();
         let mut last_ping: Option<Instant> = None;
-        let mut last_beat: Option<Instant> = None;
+        reader
+            .set_timeout(Some(live.tick.min(live.ping_after).max(MIN_READ_TIMEOUT)))
+            .context("setting the connection's read timeout")?;
         loop {
-            if let Some(beat) = &self.ctx.heartbeat {
-                if last_beat.is_none_or(|t| t.elapsed() >= live.heartbeat) {
-                    let mut heartbeat = beat();
-                    heartbeat.max_jobs =
-                        u32::try_from(self.ctx.jobs.max_running()).unwrap_or(u32::MAX);
-                    heartbeat.running = u32::try_from(self.ctx.jobs.running()).unwrap_or(u32::MAX);
-                    self.reply(Message::Heartbeat(heartbeat))?;
-                    last_beat = Some(Instant::now());
-                }
-            }
             let message = match opener.read_message(reader) {
                 Ok(message) => message,
                 Err(e) if e.is_timeout() => {
-                    let quiet = last_rx.elapsed();
+                    let now = Instant::now();
+                    let quiet = now.duration_since(last_rx);
                     if quiet >= live.dead_after {
                         bail!(
-                            "nothing from the gateway for {}s (liveness bound {}s): dropping the connection",
-                            quiet.as_secs(),
-                            live.dead_after.as_secs()
+                            "nothing from the gateway for {:.1}s (liveness bound {}s): dropping the connection",
+                            quiet.as_secs_f32(),
+                            live.dead_after.as_secs_f32()
                         );
                     }
                     if quiet >= live.ping_after
-                        && last_ping.is_none_or(|t| t.elapsed() >= live.ping_after)
+                        && last_ping.is_none_or(|t| now.duration_since(t) >= live.ping_after)
                     {
                         self.reply(Message::Ping(u64::from(rand_u32())))?;
-                        last_ping = Some(Instant::now());
+                        last_ping = Some(now);
                     }
+                    // Wake for the next ping or the bound, whichever comes first.
+                    let next_ping = last_ping.map_or(last_rx, |t| t.max(last_rx)) + live.ping_after;
+                    let next = next_ping.min(last_rx + live.dead_after);
+                    let wait = next.saturating_duration_since(Instant::now());
+                    reader
+                        .set_timeout(Some(wait.clamp(MIN_READ_TIMEOUT, live.tick)))
+                        .context("setting the connection's read timeout")?;
                     continue;
                 }
                 Err(burrow_core::Error::Closed) => return Ok(()),

@@ -141,6 +141,15 @@ impl Tunnel {
         Tunnel::connect_with(cfg, pump::Timings::default())
     }
 
+    /// As [`Tunnel::connect`], with the session declared dead once the server has not answered for
+    /// `dead_after` (`--dead-after`): the pump probes a silent link (see `pump::Timings`).
+    pub fn connect_within(
+        cfg: &TunnelConfig,
+        dead_after: Duration,
+    ) -> Result<(Tunnel, Receiver<Stream>), TunnelError> {
+        Tunnel::connect_with(cfg, pump::Timings::for_dead_after(dead_after))
+    }
+
     fn connect_with(
         cfg: &TunnelConfig,
         timings: pump::Timings,

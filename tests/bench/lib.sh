@@ -18,7 +18,7 @@ wait_for() { # wait_for SECONDS CMD... : poll a condition with a deadline
 # Sets GW, API, TOKEN, AGENT_PID.
 start_burrow() {
   cargo build --release -q -p burrow-gateway -p burrow-agent
-  GW=$PWD/target/release/gateway
+  GW=${CARGO_TARGET_DIR:-$PWD/target}/release/gateway
   "$GW" --data-dir "$WORK/gw" --log warn serve --api 127.0.0.1:0 --ssh 127.0.0.1:0 2>"$WORK/gw.log" & pids+=($!)
   wait_for 30 test -f "$WORK/gw/run.json"
   API=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["api"])' "$WORK/gw/run.json")

@@ -54,15 +54,29 @@ pub(super) struct Timings {
     pub(super) open_timeout: Duration,
 }
 
-impl Default for Timings {
-    fn default() -> Timings {
+impl Timings {
+    /// Timings under which a link that stops answering is declared dead within `dead_after`: a probe
+    /// after 30 % of it without a word from the server (a little later than the service's ping at
+    /// 25 %, whose answer usually makes the probe unneeded), and the rest of the bound, less a tick,
+    /// for the answer. A direct-tcpip open gets the whole bound.
+    pub(super) fn for_dead_after(dead_after: Duration) -> Timings {
+        let tick = Duration::from_secs(1).min(dead_after / 10);
+        let probe_idle = dead_after.mul_f64(0.3);
         Timings {
-            tick: Duration::from_secs(1),
+            tick,
             keepalive: Duration::from_secs(15),
-            probe_idle: Duration::from_secs(30),
-            probe_timeout: Duration::from_secs(30),
-            open_timeout: Duration::from_secs(120),
+            probe_idle,
+            probe_timeout: dead_after.saturating_sub(probe_idle + tick),
+            open_timeout: dead_after,
         }
+    }
+}
+
+impl Default for Timings {
+    /// [`Timings::for_dead_after`] the agent's default bound (20 s): probe after 6 s of silence,
+    /// dead 13 s after an unanswered probe.
+    fn default() -> Timings {
+        Timings::for_dead_after(crate::service::DEFAULT_DEAD_AFTER)
     }
 }
 
@@ -311,7 +325,9 @@ impl Pump {
         };
         match result {
             Err(e) if is_eagain(&e) => {
-                if now.duration_since(opening.started) > limit {
+                // Counted from the later of the request and the last word from the server: a server
+                // still sending is alive, only slow to answer behind what is queued.
+                if now.duration_since(opening.started.max(self.last_heard)) > limit {
                     return Err(Exit::Dead(format!(
                         "{} did not answer for {limit:?}: the link is dead",
                         self.peer
@@ -528,6 +544,9 @@ impl Pump {
         }
         self.socket_readable = revents.contains(PollFlags::IN);
         if self.socket_readable {
+            // Bytes from the server, of any kind (window adjusts, its keepalives, channel data): the
+            // link and sshd are alive, even if no channel read has surfaced anything yet.
+            self.last_heard = Instant::now();
             // ACK what arrives at once. sshd does not set TCP_NODELAY on a session without a tty, so
             // its second small packet (an `Exec` after a `Done` the agent does not answer) waits for
             // the ACK of the first: 40 ms of delayed ACK per command otherwise. Linux drops quick-ACK
@@ -554,7 +573,8 @@ impl Pump {
                     OpenKind::Probe => t.probe_timeout,
                 };
                 // Just past the deadline, so the check after waking sees it expired.
-                next = next.min(opening.started + limit + Duration::from_millis(1));
+                let since = opening.started.max(self.last_heard);
+                next = next.min(since + limit + Duration::from_millis(1));
             }
         }
         next.saturating_duration_since(Instant::now()).min(t.tick)

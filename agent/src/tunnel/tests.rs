@@ -385,6 +385,49 @@ fn unanswered_probe_declares_a_silent_link_dead() {
     sshd.signal_sessions(Signal::CONT);
 }
 
+/// Issue 8: a cut network or a frozen sshd tears the session down within `--dead-after` (here 2 s),
+/// so the agent redials; a healthy idle session is probed and kept meanwhile.
+#[test]
+fn frozen_sshd_is_declared_dead_within_dead_after() {
+    let sshd = Sshd::start("dead-after", free_port());
+    let dead_after = Duration::from_secs(2);
+    let (tunnel, _incoming) = Tunnel::connect_within(&sshd.config(), dead_after).expect("connect");
+    // Idle for longer than the bound: probes (every 0.6 s of silence) are answered, nothing drops.
+    assert!(wait_until(Duration::from_secs(10), || {
+        tunnel.shared.probes.load(Ordering::Relaxed) >= 4
+    }));
+    assert!(!tunnel.is_closed(), "{:?}", tunnel.close_reason());
+
+    sshd.signal_sessions(Signal::STOP);
+    let frozen = Instant::now();
+    let reason = tunnel
+        .wait_closed(Duration::from_secs(10))
+        .expect("a frozen sshd is declared dead");
+    let took = frozen.elapsed();
+    sshd.signal_sessions(Signal::CONT);
+    assert!(reason.contains("did not answer"), "{reason}");
+    assert!(
+        took <= dead_after + Duration::from_millis(300),
+        "took {took:?}"
+    );
+}
+
+/// The default timings keep issue 8's bound (20 s) with the probe due after the service's ping
+/// (whose answer usually makes the probe unneeded).
+#[test]
+fn default_timings_find_a_dead_link_within_twenty_seconds() {
+    let t = Timings::default();
+    assert!(
+        t.probe_idle + t.probe_timeout + t.tick <= Duration::from_secs(20),
+        "{t:?}"
+    );
+    assert!(t.open_timeout <= Duration::from_secs(20), "{t:?}");
+    assert!(
+        t.probe_idle > crate::service::Liveness::default().ping_after,
+        "{t:?}"
+    );
+}
+
 #[test]
 fn slow_reader_stalls_the_sender_instead_of_buffering() {
     let sshd = Sshd::start("backpressure", free_port());

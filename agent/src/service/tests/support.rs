@@ -246,7 +246,19 @@ impl TestGateway {
         self.stream.write_all(bytes).unwrap();
     }
 
+    /// The next frame from the agent, answering its `Ping`s on the way as a gateway's reader does
+    /// (a test that waits longer than the agent's `ping_after` would otherwise see them).
     pub fn recv(&mut self) -> Message {
+        loop {
+            match self.recv_any() {
+                Message::Ping(value) => self.send(&Message::Pong(value)),
+                message => return message,
+            }
+        }
+    }
+
+    /// The next frame from the agent, `Ping`s included.
+    pub fn recv_any(&mut self) -> Message {
         self.opener
             .read_message(&mut self.stream)
             .expect("a frame from the agent")
