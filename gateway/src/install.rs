@@ -37,7 +37,8 @@ pub fn run(data_dir: &Path, log: log::LevelFilter, args: &InstallArgs) -> Result
             system_sshd_snippet(
                 &std::path::absolute(data_dir)?,
                 &user,
-                args.serve.api.port()
+                args.serve.api.port(),
+                args.serve.dead_after,
             )?
         );
         return Ok(());
@@ -86,6 +87,8 @@ Wants=network-online.target
 [Service]
 Type=simple
 ExecStart={bin} --config {config} serve
+# SIGHUP reloads the alert rules without dropping any node's link.
+ExecReload=/bin/kill -HUP $MAINPID
 Restart=always
 RestartSec=5
 # Stopping kills the whole cgroup: the managed sshd and every node session with it.
@@ -189,7 +192,12 @@ fn serve_settings(data_dir: &Path, log: log::LevelFilter, s: &ServeArgs) -> Vec<
 
 /// The `Match User` blocks that make a system sshd treat node and enrollment logins the way the
 /// managed sshd does.
-fn system_sshd_snippet(data_dir: &Path, user: &str, api_port: u16) -> Result<String> {
+fn system_sshd_snippet(
+    data_dir: &Path,
+    user: &str,
+    api_port: u16,
+    dead_after: std::time::Duration,
+) -> Result<String> {
     if !crate::sshd::plain_user(user) {
         bail!("user {user:?} cannot be written into sshd_config");
     }
@@ -203,7 +211,8 @@ fn system_sshd_snippet(data_dir: &Path, user: &str, api_port: u16) -> Result<Str
     }
     let enroll = crate::sshd::ENROLL_USER;
     let enroll_keys = data_dir.join("sshd").join("enroll_keys");
-    let enroll_block = crate::sshd::enroll_block(enroll, user, &enroll_keys, api_port)
+    let (alive_interval, alive_count) = crate::sshd::client_alive(dead_after);
+    let enroll_block = crate::sshd::enroll_block(enroll, user, &enroll_keys, api_port, dead_after)
         .with_context(|| format!("{} in sshd_config", enroll_keys.display()))?;
     let useradd = crate::sshd::useradd_command(enroll);
     let keys = data_dir.join("sshd").join("authorized_keys");
@@ -239,9 +248,10 @@ Match User {user}
     AllowStreamLocalForwarding no
     PermitTunnel no
     ForceCommand /bin/false
-    # Reap sessions of nodes that vanished, so their forwarded ports free up.
-    ClientAliveInterval 15
-    ClientAliveCountMax 3
+    # Reap sessions of nodes that vanished within the gateway's --dead-after, so their forwarded
+    # ports free up.
+    ClientAliveInterval {alive_interval}
+    ClientAliveCountMax {alive_count}
 {enroll_block}"
     ))
 }
@@ -252,6 +262,7 @@ mod tests {
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
     use std::process::Command;
+    use std::time::Duration;
 
     use burrow_core::identity::Identity;
     use clap::FromArgMatches;
@@ -371,6 +382,7 @@ mod tests {
                 "ExecStart={} --config {etc}/gateway.toml serve",
                 exe.display()
             ),
+            "ExecReload=/bin/kill -HUP $MAINPID".into(),
             format!("ReadWritePaths={data}"),
             "RuntimeDirectory=sshd".into(),
             "RuntimeDirectoryPreserve=yes".into(),
@@ -501,7 +513,7 @@ mod tests {
         let host_key = dir.path().join("host_key");
         Identity::load_or_generate(&host_key, "test").unwrap();
         let data = Path::new("/var/lib/burrow/gateway");
-        let snippet = system_sshd_snippet(data, "burrow", 18789).unwrap();
+        let snippet = system_sshd_snippet(data, "burrow", 18789, Duration::from_secs(20)).unwrap();
         // As Debian ships it: the drop-in directory included first, global settings after it.
         let drop_in = dir.path().join("sshd_config.d");
         fs::create_dir(&drop_in).unwrap();
@@ -535,8 +547,9 @@ mod tests {
             "allowagentforwarding no",
             "permittunnel no",
             "forcecommand /bin/false",
-            "clientaliveinterval 15",
-            "clientalivecountmax 3",
+            // --dead-after 20s: 4 probes 5 s apart.
+            "clientaliveinterval 5",
+            "clientalivecountmax 4",
         ] {
             assert!(
                 node.lines().any(|l| l == line),
@@ -571,12 +584,15 @@ mod tests {
             );
         }
         assert!(snippet.contains(&crate::sshd::useradd_command(crate::sshd::ENROLL_USER)));
-        assert!(system_sshd_snippet(data, "a b", 1).is_err());
-        let err = system_sshd_snippet(data, "root", 1)
+        assert!(system_sshd_snippet(data, "a b", 1, Duration::from_secs(20)).is_err());
+        let err = system_sshd_snippet(data, "root", 1, Duration::from_secs(20))
             .unwrap_err()
             .to_string();
         assert!(err.contains("lock root out"), "{err}");
-        assert!(system_sshd_snippet(Path::new("/srv/100%"), "burrow", 1).is_err());
+        assert!(
+            system_sshd_snippet(Path::new("/srv/100%"), "burrow", 1, Duration::from_secs(20))
+                .is_err()
+        );
     }
 
     fn cat() -> &'static str {

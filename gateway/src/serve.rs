@@ -78,6 +78,7 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
             false => sshd::managed_enroll_user()?,
         },
         api_port: api_addr.port(),
+        dead_after: args.dead_after,
     };
     // Either way the gateway writes the node key lines to <data>/sshd/authorized_keys; with the
     // system's sshd, its `Match User` block (`gateway install --system-sshd`) points there.

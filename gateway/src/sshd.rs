@@ -18,7 +18,7 @@ mod supervisor;
 mod users;
 mod watch;
 
-pub use config::{enroll_block, plain_user};
+pub use config::{client_alive, enroll_block, plain_user};
 pub use supervisor::Supervisor;
 pub use users::{
     current_user, managed_enroll_user, required_enroll_user, useradd_command, ENROLL_USER,
@@ -53,6 +53,8 @@ pub struct SshdSettings {
     pub enroll_user: Option<String>,
     /// The API port on 127.0.0.1: the one place enrollment logins may open a channel to.
     pub api_port: u16,
+    /// The gateway's dead-link bound (`--dead-after`): sshd reaps silent sessions within it too.
+    pub dead_after: std::time::Duration,
 }
 
 impl SshdSettings {
@@ -358,6 +360,7 @@ pub(super) mod tests {
             login_user: "root".into(),
             enroll_user: Some(users::ENROLL_USER.into()),
             api_port: 18789,
+            dead_after: Duration::from_secs(20),
         }
     }
 

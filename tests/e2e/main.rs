@@ -18,6 +18,7 @@ mod health;
 mod hostile_http;
 mod link;
 mod max_nodes;
+mod metrics;
 mod pairing;
 mod prometheus;
 mod recovery;

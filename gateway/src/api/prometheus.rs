@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use tiny_http::{Request, Server};
 
 use super::{error_reply, respond, Ctx, Listeners, Reply};
-use crate::health::AlertState;
 use crate::metrics::{self, counters, text, NodeView, Snapshot, SshdView};
 use crate::refusal::{Kind, Refusal};
 use crate::registry::now;
@@ -60,10 +59,7 @@ fn snapshot(ctx: &Ctx) -> Snapshot<'static> {
         counts: ctx.health.counts(),
         parts_queued: ctx.jobs.queue_depth(),
         parts_running: ctx.jobs.running(),
-        alerts_firing: ctx
-            .health
-            .alerts(Some(AlertState::Firing), usize::MAX)
-            .len(),
+        alerts_firing: ctx.health.firing_count(),
         sshd,
         counters: counters::global(),
     }

@@ -9,7 +9,6 @@ use serde_json::{json, Value};
 
 use super::routes::Req;
 use super::{Ctx, Reply};
-use crate::health::AlertState;
 use crate::refusal::Refusal;
 
 pub fn status(ctx: &Ctx, _req: &Req) -> Result<Reply, Refusal> {
@@ -21,10 +20,7 @@ pub fn status(ctx: &Ctx, _req: &Req) -> Result<Reply, Refusal> {
         .collect();
     let total: u64 = nodes.values().filter_map(Value::as_u64).sum();
     nodes.insert("total".into(), json!(total));
-    let firing = ctx
-        .health
-        .alerts(Some(AlertState::Firing), usize::MAX)
-        .len();
+    let firing = ctx.health.firing_count();
     let db = ctx.registry.store().path().to_path_buf();
     Ok(Reply::Json(
         200,

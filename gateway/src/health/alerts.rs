@@ -73,6 +73,11 @@ impl Engine {
         v
     }
 
+    /// How many alerts are firing now.
+    pub fn firing_count(&self) -> usize {
+        self.tracks.values().filter(|t| t.firing.is_some()).count()
+    }
+
     /// Summaries of the resource alerts firing for `node` (they make it `limited`).
     pub fn resource_firing(&self, node: &str, rules: &Rules) -> Vec<String> {
         let mut v: Vec<&Alert> = self
@@ -257,6 +262,7 @@ mod tests {
         assert_eq!(resolved[0].resolved_at, Some(1110));
         assert!(ev(&mut e, 10, 1120).is_empty());
         assert!(e.firing().is_empty());
+        assert_eq!(e.firing_count(), 0);
         // A dip below the threshold restarts the clock.
         assert!(ev(&mut e, 95, 2000).is_empty());
         assert!(ev(&mut e, 80, 2030).is_empty());
@@ -282,6 +288,7 @@ mod tests {
             .evaluate(&r, &look(&fine, NodeState::Offline, 1), 12)
             .is_empty());
         assert_eq!(e.firing().len(), 1, "still firing while offline");
+        assert_eq!(e.firing_count(), 1);
         // Missing figures (an older agent) are no value either.
         let old = Metrics::default();
         assert!(e

@@ -398,6 +398,12 @@ impl Health {
 
     /// Alerts, newest first: those in `state` (all when `None`), at most `limit` (and at most
     /// 1,000).
+    /// How many alerts are firing now (from memory: the engine holds each firing alert; `alerts`
+    /// reads at most 1,000 of them from the store).
+    pub fn firing_count(&self) -> usize {
+        lock(&self.engine).firing_count()
+    }
+
     pub fn alerts(&self, state: Option<AlertState>, limit: usize) -> Vec<Alert> {
         let limit = limit.min(1000) as u32;
         self.store
