@@ -137,6 +137,24 @@ pub struct ServeArgs {
     /// Allow the API to listen on a non-loopback address without TLS.
     #[arg(long, env = "BURROW_INSECURE")]
     pub insecure: bool,
+    /// Serve the API over HTTPS with this certificate chain (PEM; with --tls-key). Needed to
+    /// listen beyond loopback without --insecure. Pairing is then served in plain HTTP on a port
+    /// of its own on 127.0.0.1, reached by nodes through their SSH channel only.
+    #[arg(
+        long,
+        env = "BURROW_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, RSA or EC; not encrypted). Keep it 0600.
+    #[arg(
+        long,
+        env = "BURROW_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
     /// Output an exec answered whole (not streamed) keeps per stream and node, in bytes; the rest
     /// is dropped and counted (`truncated`, `dropped_bytes`). Streamed output has no cap.
     #[arg(long, env = "BURROW_MAX_ANSWER_BYTES", value_name = "BYTES", default_value_t = crate::api::DEFAULT_ANSWER_LIMIT)]

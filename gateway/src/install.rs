@@ -172,6 +172,16 @@ fn serve_settings(data_dir: &Path, log: log::LevelFilter, s: &ServeArgs) -> Vec<
         ("system_sshd", Some(s.system_sshd.to_string()), ""),
         ("host_key", path(&s.host_key), ""),
         ("insecure", Some(s.insecure.to_string()), ""),
+        (
+            "tls_cert",
+            s.tls_cert.as_deref().and_then(path),
+            "\"/etc/burrow/tls/fullchain.pem\"",
+        ),
+        (
+            "tls_key",
+            s.tls_key.as_deref().and_then(path),
+            "\"/etc/burrow/tls/key.pem\"",
+        ),
         ("max_answer_bytes", Some(s.max_answer_bytes.to_string()), ""),
         ("max_nodes", Some(s.max_nodes.to_string()), ""),
         (

@@ -27,10 +27,11 @@ use crate::sshd::{self, SshdSettings, Supervisor};
 use crate::{health, runinfo};
 
 pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
-    if !args.api.ip().is_loopback() && !args.insecure {
+    let tls = tls_config(&args)?;
+    if !args.api.ip().is_loopback() && tls.is_none() && !args.insecure {
         bail!(
-            "refusing to serve the API on {} without TLS: keep it on 127.0.0.1 (reach it over SSH), \
-             or pass --insecure if something else protects it",
+            "refusing to serve the API on {} without TLS: give it --tls-cert and --tls-key, keep it \
+             on 127.0.0.1 (reach it with ssh -L), or pass --insecure if something else protects it",
             args.api
         );
     }
@@ -49,7 +50,7 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = data_dir
         .canonicalize()
         .with_context(|| format!("resolving {}", data_dir.display()))?;
-    let (server, api_addr) = Api::bind(args.api, &data_dir)?;
+    let (server, api_addr, pairing_port) = Api::bind(args.api, tls, &data_dir)?;
     let server = match args.metrics_listen {
         Some(addr) => server.with_metrics(addr, args.insecure)?,
         None => server,
@@ -77,7 +78,7 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
             true => Some(sshd::required_enroll_user()?),
             false => sshd::managed_enroll_user()?,
         },
-        api_port: api_addr.port(),
+        api_port: pairing_port,
         dead_after: args.dead_after,
     };
     // Either way the gateway writes the node key lines to <data>/sshd/authorized_keys; with the
@@ -105,7 +106,7 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         ssh_user: settings.login_user.clone(),
         enroll_user: settings.enroll_user.clone(),
         host_fingerprint: host_fingerprint.clone(),
-        api_port: api_addr.port(),
+        api_port: pairing_port,
     };
     let key_settings = settings.clone();
     let pairing = Arc::new(
@@ -180,7 +181,12 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         &ssh_public,
         &host_fingerprint,
     )?;
-    log::info!("API on http://{api_addr}, sshd on {ssh_addr} (nodes dial {ssh_public}, host key {host_fingerprint})");
+    let scheme = if args.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    log::info!("API on {scheme}://{api_addr}, sshd on {ssh_addr} (nodes dial {ssh_public}, host key {host_fingerprint})");
 
     for sig in signals.forever() {
         if sig != SIGHUP {
@@ -246,6 +252,34 @@ fn drain(api: Api, ctx: &Ctx, grace: std::time::Duration) -> anyhow::Result<()> 
 
 /// `alerts.toml` in the directory of the config file in use (`--config`, `BURROW_CONFIG`, or
 /// /etc/burrow/gateway.toml), if it exists.
+/// The API's certificate chain and key (`--tls-cert`, `--tls-key`), read once at start.
+fn tls_config(args: &ServeArgs) -> anyhow::Result<Option<tiny_http::SslConfig>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    if args.system_sshd {
+        // The system sshd's snippet (`install --sshd-snippet`) lets enrollment logins reach the
+        // API port; with TLS pairing moves to a port of its own, which that snippet cannot know.
+        bail!("--tls-cert does not work with --system-sshd yet: serve the API on 127.0.0.1 and reach it with ssh -L");
+    }
+    let read = |path: &Path, what: &str| {
+        std::fs::read(path).with_context(|| format!("reading the TLS {what} {}", path.display()))
+    };
+    let certificate = read(cert, "certificate")?;
+    let private_key = read(key, "key")?;
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata(key).is_ok_and(|m| m.mode() & 0o077 != 0) {
+        log::warn!(
+            "the TLS key {} is readable by others than its owner: chmod 600 it",
+            key.display()
+        );
+    }
+    Ok(Some(tiny_http::SslConfig {
+        certificate,
+        private_key,
+    }))
+}
+
 fn default_rules_file() -> Option<std::path::PathBuf> {
     let mut args = std::env::args_os();
     let mut config = None;

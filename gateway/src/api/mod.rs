@@ -115,6 +115,9 @@ pub struct Api {
 /// The bound listeners, between [`Api::bind`] and [`Api::start`].
 pub struct Listeners {
     tcp: Server,
+    /// With TLS on the API: plain HTTP on 127.0.0.1 for the pairing routes alone, the port that
+    /// join strings and sshd's `PermitOpen` name (agents speak plain HTTP inside their SSH channel).
+    enroll: Option<Server>,
     local: Server,
     /// `serve --metrics-listen`: `/metrics` without a token ([`Listeners::with_metrics`]).
     metrics: Option<Server>,
@@ -124,13 +127,22 @@ pub struct Listeners {
 /// sends.
 const METRICS_WORKERS: usize = 2;
 
+/// Workers of the plain pairing port beside an HTTPS API (pairing requests are short).
+const ENROLL_WORKERS: usize = 4;
+
 /// Workers of the CLI socket; a `gateway exec` holds one for the command's duration.
 const LOCAL_WORKERS: usize = 8;
 
 impl Api {
-    /// Binds the API on `addr` and the CLI socket in `data_dir` (before anything else starts, so a
-    /// taken port fails fast).
-    pub fn bind(addr: SocketAddr, data_dir: &Path) -> anyhow::Result<(Listeners, SocketAddr)> {
+    /// Binds the API on `addr` (HTTPS when `tls` is given) and the CLI socket in `data_dir` (before
+    /// anything else starts, so a taken port fails fast). Returns the listeners, the API's address
+    /// and the port on 127.0.0.1 where pairing is served in plain HTTP: the API's own without TLS,
+    /// a loopback listener of its own with TLS (only the public routes, see [`serve_enroll`]).
+    pub fn bind(
+        addr: SocketAddr,
+        tls: Option<tiny_http::SslConfig>,
+        data_dir: &Path,
+    ) -> anyhow::Result<(Listeners, SocketAddr, u16)> {
         // Bounds that keep one client from holding memory, threads or workers (issue 6 §2; our
         // tiny_http patch, gateway/vendor/tiny_http/PATCHES.md). Bodies up to the largest route
         // limit are read by the connection's thread before a worker sees the request, so stalled
@@ -143,22 +155,35 @@ impl Api {
         // 413 instead of a broken pipe: its body is drained (fixed buffer, on the connection's
         // thread) rather than the connection closed under it.
         limits.drain_limit = 4 << 20;
-        let listener = std::net::TcpListener::bind(addr)
-            .with_context(|| format!("binding the API on {addr}"))?;
-        let server = Server::from_listener_with_limits(listener, None, limits.clone())
-            .map_err(|e| anyhow::anyhow!("serving the API on {addr}: {e}"))?;
-        let local = server
-            .server_addr()
-            .to_ip()
-            .context("API listener has no IP address")?;
+        let bind = |addr: SocketAddr, tls: Option<tiny_http::SslConfig>| {
+            let listener = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("binding the API on {addr}"))?;
+            let server = Server::from_listener_with_limits(listener, tls, limits.clone())
+                .map_err(|e| anyhow::anyhow!("serving the API on {addr}: {e}"))?;
+            let local = server
+                .server_addr()
+                .to_ip()
+                .context("API listener has no IP address")?;
+            anyhow::Ok((server, local))
+        };
+        let with_tls = tls.is_some();
+        let (server, local) = bind(addr, tls)?;
+        let (enroll, enroll_port) = if with_tls {
+            let (enroll, at) = bind(SocketAddr::from(([127, 0, 0, 1], 0)), None)?;
+            (Some(enroll), at.port())
+        } else {
+            (None, local.port())
+        };
         let socket = local::bind(&crate::runinfo::socket_path(data_dir), limits)?;
         Ok((
             Listeners {
                 tcp: server,
+                enroll,
                 local: socket,
                 metrics: None,
             },
             local,
+            enroll_port,
         ))
     }
 
@@ -166,6 +191,14 @@ impl Api {
         let mut workers = Vec::new();
         let servers = [
             Some((listeners.tcp, WORKERS, "api", serve as fn(&Ctx, Request))),
+            listeners.enroll.map(|e| {
+                (
+                    e,
+                    ENROLL_WORKERS,
+                    "api-enroll",
+                    serve_enroll as fn(&Ctx, Request),
+                )
+            }),
             Some((listeners.local, LOCAL_WORKERS, "api-local", serve)),
             listeners.metrics.map(|m| {
                 (
@@ -203,6 +236,24 @@ impl Drop for Api {
         }
         for (_, w) in self.workers.drain(..) {
             let _ = w.join();
+        }
+    }
+}
+
+/// The plain pairing port next to an HTTPS API: the routes anyone may call (pairing, `/healthz`),
+/// nothing that takes a token, so no token travels there in the clear.
+fn serve_enroll(ctx: &Ctx, request: Request) {
+    let url = request.url().to_string();
+    let path = url.split('?').next().unwrap_or_default();
+    let method = request.method().as_str().to_uppercase();
+    match routes::find(ROUTES, &method, path) {
+        Lookup::Route(route, _) if route.permission == Permission::Public => serve(ctx, request),
+        _ => {
+            let refusal = Refusal::new(
+                Kind::NotFound,
+                format!("{method} {path} is not served on the pairing port; the API is HTTPS"),
+            );
+            respond(request, error_reply(&refusal));
         }
     }
 }

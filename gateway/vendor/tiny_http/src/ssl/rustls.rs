@@ -1,33 +1,47 @@
+// PATCH(rustls-0.23): ported from rustls 0.20 + rustls-pemfile 0.2 to rustls 0.23 (ring provider,
+// PEM parsing by rustls' own pki-types). rustls 0.20 has RUSTSEC-2024-0336: a `close_notify`
+// alert received during the handshake made `complete_io` loop forever, one connection thread at
+// 100 % CPU per such client. Also: a key file that is not a key was an `expect()` panic at start
+// (PATCH(no-panic)), and TLS streams now honour the read timeouts (PATCH(read-timeouts)).
 use crate::connection::Connection;
 use crate::util::refined_tcp_stream::Stream as RefinedStream;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::error::Error;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 use zeroize::Zeroizing;
+
+type Inner = rustls::StreamOwned<rustls::ServerConnection, Connection>;
 
 /// A wrapper around an owned Rustls connection and corresponding stream.
 ///
 /// Uses an internal Mutex to permit disparate reader & writer threads to access the stream independently.
-pub(crate) struct RustlsStream(
-    Arc<Mutex<rustls::StreamOwned<rustls::ServerConnection, Connection>>>,
-);
+pub(crate) struct RustlsStream(Arc<Mutex<Inner>>);
 
 impl RustlsStream {
-    pub(crate) fn peer_addr(&mut self) -> std::io::Result<Option<SocketAddr>> {
+    // PATCH(no-panic): a poisoned lock (a panic elsewhere while holding it) is an I/O error of this
+    // connection, not a panic of the next thread that touches it.
+    fn lock(&self) -> std::io::Result<MutexGuard<'_, Inner>> {
         self.0
             .lock()
-            .expect("Failed to lock SSL stream mutex")
-            .sock
-            .peer_addr()
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::Other, "TLS stream lock poisoned"))
+    }
+
+    pub(crate) fn peer_addr(&mut self) -> std::io::Result<Option<SocketAddr>> {
+        self.lock()?.sock.peer_addr()
     }
 
     pub(crate) fn shutdown(&mut self, how: Shutdown) -> std::io::Result<()> {
-        self.0
-            .lock()
-            .expect("Failed to lock SSL stream mutex")
-            .sock
-            .shutdown(how)
+        self.lock()?.sock.shutdown(how)
+    }
+
+    // PATCH(read-timeouts): the socket under the TLS session gets the same SO_RCVTIMEO as a plain
+    // one, so a client that stalls mid-handshake or mid-request is dropped like a plain one.
+    pub(crate) fn set_read_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        self.lock()?.sock.set_read_timeout(timeout)
     }
 }
 
@@ -39,26 +53,17 @@ impl Clone for RustlsStream {
 
 impl Read for RustlsStream {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .expect("Failed to lock SSL stream mutex")
-            .read(buf)
+        self.lock()?.read(buf)
     }
 }
 
 impl Write for RustlsStream {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .expect("Failed to lock SSL stream mutex")
-            .write(buf)
+        self.lock()?.write(buf)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.0
-            .lock()
-            .expect("Failed to lock SSL stream mutex")
-            .flush()
+        self.lock()?.flush()
     }
 }
 
@@ -69,33 +74,20 @@ impl RustlsContext {
         certificates: Vec<u8>,
         private_key: Zeroizing<Vec<u8>>,
     ) -> Result<Self, Box<dyn Error + Send + Sync>> {
-        let certificate_chain: Vec<rustls::Certificate> =
-            rustls_pemfile::certs(&mut certificates.as_slice())?
-                .into_iter()
-                .map(|bytes| rustls::Certificate(bytes))
-                .collect();
-
+        let certificate_chain = CertificateDer::pem_slice_iter(&certificates)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("reading the certificate chain: {e}"))?;
         if certificate_chain.is_empty() {
             return Err("Couldn't extract certificate chain from config.".into());
         }
+        // PKCS#8, PKCS#1 (RSA) or SEC1 (EC), the first key in the file; encrypted keys are not
+        // supported.
+        let private_key = PrivateKeyDer::from_pem_slice(&private_key)
+            .map_err(|e| format!("reading the private key: {e}"))?;
 
-        let private_key = rustls::PrivateKey({
-            let pkcs8_keys = rustls_pemfile::pkcs8_private_keys(
-                &mut private_key.clone().as_slice(),
-            )
-            .expect("file contains invalid pkcs8 private key (encrypted keys are not supported)");
-
-            if let Some(pkcs8_key) = pkcs8_keys.first() {
-                pkcs8_key.clone()
-            } else {
-                let rsa_keys = rustls_pemfile::rsa_private_keys(&mut private_key.as_slice())
-                    .expect("file contains invalid rsa private key");
-                rsa_keys[0].clone()
-            }
-        });
-
-        let tls_conf = rustls::ServerConfig::builder()
-            .with_safe_defaults()
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls_conf = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(certificate_chain, private_key)?;
 

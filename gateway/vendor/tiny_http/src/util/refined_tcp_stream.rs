@@ -28,9 +28,11 @@ impl Stream {
     fn set_read_timeout(&self, timeout: Option<Duration>) -> IoResult<()> {
         match self {
             Stream::Http(tcp_stream) => tcp_stream.set_read_timeout(timeout),
-            // Not wired for TLS streams in this patch (the TLS wrappers hold the socket behind
-            // their own lock and are not built here); they keep upstream's behaviour.
-            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            // PATCH(rustls-0.23): the rustls stream sets it on the socket under its session.
+            #[cfg(feature = "ssl-rustls")]
+            Stream::Https(tls) => tls.set_read_timeout(timeout),
+            // Not wired for OpenSSL streams (burrow builds the rustls one); upstream's behaviour.
+            #[cfg(feature = "ssl-openssl")]
             Stream::Https(_) => Ok(()),
         }
     }
