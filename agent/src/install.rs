@@ -153,50 +153,25 @@ mod tests {
     use std::ffi::OsString;
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
-    use std::process::Command;
 
     use clap::FromArgMatches;
 
     use super::*;
     use crate::cli::{Cli, Command as Sub};
 
-    /// A temporary directory for tests that install for real, outside `/tmp` and `/var/tmp` (a
-    /// unit with `PrivateTmp=yes` could not see those, so installing refuses them): in `/run` as
-    /// root, else in `$HOME`.
+    use burrow_core::install::testing::{install_test_base, systemd_problems, TEST_BIN};
+
+    /// A temporary directory for tests that install for real (see [`install_test_base`]).
     fn install_root() -> tempfile::TempDir {
-        let base = if rustix::process::geteuid().is_root() {
-            std::path::PathBuf::from("/run")
-        } else {
-            std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
-        };
         tempfile::Builder::new()
             .prefix(".burrow-install-test")
-            .tempdir_in(base)
+            .tempdir_in(install_test_base())
             .unwrap()
     }
 
-    /// The binary the tests' units run: present on every Linux, never under /tmp.
-    const TEST_BIN: &str = "/bin/sh";
-
     /// `agent <args>` parsed with the config machinery but no config file and no environment.
     fn install_args(args: &[&str]) -> Cli {
-        // An installed binary outside /tmp (the test binary may live under /tmp, which install
-        // refuses because of PrivateTmp=yes).
-        let bin: &[&str] = if args.contains(&"install") && !args.contains(&"--bin") {
-            &["--bin", TEST_BIN]
-        } else {
-            &[]
-        };
-        let args: Vec<OsString> = ["agent", "--config", "/dev/null"]
-            .iter()
-            .chain(args)
-            .chain(bin)
-            .map(OsString::from)
-            .collect();
-        let command = burrow_core::settings::command::<Cli>(&args, Path::new("/nonexistent"))
-            .unwrap()
-            .mut_subcommand("install", |c| c.mut_args(|a| a.env(None)));
-        Cli::from_arg_matches(&command.get_matches_from(args)).unwrap()
+        burrow_core::install::testing::parse_cli("agent", args)
     }
 
     fn install_of(cli: &Cli) -> &InstallArgs {
@@ -214,43 +189,6 @@ mod tests {
         args.extend(["--data-dir", &data]);
         args.extend(extra);
         install_args(&args)
-    }
-
-    /// Says a check was skipped, on the real stderr: the test harness captures `eprintln!` and shows
-    /// it only for failures, and a skipped check must be visible in CI logs.
-    fn skipped(why: &str) {
-        use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
-    }
-
-    /// What `systemd-analyze verify` finds wrong with `unit`: nothing is a pass. None (with a notice)
-    /// when this machine has no systemd-analyze. It exits 0 on many problems ("Unknown key ...,
-    /// ignoring"), so any line about the unit counts too.
-    fn systemd_problems(unit: &Path) -> Option<String> {
-        let out = match Command::new("systemd-analyze")
-            .arg("verify")
-            .arg(unit)
-            .output()
-        {
-            Ok(out) => out,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                skipped(&format!(
-                    "systemd-analyze not found (apt-get install -y systemd); {} not verified",
-                    unit.display()
-                ));
-                return None;
-            }
-            Err(e) => panic!("running systemd-analyze: {e}"),
-        };
-        let said = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        let name = unit.file_name().unwrap().to_str().unwrap();
-        let about_unit = said.lines().filter(|l| l.contains(name));
-        Some(if out.status.success() {
-            about_unit.collect::<Vec<_>>().join("\n")
-        } else {
-            said
-        })
     }
 
     #[test]

@@ -378,3 +378,88 @@ fn because(
         source: Some(Box::new(source)),
     }
 }
+
+/// Helpers for the install tests of both binaries (`agent install`, `gateway install`), which
+/// install for real into temporary directories. Not used by the binaries themselves.
+#[doc(hidden)]
+pub mod testing {
+    use std::ffi::OsString;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    /// The binary the tests' units run: present on every Linux, never under /tmp.
+    pub const TEST_BIN: &str = "/bin/sh";
+
+    /// Where tests that install for real make their temporary directory: outside `/tmp` and
+    /// `/var/tmp` (a unit with `PrivateTmp=yes` could not see those, so installing refuses them),
+    /// in `/run` as root, else in `$HOME`.
+    pub fn install_test_base() -> PathBuf {
+        use std::os::unix::fs::MetadataExt;
+        // /proc/self belongs to the effective user.
+        let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+        if root {
+            PathBuf::from("/run")
+        } else {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+        }
+    }
+
+    /// `<program> --config /dev/null <args>` parsed with the config machinery but no config file and
+    /// no environment; an `install` is given `--bin TEST_BIN` unless it names one (the test binary
+    /// may live under /tmp, which install refuses because of PrivateTmp=yes).
+    pub fn parse_cli<C: clap::Parser>(program: &str, args: &[&str]) -> C {
+        let bin: &[&str] = if args.contains(&"install") && !args.contains(&"--bin") {
+            &["--bin", TEST_BIN]
+        } else {
+            &[]
+        };
+        let args: Vec<OsString> = [program, "--config", "/dev/null"]
+            .iter()
+            .chain(args)
+            .chain(bin)
+            .map(OsString::from)
+            .collect();
+        let command = crate::settings::command::<C>(&args, Path::new("/nonexistent"))
+            .unwrap()
+            .mut_args(|a| a.env(None))
+            .mut_subcommand("install", |c| c.mut_args(|a| a.env(None)));
+        C::from_arg_matches(&command.get_matches_from(args)).unwrap()
+    }
+
+    /// Says a check was skipped, on the real stderr: the test harness captures `eprintln!` and shows
+    /// it only for failures, and a skipped check must be visible in CI logs.
+    pub fn skipped(why: &str) {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
+    }
+
+    /// What `systemd-analyze verify` finds wrong with `unit`: nothing is a pass. None (with a notice)
+    /// when this machine has no systemd-analyze. It exits 0 on many problems ("Unknown key ...,
+    /// ignoring"), so any line about the unit counts too.
+    pub fn systemd_problems(unit: &Path) -> Option<String> {
+        let out = match Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(unit)
+            .output()
+        {
+            Ok(out) => out,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                skipped(&format!(
+                    "systemd-analyze not found (apt-get install -y systemd); {} not verified",
+                    unit.display()
+                ));
+                return None;
+            }
+            Err(e) => panic!("running systemd-analyze: {e}"),
+        };
+        let said = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        let name = unit.file_name().unwrap().to_str().unwrap();
+        let about_unit = said.lines().filter(|l| l.contains(name));
+        Some(if out.status.success() {
+            about_unit.collect::<Vec<_>>().join("\n")
+        } else {
+            said
+        })
+    }
+}

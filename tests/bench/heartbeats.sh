@@ -41,12 +41,21 @@ cpu_ticks() {
 }
 # pids_of PATTERN: processes whose command line contains PATTERN.
 pids_of() { pgrep -f -- "$1" | tr '\n' ' '; }
+# tree_of PID…: the processes and all their descendants. sshd's per-connection processes
+# ("sshd: root [priv]", "sshd: root@notty") do not carry the listener's command line.
+tree_of() {
+  local p
+  for p in "$@"; do
+    echo -n "$p "
+    tree_of $(pgrep -P "$p" | tr '\n' ' ')
+  done
+}
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
-sshd_pids=$(pids_of "$WORK/gw/sshd")
+sshd_pids=$(tree_of $(pids_of "$WORK/gw/sshd"))
 gw0=$(cpu_ticks "$GW_PID"); sshd0=$(cpu_ticks $sshd_pids)
 sleep "$DURATION" # the measured interval itself, not synchronisation
-gw1=$(cpu_ticks "$GW_PID"); sshd1=$(cpu_ticks $(pids_of "$WORK/gw/sshd"))
+gw1=$(cpu_ticks "$GW_PID"); sshd1=$(cpu_ticks $sshd_pids)
 gw_rss=$(rss_kb "$GW_PID")
 beats=$(curl -sf -H "Authorization: Bearer $TOKEN" "http://$API/api/v1/nodes" |
   python3 -c 'import json,sys; print(sum(1 for x in json.load(sys.stdin)["nodes"] if x["id"].startswith("hb-") and x["status"] == "online"))')
@@ -60,7 +69,7 @@ for i in $(seq 1 "$NODES"); do
 done
 sessions() { [ "$(pgrep -c -f "sshd: $BENCH_USER" || true)" -ge "$NODES" ]; }
 wait_for 120 sessions
-plain_pids=$(pids_of "sshd: $BENCH_USER")
+plain_pids=$(tree_of $(pids_of "$WORK/sshd/config"))
 plain0=$(cpu_ticks $plain_pids); cli0=$(cpu_ticks "${ssh_pids[@]}")
 sleep "$DURATION" # the measured interval itself
 plain1=$(cpu_ticks $plain_pids); cli1=$(cpu_ticks "${ssh_pids[@]}")
