@@ -14,7 +14,7 @@
 pub mod counters;
 pub mod text;
 
-use burrow_core::api::Metrics;
+use burrow_core::api::{Metrics, NetInterface};
 
 use crate::health::NodeState;
 use counters::{Counters, UNMATCHED};
@@ -372,38 +372,30 @@ fn node_families(w: &mut Writer, s: &Snapshot) {
         },
     );
     filesystem_families(w, nodes);
-    each(
-        w,
-        "burrow_node_network_receive_bytes_total",
-        Type::Counter,
-        "Bytes received per interface since boot.",
-        &|f, n| {
+    let network: [(&str, &str, fn(&NetInterface) -> u64); 2] = [
+        (
+            "burrow_node_network_receive_bytes_total",
+            "Bytes received per interface since boot.",
+            |i| i.rx_bytes,
+        ),
+        (
+            "burrow_node_network_transmit_bytes_total",
+            "Bytes sent per interface since boot.",
+            |i| i.tx_bytes,
+        ),
+    ];
+    for (name, help, value) in network {
+        each(w, name, Type::Counter, help, &|f, n| {
             for i in fresh(n)
                 .map(|m| &m.network[..])
                 .unwrap_or(&[])
                 .iter()
                 .take(MAX_ITEMS)
             {
-                f.sample(&[("node", &n.id), ("device", &i.name)], i.rx_bytes)
+                f.sample(&[("node", &n.id), ("device", &i.name)], value(i))
             }
-        },
-    );
-    each(
-        w,
-        "burrow_node_network_transmit_bytes_total",
-        Type::Counter,
-        "Bytes sent per interface since boot.",
-        &|f, n| {
-            for i in fresh(n)
-                .map(|m| &m.network[..])
-                .unwrap_or(&[])
-                .iter()
-                .take(MAX_ITEMS)
-            {
-                f.sample(&[("node", &n.id), ("device", &i.name)], i.tx_bytes)
-            }
-        },
-    );
+        });
+    }
     each(
         w,
         "burrow_node_temperature_celsius",
