@@ -372,7 +372,8 @@ fn node_families(w: &mut Writer, s: &Snapshot) {
         },
     );
     filesystem_families(w, nodes);
-    let network: [(&str, &str, fn(&NetInterface) -> u64); 2] = [
+    type Counter = (&'static str, &'static str, fn(&NetInterface) -> u64);
+    let network: [Counter; 2] = [
         (
             "burrow_node_network_receive_bytes_total",
             "Bytes received per interface since boot.",
