@@ -15,6 +15,7 @@ mod exec;
 mod fake_gateway;
 mod files;
 mod health;
+mod help;
 mod hostile_http;
 mod link;
 mod max_nodes;
