@@ -150,7 +150,7 @@ pub struct Fault {
 pub mod fault {
     /// The agent cannot write to its data dir (job ledger, results, node key rotation).
     pub const DATA_DIR_NOT_WRITABLE: &str = "data_dir_not_writable";
-    /// The node owner's policy file does not parse (the agent then refuses every command).
+    /// The node owner's policy file failed to reload (SIGHUP); the previous policy stays in force.
     pub const POLICY_INVALID: &str = "policy_invalid";
 }
 

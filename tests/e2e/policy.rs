@@ -256,3 +256,40 @@ fn a_bad_policy_on_sighup_keeps_the_old_one() {
         result(&gw, "hup", json!({"argv": ["uptime"]}))["state"] == "refused"
     });
 }
+
+#[test]
+fn a_bad_policy_at_start_stops_the_agent_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.toml");
+    std::fs::write(
+        &file,
+        "mode = \"allowlist\"\n[[rule]]\nprogram = \"/no/such/program\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(crate::util::bin("agent"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["run", "--policy", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("policy.toml") && stderr.contains("/no/such/program"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // A file named with --policy must exist.
+    let out = std::process::Command::new(crate::util::bin("agent"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args([
+            "run",
+            "--policy",
+            dir.path().join("missing.toml").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+}
