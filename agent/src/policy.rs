@@ -106,8 +106,8 @@ pub struct User {
     pub home: String,
 }
 
-/// A loaded, checked policy.
-#[derive(Debug, Clone, Default)]
+/// A loaded, checked policy ([`Default`]: allow-all, what a node without a policy file does).
+#[derive(Debug, Clone)]
 pub struct Policy {
     pub mode: Mode,
     pub allow_shell: bool,
@@ -119,6 +119,21 @@ pub struct Policy {
     pub file_dirs: Option<Vec<PathBuf>>,
     /// Reserved for issue 10 (services on/off): parsed and reported, not enforced yet.
     pub services: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            mode: Mode::AllowAll,
+            allow_shell: false,
+            rules: Vec::new(),
+            run_as: None,
+            max_runtime: None,
+            allow_env: Vec::new(),
+            file_dirs: None,
+            services: true,
+        }
+    }
 }
 
 /// Why a request was refused: the rule (a stable name, documented in docs/policy.md) and the detail.

@@ -135,6 +135,9 @@ fn deny_all_refuses_and_allow_all_is_the_default() {
     let p = policy("");
     assert_eq!(p.mode, Mode::AllowAll);
     assert!(p.file_dirs.is_none());
+    // No file at all is the same policy, services included.
+    assert_eq!(p.summary(), Policy::default().summary());
+    assert!(p.summary().services);
     assert!(p.check_exec(&argv(&["env", "true"]), MINUTE, PATH).is_ok());
 }
 
