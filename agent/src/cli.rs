@@ -49,6 +49,11 @@ pub enum Command {
             value_parser = clap::value_parser!(u16).range(1..)
         )]
         max_concurrent: u16,
+        /// The node owner's exec policy (docs/policy.md), read at start and on SIGHUP. Default:
+        /// `policy.toml` in the data dir, allow-all when that file does not exist; a file named
+        /// here must exist.
+        #[arg(long, value_name = "FILE", env = "BURROW_POLICY")]
+        policy: Option<PathBuf>,
         #[command(flatten)]
         link: Link,
     },

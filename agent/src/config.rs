@@ -257,7 +257,8 @@ label = { site = "home", rack = "2" }
                 "label",
                 "log",
                 "max_concurrent",
-                "name"
+                "name",
+                "policy"
             ]
         );
     }

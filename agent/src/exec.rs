@@ -51,6 +51,7 @@ use rustix::process::{kill_process_group, Pid, Signal};
 
 use crate::cgroup::{Cgroups, JobCgroup};
 use crate::job::{Ending, Job, JobState};
+use crate::policy::Plan;
 
 /// Used when a request says `timeout_s: 0`.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -75,7 +76,20 @@ enum End {
 /// [`Job::finish`]). `cgroups`: where to put the job's own cgroup, if this machine allows it.
 pub fn run(job: &Job, spec: &ExecSpec, cgroups: Option<&Cgroups>) -> Ending {
     let n = job.seq;
-    let mut command = match build(spec) {
+    // The owner's policy first: a refusal ends the job `refused`, with the rule, before anything runs.
+    let agent_path = std::env::var("PATH").ok();
+    let plan =
+        match crate::policy::current().check_exec(spec, DEFAULT_TIMEOUT, agent_path.as_deref()) {
+            Ok(plan) => plan,
+            Err(refused) => {
+                crate::policy::record(
+                    serde_json::json!({"job": job.id, "argv": spec.argv, "command": spec.command}),
+                    &refused,
+                );
+                return Ending::Failed(refused.message());
+            }
+        };
+    let mut command = match build(spec, &plan) {
         Ok(command) => command,
         Err(message) => return Ending::Failed(message),
     };
@@ -139,10 +153,7 @@ pub fn run(job: &Job, spec: &ExecSpec, cgroups: Option<&Cgroups>) -> Ending {
             return Err(format!("starting a thread for the command: {e}"));
         }
 
-        let deadline = started.checked_add(match spec.timeout_s {
-            0 => DEFAULT_TIMEOUT,
-            s => Duration::from_secs(s),
-        });
+        let deadline = started.checked_add(plan.timeout);
         let (state, _) = job.wait_for(deadline, |s| s.is_over() || s.cancelled);
         // A command that finished as the cancel arrived has nothing left to kill.
         let end = if state.is_over() {
@@ -216,8 +227,16 @@ pub fn run(job: &Job, spec: &ExecSpec, cgroups: Option<&Cgroups>) -> Ending {
 }
 
 /// Turns the request into a `Command`, or says why it cannot run.
-fn build(spec: &ExecSpec) -> Result<Command, String> {
+fn build(spec: &ExecSpec, plan: &Plan) -> Result<Command, String> {
     let mut command = match (&spec.command, &spec.argv) {
+        // Checked by the allowlist: exactly the canonical program it matched, no PATH lookup.
+        (None, Some(_)) if plan.arg0.is_some() => {
+            let mut command = Command::new(&plan.program);
+            command
+                .arg0(plan.arg0.as_deref().unwrap_or_default())
+                .args(&plan.args);
+            command
+        }
         (Some(line), None) => {
             let mut command = Command::new("/bin/sh");
             command.arg("-c").arg(line);
@@ -242,6 +261,14 @@ fn build(spec: &ExecSpec) -> Result<Command, String> {
         if value.contains('\0') {
             return Err(format!("environment variable {name} contains a NUL byte"));
         }
+    }
+    if let Some(user) = &plan.run_as {
+        // std clears the supplementary groups (setgroups(0)) when root sets a uid; then gid, uid.
+        command.uid(user.uid).gid(user.gid);
+        command
+            .env("HOME", &user.home)
+            .env("USER", &user.name)
+            .env("LOGNAME", &user.name);
     }
     command.envs(&spec.env);
     if let Some(cwd) = &spec.cwd {

@@ -124,8 +124,11 @@ pub fn serve(id: u32, params: &str, transfer: &Transfer, sink: &Sink) -> Option<
     let started = Instant::now();
     let result = match serde_json::from_str::<FileParams>(params) {
         Err(e) => Err(Some(format!("bad file transfer params: {e}"))),
-        Ok(p) if p.op == "put" => put(id, &p, transfer, sink),
-        Ok(p) if p.op == "get" => get(id, &p, transfer, sink),
+        Ok(p) if p.op == "put" || p.op == "get" => match policy_check(&p) {
+            Err(refused) => Err(Some(refused)),
+            Ok(()) if p.op == "put" => put(id, &p, transfer, sink),
+            Ok(()) => get(id, &p, transfer, sink),
+        },
         Ok(p) => Err(Some(format!(
             "unknown file operation {:?} (put or get)",
             p.op
@@ -144,6 +147,17 @@ pub fn serve(id: u32, params: &str, transfer: &Transfer, sink: &Sink) -> Option<
         Err(Some(message)) => Some(Message::Failed { id, message }),
         Err(None) => None,
     }
+}
+
+/// The owner's `file_dirs` ([`crate::policy`]): `Err` with the refusal's message (logged).
+fn policy_check(p: &FileParams) -> Result<(), String> {
+    let path = checked_path(&p.path)?;
+    crate::policy::current()
+        .check_file(&p.op, path)
+        .map_err(|refused| {
+            crate::policy::record(serde_json::json!({"op": p.op, "path": p.path}), &refused);
+            refused.message()
+        })
 }
 
 /// `Err(None)`: the connection is gone; `Err(Some(why))`: the transfer failed.

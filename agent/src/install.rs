@@ -64,6 +64,8 @@ Wants=network-online.target
 [Service]
 Type=simple
 ExecStart={bin} --config {config} run
+# SIGHUP reloads the node owner's exec policy (docs/policy.md); a bad file keeps the old one.
+ExecReload=/bin/kill -HUP $MAINPID
 Restart=always
 RestartSec=5
 # 3: the gateway revoked this node; restarting cannot help (join again instead).
@@ -219,6 +221,7 @@ mod tests {
                 config_path.display()
             ),
             format!("ReadWritePaths={}", data.display()),
+            "ExecReload=/bin/kill -HUP $MAINPID".into(),
             "Type=simple".into(),
             "Restart=always".into(),
             "RestartPreventExitStatus=3".into(),

@@ -13,6 +13,7 @@ mod job;
 mod jobs;
 mod metrics;
 mod pairing;
+mod policy;
 mod reaper;
 mod run;
 mod service;
@@ -47,6 +48,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
             join,
             profile,
             max_concurrent,
+            policy,
             link,
         } => run::run(
             &dir()?,
@@ -54,6 +56,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
             &profile,
             max_concurrent.into(),
             link,
+            policy.as_deref(),
         ),
         cli::Command::Join { join, profile } => {
             let state = pairing::join(&dir()?, &join, &profile)?;

@@ -65,8 +65,11 @@ pub fn run(
     profile: &Profile,
     max_concurrent: usize,
     link: Link,
+    policy: Option<&Path>,
 ) -> anyhow::Result<()> {
     let identity = dir.identity()?;
+    // The owner's policy before anything can run: a bad file stops the agent here.
+    crate::policy::install(policy, dir.path())?;
     // Before anything can run: what a crashed run left is killed, and a stop signal kills commands.
     crate::reaper::init(dir.path())?;
     let mut state = match (dir.load()?, join) {
@@ -239,7 +242,7 @@ fn session(
 /// the latest. The figures are sampled when the beat is made (on the connection's heartbeat thread).
 fn heartbeat_source(data_dir: &Path, liveness: &Liveness) -> crate::service::HeartbeatSource {
     let sampler = Mutex::new(Sampler::new());
-    let faults = Faults::new(data_dir);
+    let faults = Faults::new(data_dir).with_check(Box::new(crate::policy::fault));
     let interval_s = liveness.latest_beat_s();
     Box::new(move || {
         let metrics = sampler
@@ -255,6 +258,7 @@ fn heartbeat_source(data_dir: &Path, liveness: &Liveness) -> crate::service::Hea
             // Filled in by the service, which knows the job table.
             max_jobs: 0,
             running: 0,
+            policy: Some(Box::new(crate::policy::summary())),
         }
     })
 }

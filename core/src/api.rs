@@ -103,6 +103,38 @@ pub struct Heartbeat {
     /// Faults the node sees in itself now (empty when healthy); a node with any is in `error`.
     #[serde(default)]
     pub faults: Vec<Fault>,
+    /// The node owner's exec policy in force (docs/policy.md); `None` from agents before issue 9.
+    /// Boxed so the rarely-read summary does not grow every `Message`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Box<PolicySummary>>,
+}
+
+/// What a node says about its exec policy: enough to know what it will refuse, not the rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicySummary {
+    /// `allow-all`, `allowlist` or `deny-all`.
+    pub mode: String,
+    /// Whether shell strings (`command`) run in allowlist mode.
+    #[serde(default)]
+    pub allow_shell: bool,
+    /// Number of allowlist rules.
+    #[serde(default)]
+    pub rules: u32,
+    /// The user jobs run as, if the owner set one.
+    #[serde(default)]
+    pub run_as: Option<String>,
+    /// The cap on a job's runtime, seconds.
+    #[serde(default)]
+    pub max_runtime_s: Option<u64>,
+    /// Directories file transfers may use (`None`: anywhere; empty: none).
+    #[serde(default)]
+    pub file_dirs: Option<Vec<String>>,
+    /// Whether service streams are allowed (reserved for issue 10).
+    #[serde(default)]
+    pub services: bool,
+    /// Why the last reload (SIGHUP) failed; the previous policy is still in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload_error: Option<String>,
 }
 
 /// A fault a node reports about itself: `code` is one of [`fault`], `message` is for people.
@@ -118,7 +150,7 @@ pub struct Fault {
 pub mod fault {
     /// The agent cannot write to its data dir (job ledger, results, node key rotation).
     pub const DATA_DIR_NOT_WRITABLE: &str = "data_dir_not_writable";
-    /// The node owner's policy file does not parse (the agent then refuses every command).
+    /// The node owner's policy file failed to reload (SIGHUP); the previous policy stays in force.
     pub const POLICY_INVALID: &str = "policy_invalid";
 }
 

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use burrow_core::api::{Heartbeat, Metrics};
+use burrow_core::api::{Heartbeat, Metrics, PolicySummary};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -110,6 +110,8 @@ pub struct Live {
     pub port: Option<u16>,
     pub metrics: Option<Metrics>,
     pub agent_version: Option<String>,
+    /// The node owner's exec policy, as the node last said (`GET /api/v1/nodes/{id}` shows it).
+    pub policy: Option<Box<PolicySummary>>,
 }
 
 /// The registry; all mutation goes through [`Registry::update`], which persists before returning.
@@ -148,6 +150,7 @@ impl Registry {
             if let Some(beat) = beat {
                 entry.metrics = Some(beat.metrics);
                 entry.agent_version = Some(beat.version);
+                entry.policy = beat.policy;
             }
         }
         Ok(Registry {
@@ -234,6 +237,7 @@ impl Registry {
             l.last_seen = Some(t);
             l.metrics = Some(beat.metrics);
             l.agent_version = Some(beat.version);
+            l.policy = beat.policy;
         });
     }
 

@@ -21,6 +21,7 @@ mod link;
 mod max_nodes;
 mod metrics;
 mod pairing;
+mod policy;
 mod prometheus;
 mod recovery;
 mod relay;

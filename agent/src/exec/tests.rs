@@ -251,15 +251,19 @@ fn exactly_one_of_command_and_argv() {
         argv: Some(vec!["true".into()]),
         ..ExecSpec::default()
     };
-    assert!(build(&both).unwrap_err().contains("not both"));
-    assert!(build(&ExecSpec::default())
+    assert!(build(&both, &Plan::default())
+        .unwrap_err()
+        .contains("not both"));
+    assert!(build(&ExecSpec::default(), &Plan::default())
         .unwrap_err()
         .contains("nothing to run"));
     let empty = ExecSpec {
         argv: Some(vec![]),
         ..ExecSpec::default()
     };
-    assert!(build(&empty).unwrap_err().contains("empty"));
+    assert!(build(&empty, &Plan::default())
+        .unwrap_err()
+        .contains("empty"));
 }
 
 #[test]
@@ -269,7 +273,7 @@ fn smuggled_environment_names_are_refused() {
         env: [("A=B".to_string(), "x".to_string())].into(),
         ..ExecSpec::default()
     };
-    assert!(build(&spec)
+    assert!(build(&spec, &Plan::default())
         .unwrap_err()
         .contains("invalid environment variable name"));
 }

@@ -19,7 +19,7 @@ pub type Check = Box<dyn Fn() -> Option<Fault> + Send + Sync>;
 /// The checks behind a beat's `faults`, and what the last beat reported (to log changes once).
 pub struct Faults {
     data_dir: PathBuf,
-    /// Issue 9 adds the policy file's check here ([`fault::POLICY_INVALID`]).
+    /// The policy file's check ([`crate::policy::fault`]) is here ([`fault::POLICY_INVALID`]).
     extra: Vec<Check>,
     last: Mutex<Vec<Fault>>,
 }
@@ -35,10 +35,6 @@ impl Faults {
     }
 
     /// Adds a check run after the built-in ones.
-    #[allow(
-        dead_code,
-        reason = "the hook for the policy check of issue 9; used by tests now"
-    )]
     pub fn with_check(mut self, check: Check) -> Faults {
         self.extra.push(check);
         self

@@ -232,6 +232,10 @@ fn send_chunk(jobs: &Arc<Jobs>, job: &Arc<Job>, p: &mut Part, data: &[u8]) -> bo
 /// What an event other than credit means while data is still being sent.
 fn ended_early(event: Event, node: &str) -> (NodeState, Refusal) {
     match event {
+        // The node owner's policy (agent/src/policy.rs): `refused`, with the rule, not `failed`.
+        Event::Failed(m) if m.starts_with("refused") => {
+            (NodeState::Refused, Refusal::new(Kind::Forbidden, m))
+        }
         Event::Failed(m) => (NodeState::Failed, Refusal::new(Kind::ExecFailed, m)),
         Event::Lost(m) => (NodeState::Lost, Refusal::new(Kind::NodeLost, m)),
         Event::Reset { reason, .. } => (NodeState::Failed, Refusal::new(Kind::ExecFailed, reason)),
@@ -312,7 +316,12 @@ pub fn get(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
         Some(Event::Data { data, .. }) => Some(data),
         Some(Event::Eof { .. }) => None,
         other => {
+            let mut state = NodeState::Failed;
             let why = match other {
+                Some(Event::Failed(m)) if m.starts_with("refused") => {
+                    state = NodeState::Refused;
+                    Refusal::new(Kind::Forbidden, m)
+                }
                 Some(Event::Failed(m)) if m.contains("not found") || m.contains("No such") => {
                     Refusal::new(Kind::NotFound, m)
                 }
@@ -321,8 +330,7 @@ pub fn get(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
                 Some(e) => Refusal::new(Kind::ExecFailed, format!("unexpected {e:?}")),
                 None => Refusal::new(Kind::Timeout, "the node did not start sending the file"),
             };
-            ctx.jobs
-                .finish(&job, 0, NodeState::Failed, None, Some(why.clone()));
+            ctx.jobs.finish(&job, 0, state, None, Some(why.clone()));
             return Err(why);
         }
     };

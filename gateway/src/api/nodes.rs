@@ -210,6 +210,7 @@ fn node_json(ctx: &Ctx, n: &NodeRecord) -> Value {
         "created_at": rfc3339(n.created_at),
         "approved_at": n.approved_at.map(rfc3339),
         "metrics": live.metrics,
+        "policy": live.policy,
     })
 }
 
