@@ -27,4 +27,5 @@ mod revocation;
 mod security;
 mod sshd_access;
 mod store;
+mod tokens;
 mod util;
