@@ -242,6 +242,20 @@ pub enum JoinCommand {
         #[arg(long)]
         manual: bool,
     },
+    /// List join tokens, newest first: uses left, expiry, manual, state (never the secret).
+    #[command(after_long_help = "Example:\n  gateway join ls\n  gateway join ls --json")]
+    Ls {
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a join token: it cannot pair any more, and its enrollment key leaves sshd at once.
+    /// Nodes that already joined with it are not affected.
+    #[command(after_long_help = "Example:\n  gateway join ls\n  gateway join revoke 3f9a0c1d2e4b")]
+    Revoke {
+        /// The token's id, as `gateway join ls` shows it.
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -324,7 +338,7 @@ pub enum AlertFilter {
 pub enum TokenCommand {
     /// Print a new API bearer token (minted by the running gateway, which audits who asked).
     #[command(
-        after_long_help = "Example:\n  gateway token create --role viewer --ttl 30d --subject grafana"
+        after_long_help = "Example:\n  gateway token create --role viewer --ttl 30d --name grafana"
     )]
     Create {
         /// gateway (admin), operator (exec and read) or viewer (read only).
@@ -333,9 +347,27 @@ pub enum TokenCommand {
         /// Lifetime.
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         ttl: Duration,
-        /// Who the token is for (the JWT subject) [default: by-<your Unix user>].
+        /// Who the token is for (the JWT subject, shown by `token ls`) [default: by-<your Unix user>].
+        #[arg(long, alias = "subject")]
+        name: Option<String>,
+    },
+    /// List the API tokens minted, newest first: JTI NAME ROLE CREATED EXPIRES STATE (never a token).
+    #[command(
+        after_long_help = "Example:\n  gateway token ls\n  gateway token ls --json | jq '.tokens[].jti'"
+    )]
+    Ls {
+        /// Print the API's JSON instead of a table.
         #[arg(long)]
-        subject: Option<String>,
+        json: bool,
+    },
+    /// Revoke an API token: refused from its next request on, also after a restart. Tokens it
+    /// minted stay valid (revoke them too).
+    #[command(
+        after_long_help = "Example:\n  gateway token ls\n  gateway token revoke 5c0e9d1f2a3b4c5d6e7f8091"
+    )]
+    Revoke {
+        /// The token's jti, as `gateway token ls` shows it.
+        jti: String,
     },
 }
 

@@ -45,17 +45,15 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: cli::Cli) -> anyhow::Result<u8> {
-    use cli::{Command, TokenCommand};
+    use cli::Command;
     let dir = cli.data_dir.as_path();
     match cli.command {
         Command::Serve(args) => serve::run(dir, args)?,
-        Command::Join(c) => client::join(dir, c)?,
+        Command::Join(c) => client::tokens::join(dir, c)?,
         Command::Nodes(c) => client::nodes(dir, c)?,
         Command::Alerts(c) => client::health::alerts(dir, c)?,
         Command::Status { json } => client::health::status(dir, json)?,
-        Command::Token(TokenCommand::Create { role, ttl, subject }) => {
-            client::token(dir, &role, ttl, subject.as_deref())?
-        }
+        Command::Token(c) => client::tokens::token(dir, c)?,
         Command::Exec(args) => return Ok(client::exec::run(dir, args)),
         Command::Jobs(c) => return Ok(client::jobs::run(dir, c)),
         Command::Cp(args) => return Ok(client::cp::run(dir, args)),

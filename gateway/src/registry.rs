@@ -162,14 +162,7 @@ impl Registry {
         })
     }
 
-    /// The store the registry lives in.
-    #[cfg_attr(
-        not(test),
-        allow(
-            dead_code,
-            reason = "for the jobs module, which shares the registry's store"
-        )
-    )]
+    /// The store the registry lives in (the API token table shares it).
     pub fn store(&self) -> &Arc<Store> {
         &self.store
     }

@@ -21,6 +21,7 @@
 pub mod health;
 mod migrations;
 pub mod registry;
+pub mod tokens;
 mod writer;
 
 use std::fs::OpenOptions;

@@ -1,7 +1,8 @@
 //! API bearer tokens: EdDSA JWTs signed with the gateway's Ed25519 key, and the roles they carry.
 //!
 //! Only tokens signed by this gateway's key with alg EdDSA verify (jwt-simple refuses `none`, HS256,
-//! RSA and any other key); `exp` is enforced, and revoked `jti`s are refused by the caller.
+//! RSA and any other key); `exp` is enforced, and revoked `jti`s are refused by the caller
+//! (`api::authenticate`, from the registry's `revoked_jtis`; see `api/tokens.rs`).
 
 use std::time::Duration;
 
@@ -107,10 +108,6 @@ pub struct Verified {
     pub role: Role,
     pub jti: String,
     /// Unix seconds.
-    #[allow(
-        dead_code,
-        reason = "no route reads it since node tokens stopped being refreshed; tests check it"
-    )]
     pub expires_at: u64,
 }
 

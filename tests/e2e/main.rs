@@ -30,4 +30,5 @@ mod security;
 mod sshd_access;
 mod store;
 mod tls;
+mod tokens;
 mod util;

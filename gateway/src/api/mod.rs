@@ -15,6 +15,7 @@ mod nodes;
 mod prometheus;
 pub mod routes;
 mod status;
+mod tokens;
 
 pub use exec::DEFAULT_ANSWER_LIMIT;
 

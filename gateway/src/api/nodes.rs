@@ -1,6 +1,5 @@
-//! Read and admin routes: nodes, approvals, join tokens, API tokens (the fleet's status: `status.rs`).
-
-use std::time::Duration;
+//! Read and admin routes for nodes and approvals (the fleet's status: `status.rs`; join and API
+//! tokens: `tokens.rs`).
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -13,7 +12,6 @@ use super::{parse_body, Ctx, Reply};
 use crate::health::NodeState;
 use crate::refusal::{bad_request, not_found, Refusal};
 use crate::registry::{rfc3339, NodeRecord};
-use crate::tokens::Role;
 
 /// `GET /api/v1/nodes?status=&label=k=v&capability=c`: every filter given must hold (labels and
 /// capabilities may repeat).
@@ -212,65 +210,4 @@ fn node_json(ctx: &Ctx, n: &NodeRecord) -> Value {
         "metrics": live.metrics,
         "policy": live.policy,
     })
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JoinBody {
-    /// Duration such as "1h".
-    #[serde(default)]
-    ttl: Option<String>,
-    #[serde(default)]
-    uses: Option<u32>,
-    #[serde(default)]
-    manual: bool,
-}
-
-pub fn create_join(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
-    let body: JoinBody = parse_body(&req.call.body)?;
-    let ttl = parse_ttl(body.ttl.as_deref(), "1h")?;
-    let (join, record) =
-        ctx.pairing
-            .create_join(ttl, body.uses.unwrap_or(1), body.manual, req.caller.actor())?;
-    Ok(Reply::Json(
-        201,
-        json!({"join": join, "id": record.id, "expires_at": rfc3339(record.expires_at),
-               "uses": record.uses, "manual": record.manual}),
-    ))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TokenBody {
-    role: String,
-    #[serde(default)]
-    ttl: Option<String>,
-    #[serde(default)]
-    subject: Option<String>,
-}
-
-pub fn create_token(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
-    let body: TokenBody = parse_body(&req.call.body)?;
-    let role = Role::parse_issuable(&body.role).map_err(|e| bad_request(e.to_string()))?;
-    let ttl = parse_ttl(body.ttl.as_deref(), "24h")?;
-    crate::tokens::check_api_ttl(ttl).map_err(bad_request)?;
-    let subject = body
-        .subject
-        .unwrap_or_else(|| format!("by-{}", req.caller.actor()));
-    let (token, jti) = ctx.pairing.tokens.issue(&subject, role, ttl)?;
-    ctx.pairing.audit().record(
-        req.caller.actor(),
-        "token.create",
-        &jti,
-        json!({"role": role, "subject": subject, "ttl_s": ttl.as_secs()}),
-    );
-    Ok(Reply::Json(
-        201,
-        json!({"token": token, "jti": jti, "role": role, "subject": subject}),
-    ))
-}
-
-fn parse_ttl(text: Option<&str>, default: &str) -> Result<Duration, Refusal> {
-    humantime::parse_duration(text.unwrap_or(default))
-        .map_err(|e| bad_request(format!("ttl: {e} (examples: 30m, 1h, 7d)")))
 }

@@ -8,7 +8,9 @@
 
 use serde_json::json;
 
-use super::{agent, exec, files, health, jobs, nodes, prometheus, status, Call, Ctx, Reply};
+use super::{
+    agent, exec, files, health, jobs, nodes, prometheus, status, tokens, Call, Ctx, Reply,
+};
 use crate::refusal::{Kind, Refusal};
 use crate::tokens::{Role, Verified};
 
@@ -280,14 +282,42 @@ pub const ROUTES: &[Route] = &[
         pattern: "/api/v1/join-tokens",
         permission: Permission::Admin,
         body_limit: FORM,
-        handler: nodes::create_join,
+        handler: tokens::create_join,
+    },
+    Route {
+        method: "GET",
+        pattern: "/api/v1/join-tokens",
+        permission: Permission::Admin,
+        body_limit: SMALL,
+        handler: tokens::list_joins,
+    },
+    Route {
+        method: "DELETE",
+        pattern: "/api/v1/join-tokens/{id}",
+        permission: Permission::Admin,
+        body_limit: SMALL,
+        handler: tokens::revoke_join,
     },
     Route {
         method: "POST",
         pattern: "/api/v1/tokens",
         permission: Permission::Admin,
         body_limit: FORM,
-        handler: nodes::create_token,
+        handler: tokens::create,
+    },
+    Route {
+        method: "GET",
+        pattern: "/api/v1/tokens",
+        permission: Permission::Admin,
+        body_limit: SMALL,
+        handler: tokens::list,
+    },
+    Route {
+        method: "DELETE",
+        pattern: "/api/v1/tokens/{jti}",
+        permission: Permission::Admin,
+        body_limit: SMALL,
+        handler: tokens::revoke,
     },
 ];
 

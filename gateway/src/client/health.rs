@@ -197,7 +197,7 @@ fn hottest(m: &Value) -> Option<f64> {
 }
 
 /// Columns padded to their widest cell, two spaces apart, the last one unpadded.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(super) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
     let mut widths = vec![0usize; header.len()];
     for row in std::iter::once(&header).chain(rows) {

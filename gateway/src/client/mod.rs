@@ -3,7 +3,7 @@
 //! (root or the gateway's own user: run these as that user) and audits the action under that name.
 //! The TCP address in `run.json` is never used, so whoever holds that port learns nothing.
 //!
-//! Here: the client, and the small commands (`join`, `nodes`, `token`); `health.rs` prints nodes,
+//! Here: the client, and `nodes`; `tokens.rs` holds `join` and `token`; `health.rs` prints nodes,
 //! alerts and the fleet's status for people. The command bus has a
 //! module per command: `exec.rs` (with `interrupt.rs` for Ctrl-C and `render.rs` for the output),
 //! `jobs.rs`, `cp.rs`; `target.rs` holds the target and path syntax they share.
@@ -12,9 +12,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::cli::{JoinCommand, NodesCommand};
+use crate::cli::NodesCommand;
 use crate::runinfo;
 use crate::unix_http;
 
@@ -25,6 +25,7 @@ mod interrupt;
 pub mod jobs;
 mod render;
 mod target;
+pub mod tokens;
 
 /// The JSON and NDJSON media types of the API.
 const JSON: &str = "application/json";
@@ -176,46 +177,6 @@ fn check_private(data_dir: &Path) -> anyhow::Result<()> {
             meta.uid()
         );
     }
-    Ok(())
-}
-
-/// `gateway token create`: asks the running gateway (which checks the TTL and audits the caller).
-pub fn token(
-    data_dir: &Path,
-    role: &str,
-    ttl: std::time::Duration,
-    subject: Option<&str>,
-) -> anyhow::Result<()> {
-    let client = Client::open(data_dir)?;
-    let mut body = json!({"role": role, "ttl": format!("{}s", ttl.as_secs())});
-    if let Some(subject) = subject {
-        body["subject"] = json!(subject);
-    }
-    let reply = client.call("POST", "/api/v1/tokens", Some(body))?;
-    println!("{}", reply["token"].as_str().unwrap_or_default());
-    Ok(())
-}
-
-pub fn join(data_dir: &Path, command: JoinCommand) -> anyhow::Result<()> {
-    let JoinCommand::Create { ttl, uses, manual } = command;
-    let client = Client::open(data_dir)?;
-    let reply = client.call(
-        "POST",
-        "/api/v1/join-tokens",
-        Some(json!({"ttl": format!("{}s", ttl.as_secs()), "uses": uses, "manual": manual})),
-    )?;
-    println!("{}", reply["join"].as_str().unwrap_or_default());
-    eprintln!(
-        "join token {} for {} node(s), {}, expires {}",
-        reply["id"].as_str().unwrap_or("?"),
-        uses,
-        if manual {
-            "needs approval"
-        } else {
-            "auto-approved"
-        },
-        reply["expires_at"].as_str().unwrap_or("?")
-    );
     Ok(())
 }
 

@@ -23,6 +23,7 @@ pub const MIGRATIONS: &[(u32, Migration)] = &[
     (1, Migration::Sql(REGISTRY)),
     (2, Migration::Sql(crate::jobs::persist::SCHEMA)),
     (3, Migration::Sql(super::health::SCHEMA)),
+    (4, Migration::Sql(super::tokens::SCHEMA)),
 ];
 
 /// Migration 1: the registry (what `state.json` held: nodes, join tokens, revoked API token ids),
