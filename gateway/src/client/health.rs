@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 use super::jobs::{age, cut};
+use super::target::segment;
 use super::{ApiError, Client};
 use crate::cli::{AlertFilter, AlertsCommand};
 
@@ -31,13 +32,13 @@ pub fn ls(client: &Client, json_out: bool) -> anyhow::Result<()> {
 
 /// `gateway nodes show ID`.
 pub fn show(client: &Client, id: &str, since: Duration, json_out: bool) -> anyhow::Result<()> {
-    let node = client.call("GET", &format!("/api/v1/nodes/{}", path_segment(id)), None)?;
+    let node = client.call("GET", &format!("/api/v1/nodes/{}", segment(id)), None)?;
     let now = SystemTime::now();
     let from = unix(now).saturating_sub(since.as_secs());
     let step = (since.as_secs() / TREND_ROWS).max(60);
     let path = format!(
         "/api/v1/nodes/{}/metrics?since={from}&step={step}",
-        path_segment(id)
+        segment(id)
     );
     // The history is for the trend only: a gateway without it (or a failure) still shows the node.
     let history = client.call("GET", &path, None);
@@ -97,16 +98,6 @@ pub fn status(data_dir: &std::path::Path, json_out: bool) -> anyhow::Result<()> 
         print!("{}", status_text(&reply));
     }
     Ok(())
-}
-
-/// A node id as one path segment (ids are `[A-Za-z0-9._-]`; anything else is escaped).
-fn path_segment(id: &str) -> String {
-    id.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
-            b => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn unix(t: SystemTime) -> u64 {

@@ -6,6 +6,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use super::health::table;
+use super::target::segment;
 use super::Client;
 use crate::cli::{JoinCommand, TokenCommand};
 
@@ -105,16 +106,6 @@ fn text(v: &Value) -> String {
         Value::Null => "-".into(),
         other => other.to_string(),
     }
-}
-
-/// An id as one path segment (ids are hex; anything else is escaped so it cannot change the path).
-fn segment(id: &str) -> String {
-    id.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
-            b => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn tokens_table(reply: &Value) -> String {
