@@ -265,17 +265,21 @@ impl JobCgroup {
             .collect()
     }
 
-    /// Removes the cgroup if no process is left in it (a killed one empties within moments).
-    pub fn remove(self) {
-        for _ in 0..50 {
+    /// Removes the cgroup once no process is left in it. After a kill (`killed`) the killed
+    /// processes take a moment to exit and leave `cgroup.procs`, so it waits for that, up to a
+    /// second; otherwise a process still there outlived a job that ended by itself (a background
+    /// process), and the cgroup stays until the next start cleans it up.
+    pub fn remove(self, killed: bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        loop {
             match std::fs::remove_dir(&self.dir) {
                 Ok(()) => return,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return,
-                Err(_) if self.pids().is_empty() => {
-                    // Emptied, but the kernel has not let go yet.
+                Err(_) if std::time::Instant::now() >= deadline => return,
+                // Emptied (or being emptied by the kill), but the kernel has not let go yet.
+                Err(_) if killed || self.pids().is_empty() => {
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
-                // A background process outlives the job: the cgroup stays until the next start.
                 Err(_) => return,
             }
         }

@@ -191,7 +191,8 @@ pub fn run(job: &Job, spec: &ExecSpec, cgroups: Option<&Cgroups>) -> Ending {
     });
     crate::reaper::untrack(group);
     if let Some(cgroup) = cgroup {
-        cgroup.remove();
+        // Every way but finishing by itself went through `kill_all`.
+        cgroup.remove(!matches!(end, Ok(End::Finished)));
     }
     let end = match end {
         Ok(end) => end,
