@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::jobs::{age, cut};
 use super::target::segment;
-use super::{ApiError, Client};
+use super::{print_reply, ApiError, Client};
 use crate::cli::{AlertFilter, AlertsCommand};
 
 /// Labels get this many characters in `nodes ls` (the rest is `…`).
@@ -22,12 +22,7 @@ const TREND_ROWS: u64 = 12;
 /// `gateway nodes ls`.
 pub fn ls(client: &Client, json_out: bool) -> anyhow::Result<()> {
     let reply = client.call("GET", "/api/v1/nodes", None)?;
-    if json_out {
-        println!("{}", serde_json::to_string_pretty(&reply)?);
-    } else {
-        print!("{}", nodes_table(&reply, SystemTime::now()));
-    }
-    Ok(())
+    print_reply(&reply, json_out, |r| nodes_table(r, SystemTime::now()))
 }
 
 /// `gateway nodes show ID`.
@@ -80,24 +75,14 @@ pub fn alerts(data_dir: &std::path::Path, command: AlertsCommand) -> anyhow::Res
                 ),
                 _ => e,
             })?;
-    if json_out {
-        println!("{}", serde_json::to_string_pretty(&reply)?);
-    } else {
-        print!("{}", alerts_table(&reply, SystemTime::now()));
-    }
-    Ok(())
+    print_reply(&reply, json_out, |r| alerts_table(r, SystemTime::now()))
 }
 
 /// `gateway status`.
 pub fn status(data_dir: &std::path::Path, json_out: bool) -> anyhow::Result<()> {
     let client = Client::open(data_dir)?;
     let reply = client.call("GET", "/api/v1/status", None)?;
-    if json_out {
-        println!("{}", serde_json::to_string_pretty(&reply)?);
-    } else {
-        print!("{}", status_text(&reply));
-    }
-    Ok(())
+    print_reply(&reply, json_out, status_text)
 }
 
 fn unix(t: SystemTime) -> u64 {

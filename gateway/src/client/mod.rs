@@ -144,6 +144,20 @@ impl std::error::Error for Usage {}
 
 /// Prints a command's error as `main` does and picks the exit code: 2 for a usage error, else
 /// `failure`.
+/// Prints an API answer: as the API gave it with `--json`, else as `human` renders it for people.
+pub(crate) fn print_reply(
+    reply: &serde_json::Value,
+    json: bool,
+    human: impl FnOnce(&serde_json::Value) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(reply)?);
+    } else {
+        print!("{}", human(reply));
+    }
+    Ok(())
+}
+
 pub fn exit_code(result: anyhow::Result<u8>, failure: u8) -> u8 {
     match result {
         Ok(code) => code,

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::health::table;
 use super::target::segment;
-use super::Client;
+use super::{print_reply, Client};
 use crate::cli::{JoinCommand, TokenCommand};
 
 pub fn token(data_dir: &Path, command: TokenCommand) -> anyhow::Result<()> {
@@ -30,11 +30,7 @@ pub fn token(data_dir: &Path, command: TokenCommand) -> anyhow::Result<()> {
         }
         TokenCommand::Ls { json } => {
             let reply = client.call("GET", "/api/v1/tokens", None)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&reply)?);
-            } else {
-                print!("{}", tokens_table(&reply));
-            }
+            print_reply(&reply, json, tokens_table)?;
         }
         TokenCommand::Revoke { jti } => {
             let reply =
@@ -77,11 +73,7 @@ pub fn join(data_dir: &Path, command: JoinCommand) -> anyhow::Result<()> {
         }
         JoinCommand::Ls { json } => {
             let reply = client.call("GET", "/api/v1/join-tokens", None)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&reply)?);
-            } else {
-                print!("{}", joins_table(&reply));
-            }
+            print_reply(&reply, json, joins_table)?;
         }
         JoinCommand::Revoke { id } => {
             let reply = client.call(
