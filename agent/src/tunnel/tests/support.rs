@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use burrow_core::identity::Identity;
 use crossbeam_channel::Receiver;
@@ -21,19 +21,8 @@ pub(super) fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
-/// Polls `cond` until it holds or `limit` passes; true if it held.
-pub(super) fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-}
+/// Polls a condition until it holds or the limit passes (the agent's one test helper for it).
+pub(super) use crate::service::tests::wait_until;
 
 /// Deterministic bytes (xorshift), different per seed.
 pub(super) fn pattern(seed: u64, len: usize) -> Vec<u8> {
