@@ -100,12 +100,55 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check an audit log's hash chain offline; names the first bad entry and exits non-zero.
-    #[command(after_long_help = "Example:\n  gateway audit verify /backup/audit.log")]
+    /// Check the audit trail's hash chain offline; names the first bad entry and exits non-zero.
+    /// Without FILE: every file of the data dir's trail, and the chain head kept in its store
+    /// (which catches a tail cut at a line boundary). With FILE: that file's chain alone, unless
+    /// --head.
+    #[command(
+        after_long_help = "Example:\n  gateway audit verify\n  gateway audit verify /backup/audit.log\n  gateway --data-dir /var/lib/burrow/gateway audit verify --head copy.log"
+    )]
     Verify {
-        /// The log to check [default: audit.log in the data dir].
+        /// One log file to check [default: audit.log and its rotated files in the data dir].
         file: Option<PathBuf>,
+        /// With FILE: also check it against the chain head in the data dir's store.
+        #[arg(long, requires = "file")]
+        head: bool,
     },
+    /// List the trail, oldest first, read from the files (no running gateway needed).
+    #[command(
+        after_long_help = "Example:\n  gateway audit ls --since 2026-12-01T00:00:00Z --node pi-1\n  gateway audit ls --actor alice --json"
+    )]
+    Ls(AuditLsArgs),
+    /// Every entry of every file of the trail, in order, as JSON lines on stdout.
+    #[command(after_long_help = "Example:\n  gateway audit export > audit-$(date +%F).jsonl")]
+    Export,
+}
+
+/// `gateway audit ls`.
+#[derive(Debug, clap::Args)]
+pub struct AuditLsArgs {
+    /// Entries at or after this time: RFC 3339 (2026-12-01T10:00:00Z), Unix seconds, or an age
+    /// (2h: the last two hours).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Entries about this node.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Entries by this actor: token name, Unix user, or jti.
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Entries with this action (`exec` also finds `exec.end`).
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Start at this seq (the `next` of an earlier page).
+    #[arg(long)]
+    pub cursor: Option<u64>,
+    /// At most this many entries.
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+    /// JSON lines, as stored, instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -183,6 +226,33 @@ pub struct ServeArgs {
     /// hour, 10-minute averages before that.
     #[arg(long, env = "BURROW_METRICS_RETENTION", default_value = "1day", value_parser = parse_duration)]
     pub metrics_retention: Duration,
+    /// `audit.log` is rotated to `audit.log.1` (older ones shifted up) once it reaches this size;
+    /// the hash chain goes on across the files.
+    #[arg(long, env = "BURROW_AUDIT_MAX_BYTES", value_name = "BYTES", default_value_t = crate::audit::DEFAULT_MAX_BYTES)]
+    pub audit_max_bytes: u64,
+    /// Rotated audit files kept (at least 1); older ones are deleted.
+    #[arg(long, env = "BURROW_AUDIT_KEEP", value_name = "N", default_value_t = crate::audit::DEFAULT_KEEP as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub audit_keep: u64,
+    /// Also delete rotated audit files last written longer ago than this (e.g. 90days) [default:
+    /// keep by count only].
+    #[arg(long, env = "BURROW_AUDIT_MAX_AGE", value_parser = parse_duration)]
+    pub audit_max_age: Option<Duration>,
+    /// How often requests refused at the token check (401/403) are written to the audit log, one
+    /// entry per source, route and reason with a count (and at shutdown).
+    #[arg(long, env = "BURROW_AUDIT_DENIED_EVERY", default_value = "1m", value_parser = parse_duration)]
+    pub audit_denied_every: Duration,
+}
+
+impl ServeArgs {
+    /// The audit log's rotation, retention and denied-request interval.
+    pub fn audit_settings(&self) -> crate::audit::Settings {
+        crate::audit::Settings {
+            max_bytes: self.audit_max_bytes,
+            keep: self.audit_keep as usize,
+            max_age: self.audit_max_age,
+            denied_every: self.audit_denied_every,
+        }
+    }
 }
 
 /// Where `gateway install` writes, and what goes into the config file it writes.

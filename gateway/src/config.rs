@@ -87,7 +87,7 @@ insecure = true
         for (text, expected) in [
             ("\nssh = \"nowhere\"\n", "`ssh` in {} (line 2): invalid value 'nowhere' for '--ssh <SSH>'"),
             ("insecure = \"yes\"\n", "`insecure` in {} (line 1): expected true or false, found string"),
-            ("ttl = \"1h\"\n", "unknown key `ttl` in {} (line 1); known keys: alert_rules, api, data_dir, dead_after, host_key, insecure, log, max_answer_bytes, max_nodes, metrics_listen, metrics_retention, shutdown_grace, ssh, ssh_public, sshd, system_sshd"),
+            ("ttl = \"1h\"\n", "unknown key `ttl` in {} (line 1); known keys: alert_rules, api, audit_denied_every, audit_keep, audit_max_age, audit_max_bytes, data_dir, dead_after, host_key, insecure, log, max_answer_bytes, max_nodes, metrics_listen, metrics_retention, shutdown_grace, ssh, ssh_public, sshd, system_sshd"),
         ] {
             let (result, path) = parse_showing(&["serve"], text);
             let err = format!("{:#}", result.unwrap_err());

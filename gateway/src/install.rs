@@ -197,6 +197,14 @@ fn serve_settings(data_dir: &Path, log: log::LevelFilter, s: &ServeArgs) -> Vec<
             "\"/etc/burrow/alerts.toml\"",
         ),
         ("metrics_retention", duration(s.metrics_retention), ""),
+        ("audit_max_bytes", Some(s.audit_max_bytes.to_string()), ""),
+        ("audit_keep", Some(s.audit_keep.to_string()), ""),
+        (
+            "audit_max_age",
+            s.audit_max_age.and_then(duration),
+            "\"90days\"",
+        ),
+        ("audit_denied_every", duration(s.audit_denied_every), ""),
     ]
 }
 

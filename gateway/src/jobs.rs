@@ -438,7 +438,12 @@ pub struct Jobs {
     confirmations: Sender<Confirmation>,
     /// Itself, for work that outlives a call ([`Jobs::leaver`]).
     me: std::sync::Weak<Jobs>,
+    /// Runs once when a job's last part ends, before waiters hear of it ([`Jobs::on_end`]).
+    on_end: std::sync::OnceLock<EndHook>,
 }
+
+/// See [`Jobs::on_end`].
+pub type EndHook = Box<dyn Fn(&Job) + Send + Sync>;
 
 /// An end being committed, the request to tell `Done` once it is, and what else waits for it.
 struct Confirmation {
@@ -487,6 +492,7 @@ impl Jobs {
             next_subscriber: AtomicUsize::new(1),
             threads: Mutex::new(Vec::new()),
             confirmations,
+            on_end: std::sync::OnceLock::new(),
         });
         let weak = Arc::downgrade(&jobs);
         bus.on_link(Box::new(move |_node| {
@@ -522,6 +528,20 @@ impl Jobs {
             if let Some(then) = c.then {
                 then();
             }
+        }
+    }
+
+    /// Sets what runs when a job's last part has ended (the audit log's end entry), on the thread
+    /// that ended it and before a waiter is woken: a whole answer goes out only after it returns.
+    pub fn on_end(&self, hook: EndHook) {
+        if self.on_end.set(hook).is_err() {
+            log::error!("a second job end hook was ignored");
+        }
+    }
+
+    fn ended(&self, job: &Job) {
+        if let Some(hook) = self.on_end.get() {
+            hook(job);
         }
     }
 
@@ -711,6 +731,9 @@ impl Jobs {
             if live.results.iter().all(|r| r.state.is_final()) {
                 live.log.push(Arc::new(Ev::Finished));
             }
+        }
+        if job.is_finished() {
+            self.ended(&job);
         }
         {
             let mut s = lock(&self.sched);

@@ -58,11 +58,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<u8> {
         Command::Jobs(c) => return Ok(client::jobs::run(dir, c)),
         Command::Cp(args) => return Ok(client::cp::run(dir, args)),
         Command::Install(args) => install::run(dir, cli.log, &args)?,
-        Command::Audit(cli::AuditCommand::Verify { file }) => {
-            let path = file.unwrap_or_else(|| dir.join("audit.log"));
-            let n = audit::verify(&path)?;
-            println!("{}: {n} entries, chain intact", path.display());
-        }
+        Command::Audit(c) => return client::audit::run(dir, c),
         Command::Backup { file, force } => {
             let report = match force {
                 false => backup::run(dir, &file)?,

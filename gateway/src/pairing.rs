@@ -143,7 +143,7 @@ impl Pairing {
         ttl: Duration,
         uses: u32,
         manual: bool,
-        actor: &str,
+        actor: impl Into<crate::audit::Actor>,
     ) -> Result<(String, JoinTokenRecord), Refusal> {
         if uses == 0 {
             return Err(bad_request("uses must be at least 1"));
@@ -404,7 +404,11 @@ impl Pairing {
     }
 
     /// Approves a pending (or previously rejected) node.
-    pub fn approve(&self, id: &str, actor: &str) -> Result<NodeRecord, Refusal> {
+    pub fn approve(
+        &self,
+        id: &str,
+        actor: impl Into<crate::audit::Actor>,
+    ) -> Result<NodeRecord, Refusal> {
         let node = self.registry.update(|s| {
             let others: Vec<NodeRecord> =
                 s.nodes.values().filter(|n| n.id != id).cloned().collect();
@@ -437,7 +441,11 @@ impl Pairing {
 
     /// Rejects a node: its key loses all access at once. Its ports stay reserved for it, so approving
     /// it again later brings back the agent, which keeps them and retries, without a new join.
-    pub fn reject(&self, id: &str, actor: &str) -> Result<NodeRecord, Refusal> {
+    pub fn reject(
+        &self,
+        id: &str,
+        actor: impl Into<crate::audit::Actor>,
+    ) -> Result<NodeRecord, Refusal> {
         let node = self.registry.update(|s| {
             let node = s
                 .nodes
@@ -454,7 +462,11 @@ impl Pairing {
 
     /// Removes a node for good: its key loses all access, its ports and its name are free again, and
     /// it must join anew to come back.
-    pub fn revoke(&self, id: &str, actor: &str) -> Result<NodeRecord, Refusal> {
+    pub fn revoke(
+        &self,
+        id: &str,
+        actor: impl Into<crate::audit::Actor>,
+    ) -> Result<NodeRecord, Refusal> {
         let node = self.registry.update(|s| {
             s.nodes
                 .remove(id)

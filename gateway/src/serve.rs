@@ -92,7 +92,12 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         fingerprint
     };
     let registry = Arc::new(Registry::open(&data_dir)?);
-    let audit_log = AuditLog::open(&data_dir.join("audit.log"))?;
+    let audit_head: Arc<dyn crate::audit::HeadStore> = Arc::new(registry.store().clone());
+    let audit_log = AuditLog::open_with(
+        &data_dir.join("audit.log"),
+        args.audit_settings(),
+        Some(audit_head),
+    )?;
     let ssh_public = args
         .ssh_public
         .clone()
@@ -133,6 +138,12 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
             output_per_node: args.max_answer_bytes,
         },
     )?;
+    let ends = audit_log.handle();
+    jobs.on_end(Box::new(move |job| {
+        if let Some((action, detail)) = crate::audit::ends::of(job) {
+            ends.record(&job.meta.actor, action, &job.meta.target, detail);
+        }
+    }));
     // A weak handle, so `serve` stays the only owner and `stop()` (which also kills sshd's
     // sessions) runs at shutdown.
     let status_of = supervisor.as_ref().map(Arc::downgrade);

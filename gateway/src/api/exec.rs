@@ -218,7 +218,7 @@ fn submit(
     describe(&job.meta.kind, &mut detail);
     ctx.pairing
         .audit()
-        .record(req.caller.actor(), "exec", &job.meta.target, detail);
+        .record(&req.caller, "exec", &job.meta.target, detail);
     Ok(job)
 }
 

@@ -185,7 +185,7 @@ fn put(ctx: &Ctx, req: &Req, target: Target, text: String) -> Result<Reply, Refu
     }
     let answer = job_json(&job, 0);
     ctx.pairing.audit().record(
-        req.caller.actor(),
+        &req.caller,
         "file.put",
         &job.meta.target,
         json!({"job_id": job.meta.id, "path": path, "mode": format!("{mode:04o}"),
@@ -335,7 +335,7 @@ pub fn get(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
         }
     };
     ctx.pairing.audit().record(
-        req.caller.actor(),
+        &req.caller,
         "file.get",
         &node,
         json!({"job_id": job.meta.id, "path": path}),

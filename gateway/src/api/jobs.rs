@@ -76,7 +76,7 @@ pub fn stream(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
 pub fn cancel(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
     let job = ctx.jobs.cancel(req.param(0))?;
     ctx.pairing.audit().record(
-        req.caller.actor(),
+        &req.caller,
         "job.cancel",
         &job.meta.target,
         json!({"job_id": job.meta.id}),

@@ -6,6 +6,7 @@
 //! `{"error": "...", "code": "..."}`. A panicking handler becomes a 500, not a dead worker.
 
 mod agent;
+mod audit;
 mod exec;
 mod files;
 mod health;
@@ -77,6 +78,8 @@ pub struct Call {
     pub content_length: Option<u64>,
     /// The caller's Unix uid when it came through the CLI socket (`local.rs`); never set over TCP.
     pub peer_uid: Option<u32>,
+    /// The caller's address over TCP (denied requests are counted per source in the audit log).
+    pub peer_ip: Option<std::net::IpAddr>,
 }
 
 /// What a handler answers.
@@ -275,6 +278,7 @@ fn serve(ctx: &Ctx, mut request: Request) {
         body: Vec::new(),
         content_length: request.body_length().map(|n| n as u64),
         peer_uid: request.peer_credentials().map(|c| c.uid),
+        peer_ip: request.remote_addr().map(|a| a.ip()),
     };
     let declared = request.body_length();
     let reply = dispatch(ctx, call, declared, request.as_reader());
@@ -377,6 +381,7 @@ fn route_and_run(
         }
     }
     let reply = authorize(ctx, route, &call)
+        .inspect_err(|r| count_denied(ctx, route, &call, r))
         .and_then(|caller| run_handler(ctx, route, &call, params, caller, body))
         .unwrap_or_else(|r| error_reply(&r));
     (Some(route), reply)
@@ -417,6 +422,23 @@ fn authorize(ctx: &Ctx, route: &Route, call: &Call) -> Result<Caller, Refusal> {
         ));
     }
     Ok(Caller { token: Some(who) })
+}
+
+/// A 401/403 at the route check goes to the audit log's counts (one entry per source, route and
+/// reason per interval, never one per request: a flood of bad tokens costs no fsync).
+fn count_denied(ctx: &Ctx, route: &Route, call: &Call, refusal: &Refusal) {
+    if !matches!(refusal.kind, Kind::Unauthorized | Kind::Forbidden) {
+        return;
+    }
+    let source = match (call.peer_uid, call.peer_ip) {
+        (Some(uid), _) => local::actor(uid),
+        (None, Some(ip)) => ip.to_string(),
+        (None, None) => "unknown".to_string(),
+    };
+    let route = format!("{} {}", route.method, route.pattern);
+    ctx.pairing
+        .audit()
+        .denied(&source, &route, refusal.kind.status(), &refusal.message);
 }
 
 fn run_handler(

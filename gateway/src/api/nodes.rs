@@ -126,7 +126,7 @@ pub fn label(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
         Ok::<_, Refusal>(node.clone())
     })?;
     ctx.pairing.audit().record(
-        req.caller.actor(),
+        &req.caller,
         "node.label",
         &node.id,
         json!({"labels": node.labels, "capabilities": node.capabilities}),
@@ -142,19 +142,19 @@ pub fn show(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
 }
 
 pub fn approve(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
-    let node = ctx.pairing.approve(req.param(0), req.caller.actor())?;
+    let node = ctx.pairing.approve(req.param(0), &req.caller)?;
     Ok(Reply::Json(200, node_json(ctx, &node)))
 }
 
 pub fn reject(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
-    let node = ctx.pairing.reject(req.param(0), req.caller.actor())?;
+    let node = ctx.pairing.reject(req.param(0), &req.caller)?;
     end_access(ctx, &node, bye::REJECTED, "rejected by an operator");
     Ok(Reply::Json(200, node_json(ctx, &node)))
 }
 
 /// `DELETE /api/v1/nodes/{id}`: the node is gone for good (see `Pairing::revoke`).
 pub fn revoke(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
-    let node = ctx.pairing.revoke(req.param(0), req.caller.actor())?;
+    let node = ctx.pairing.revoke(req.param(0), &req.caller)?;
     end_access(
         ctx,
         &node,

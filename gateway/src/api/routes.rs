@@ -9,7 +9,7 @@
 use serde_json::json;
 
 use super::{
-    agent, exec, files, health, jobs, nodes, prometheus, status, tokens, Call, Ctx, Reply,
+    agent, audit, exec, files, health, jobs, nodes, prometheus, status, tokens, Call, Ctx, Reply,
 };
 use crate::refusal::{Kind, Refusal};
 use crate::tokens::{Role, Verified};
@@ -297,6 +297,13 @@ pub const ROUTES: &[Route] = &[
         permission: Permission::Admin,
         body_limit: SMALL,
         handler: tokens::revoke_join,
+    },
+    Route {
+        method: "GET",
+        pattern: "/api/v1/audit",
+        permission: Permission::Admin,
+        body_limit: SMALL,
+        handler: audit::list,
     },
     Route {
         method: "POST",

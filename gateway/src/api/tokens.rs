@@ -67,13 +67,12 @@ pub fn create(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
         revoked_at: None,
     };
     let exp = row.expires_at;
-    let by = row.created_by.clone();
     // Recorded durably before the token is handed out: no token exists that the listing lacks.
     ctx.registry
         .store()
         .write(move |tx| rows::insert(tx, &row, created_at))?;
     ctx.pairing.audit().record(
-        &by,
+        &req.caller,
         "token.create",
         &jti,
         json!({"role": role, "name": name, "ttl_s": ttl.as_secs(), "exp": exp}),
@@ -143,7 +142,7 @@ pub fn revoke(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
         .write(move |tx| rows::revoke(tx, &target, at))?
         .ok_or_else(|| not_found(format!("no API token with jti {jti:?}")))?;
     ctx.pairing.audit().record(
-        &who(&req.caller),
+        &req.caller,
         "token.revoke",
         &jti,
         json!({"name": row.name, "role": row.role, "already_revoked": already}),
@@ -170,7 +169,7 @@ pub fn create_join(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
     let ttl = parse_ttl(body.ttl.as_deref(), "1h")?;
     let (join, record) =
         ctx.pairing
-            .create_join(ttl, body.uses.unwrap_or(1), body.manual, &who(&req.caller))?;
+            .create_join(ttl, body.uses.unwrap_or(1), body.manual, &req.caller)?;
     Ok(Reply::Json(
         201,
         json!({"join": join, "id": record.id, "expires_at": rfc3339(record.expires_at),
@@ -230,7 +229,7 @@ pub fn revoke_join(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
     })?;
     ctx.pairing.sync_keys()?;
     ctx.pairing.audit().record(
-        &who(&req.caller),
+        &req.caller,
         "join.revoke",
         &id,
         json!({"already_revoked": already, "used": record.used, "uses": record.uses}),

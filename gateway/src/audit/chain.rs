@@ -14,6 +14,8 @@ use anyhow::Context;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use super::head::Head;
+
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// Where the chain stands: the last sealed entry's `seq` and hash.
@@ -73,10 +75,25 @@ pub struct Scan {
     pub resume: Link,
     /// Byte offset and length of a torn tail (bytes after the last newline).
     pub torn: Option<(u64, u64)>,
+    /// The first entry's seq, if the file has one that verifies.
+    pub first_seq: Option<u64>,
+    /// The link of the entry asked for with `want`, if it is among the good ones.
+    pub found: Option<Link>,
+}
+
+/// What the first line of a file must link to.
+#[derive(Debug, Clone)]
+pub enum Start {
+    /// Seq 1, after the genesis hash.
+    Genesis,
+    /// Whatever the first line says it follows (a file that continues one not at hand).
+    Claimed,
+    /// The last entry of the file before.
+    After(Link),
 }
 
 /// Reads the whole log once, checking each line against the one before.
-pub fn scan(path: &Path) -> anyhow::Result<Scan> {
+pub fn scan(path: &Path, start: Start, want: Option<u64>) -> anyhow::Result<Scan> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut reader = BufReader::new(file);
     let mut scan = Scan {
@@ -84,8 +101,17 @@ pub fn scan(path: &Path) -> anyhow::Result<Scan> {
         bad: None,
         resume: Link::genesis(),
         torn: None,
+        first_seq: None,
+        found: None,
     };
-    let mut expected = Link::genesis();
+    let mut expected = match &start {
+        Start::After(link) => {
+            scan.resume = link.clone();
+            Some(link.clone())
+        }
+        Start::Genesis => Some(Link::genesis()),
+        Start::Claimed => None,
+    };
     let (mut offset, mut n) = (0u64, 0usize);
     let mut buf = Vec::new();
     loop {
@@ -103,12 +129,17 @@ pub fn scan(path: &Path) -> anyhow::Result<Scan> {
         offset += read as u64;
         n += 1;
         let text = String::from_utf8_lossy(&buf[..buf.len() - 1]);
-        match check_line(&text, &expected) {
+        let follows = expected.clone().unwrap_or_else(|| claimed_prev(&text));
+        match check_line(&text, &follows) {
             Ok(link) => {
                 scan.resume = link.clone();
                 if scan.bad.is_none() {
                     scan.good = n;
-                    expected = link;
+                    scan.first_seq.get_or_insert(link.seq);
+                    if want == Some(link.seq) {
+                        scan.found = Some(link.clone());
+                    }
+                    expected = Some(link);
                 }
             }
             Err((seq, reason)) => {
@@ -126,6 +157,16 @@ pub fn scan(path: &Path) -> anyhow::Result<Scan> {
         }
     }
     Ok(scan)
+}
+
+/// The link a line says it follows (its `seq` - 1 and `prev`), for a file read without the one
+/// before it.
+fn claimed_prev(line: &str) -> Link {
+    let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+    Link {
+        seq: v["seq"].as_u64().unwrap_or(1).saturating_sub(1),
+        hash: v["prev"].as_str().unwrap_or(GENESIS).to_string(),
+    }
 }
 
 /// Checks one line against the link it must follow; returns its own link, or its seq (if readable)
@@ -170,21 +211,102 @@ fn any_link(line: &str) -> Option<Link> {
     })
 }
 
-/// Checks a log offline: the number of entries, or the first bad one (a torn tail included).
+/// What a check of a whole trail found.
+#[derive(Debug)]
+pub struct Report {
+    pub entries: usize,
+    pub files: usize,
+    /// The first entry's seq (above 1 when older files were removed by retention, or are not here).
+    pub first_seq: u64,
+    pub last: Link,
+}
+
+/// Checks one file offline: the number of entries, or the first bad one (a torn tail included).
+/// A file whose first entry is not seq 1 is taken to continue an older one.
+#[cfg(test)]
 pub fn verify(path: &Path) -> anyhow::Result<usize> {
-    let scan = scan(path)?;
-    if let Some(bad) = scan.bad {
-        anyhow::bail!("{}: {bad}", path.display());
+    verify_trail(&[path.to_path_buf()], None).map(|r| r.entries)
+}
+
+/// Checks the files of a trail in chain order (oldest first), each linking to the one before, and
+/// with a head (from the store) that the chain reaches it: the entry at the head's seq has the
+/// head's hash (a tail cut at a line boundary fails here), and nothing older than the head's
+/// `first_seq` is missing.
+pub fn verify_trail(files: &[PathBuf], head: Option<&Head>) -> anyhow::Result<Report> {
+    if files.is_empty() {
+        anyhow::bail!("no audit log files to check");
     }
-    if let Some((_, len)) = scan.torn {
+    let mut report = Report {
+        entries: 0,
+        files: files.len(),
+        first_seq: 0,
+        last: Link::genesis(),
+    };
+    let mut found = None;
+    for (i, path) in files.iter().enumerate() {
+        let start = match i {
+            0 => Start::Claimed,
+            _ => Start::After(report.last.clone()),
+        };
+        let scan = scan(path, start, head.map(|h| h.seq))?;
+        if let Some(bad) = scan.bad {
+            anyhow::bail!("{}: {bad}", path.display());
+        }
+        if let Some((_, len)) = scan.torn {
+            anyhow::bail!(
+                "{}: line {}: torn ({len} bytes without a newline: an append cut short; \
+                 `gateway serve` moves it aside at start)",
+                path.display(),
+                scan.good + 1
+            );
+        }
+        if i == 0 {
+            report.first_seq = scan.first_seq.unwrap_or(1);
+        }
+        report.entries += scan.good;
+        report.last = scan.resume;
+        found = found.or(scan.found);
+    }
+    let Some(head) = head else {
+        return Ok(report);
+    };
+    let last = files.last().expect("not empty").display();
+    if head.seq > report.last.seq {
         anyhow::bail!(
-            "{}: line {}: torn ({len} bytes without a newline: an append cut short; \
-             `gateway serve` moves it aside at start)",
-            path.display(),
-            scan.good + 1
+            "{last}: seq {} is missing: the chain head in the store is seq {} ({}), the log ends \
+             at seq {} (its tail was cut off)",
+            report.last.seq + 1,
+            head.seq,
+            head.hash,
+            report.last.seq
         );
     }
-    Ok(scan.good)
+    if head.first_seq < report.first_seq && head.seq >= report.first_seq {
+        anyhow::bail!(
+            "{}: seq {} is missing: the store says the oldest entry kept is seq {}, the log starts \
+             at seq {} (older entries were removed)",
+            files[0].display(),
+            head.first_seq,
+            head.first_seq,
+            report.first_seq
+        );
+    }
+    match found {
+        Some(link) if link.hash == head.hash => Ok(report),
+        Some(link) => anyhow::bail!(
+            "{last}: seq {}: its hash {} is not the chain head's in the store ({}): the log was \
+             replaced or rewritten",
+            head.seq,
+            link.hash,
+            head.hash
+        ),
+        // The head's entry is older than what is kept (retention removed it): nothing to compare.
+        None if head.seq < report.first_seq => Ok(report),
+        None => anyhow::bail!(
+            "{last}: seq {} (the chain head in the store) is missing",
+            head.seq
+        ),
+    }
 }
 
 /// Copies the torn tail at `offset` to `<log>.torn-<unix time>` (durably), then cuts it off the log,

@@ -2,9 +2,12 @@
 
 use std::os::unix::fs::PermissionsExt;
 
+use super::writer::{Durable, Queued};
 use super::*;
+use std::fs::OpenOptions;
+use std::io::Write;
 
-fn temp_dir(name: &str) -> tempfile::TempDir {
+pub(super) fn temp_dir(name: &str) -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix(&format!("burrow-audit-{name}"))
         .tempdir()
@@ -137,12 +140,25 @@ fn chain_advances_only_after_a_durable_write() {
         len: 0,
         link: Link::genesis(),
         shown: dir.path().join("audit.log"),
+        groups: 0,
     };
-    w.write(json!({"n": 1}));
+    let one = |n: u64| {
+        vec![Queued {
+            entry: json!({"n": n}),
+            done: None,
+        }]
+    };
+    assert!(w.write_group(one(1)));
     w.file.fail_next = true;
-    w.write(json!({"n": 2}));
+    let (done, heard) = crossbeam_channel::bounded(1);
+    let failed = vec![Queued {
+        entry: json!({"n": 2}),
+        done: Some(done),
+    }];
+    assert!(!w.write_group(failed));
+    assert!(!heard.recv().unwrap(), "the waiter hears it is not durable");
     assert_eq!(w.link.seq, 1, "a failed append does not advance the chain");
-    w.write(json!({"n": 3}));
+    assert!(w.write_group(one(3)));
     let path = dir.path().join("audit.log");
     std::fs::write(&path, &w.file.written).unwrap();
     assert_eq!(verify(&path).unwrap(), 2);
@@ -161,3 +177,5 @@ fn audit_log_is_created_0600() {
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 }
+
+mod trail;

@@ -18,6 +18,7 @@ use crate::cli::NodesCommand;
 use crate::runinfo;
 use crate::unix_http;
 
+pub mod audit;
 pub mod cp;
 pub mod exec;
 pub mod health;

@@ -379,6 +379,7 @@ impl Jobs {
         if last {
             job.emit_in_order(Ev::Finished, true, far);
             job.live().subscribers.clear();
+            self.ended(job);
         }
         job.changed.notify_all();
         let leave = last.then(|| self.leaver(job));

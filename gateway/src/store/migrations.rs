@@ -24,6 +24,7 @@ pub const MIGRATIONS: &[(u32, Migration)] = &[
     (2, Migration::Sql(crate::jobs::persist::SCHEMA)),
     (3, Migration::Sql(super::health::SCHEMA)),
     (4, Migration::Sql(super::tokens::SCHEMA)),
+    (5, Migration::Sql(crate::audit::head::SCHEMA)),
 ];
 
 /// Migration 1: the registry (what `state.json` held: nodes, join tokens, revoked API token ids),
