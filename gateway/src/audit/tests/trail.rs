@@ -253,3 +253,49 @@ fn filters_match_actor_node_and_action() {
         ..Default::default()
     }));
 }
+
+/// The figure in BENCHMARKS.md: entries/s with 8 threads recording at once (each waits for its
+/// entry to be durable), and how many fsyncs that took.
+/// `cargo test -p burrow-gateway audit_group_commit_throughput -- --ignored --nocapture`
+#[test]
+#[ignore = "a measurement, not a check"]
+fn audit_group_commit_throughput() {
+    let dir = temp_dir("bench");
+    let path = dir.path().join("audit.log");
+    let log = AuditLog::open(&path).unwrap();
+    let per_thread = 2_000;
+    let started = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let a = log.handle();
+            s.spawn(move || {
+                for i in 0..per_thread {
+                    assert!(a.record("bench", "exec", "pi-1", json!({"t": t, "i": i})));
+                }
+            });
+        }
+    });
+    let took = started.elapsed();
+    drop(log);
+    let n = 8 * per_thread;
+    assert_eq!(lines(&path).len(), n);
+    println!(
+        "8 recorders: {n} durable entries in {:.2} s = {:.0} entries/s",
+        took.as_secs_f64(),
+        n as f64 / took.as_secs_f64()
+    );
+    // One recorder, for comparison: one fsync per entry.
+    let path1 = dir.path().join("one.log");
+    let log = AuditLog::open(&path1).unwrap();
+    let a = log.handle();
+    let started = std::time::Instant::now();
+    for i in 0..2_000 {
+        a.record("bench", "exec", "pi-1", json!({"i": i}));
+    }
+    let took = started.elapsed();
+    println!(
+        "1 recorder: 2000 durable entries in {:.2} s = {:.0} entries/s",
+        took.as_secs_f64(),
+        2000.0 / took.as_secs_f64()
+    );
+}
