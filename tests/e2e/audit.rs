@@ -479,3 +479,46 @@ fn rotated_files_verify_as_one_chain_and_the_oldest_are_deleted() {
     assert_eq!(*seqs.last().unwrap(), 21, "the token and 20 joins");
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
 }
+
+/// A command the node's policy refused is recorded as refused (`exec.refused`, with the rule), not
+/// only as an `exec` that was asked for; the trail never says it ran.
+#[test]
+fn an_exec_the_node_refused_is_recorded_as_refused() {
+    let dir = tempfile::Builder::new()
+        .prefix("burrow-audit-policy")
+        .tempdir()
+        .unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "mode = \"deny-all\"\n").unwrap();
+    let gw = Gateway::start();
+    let _agent = Agent::start_with(
+        &gw.join(&[]),
+        "pi-r",
+        &["--policy", policy.to_str().unwrap()],
+    );
+    gw.wait_status("pi-r", "online");
+    let (_, answer) = gw.api(
+        "POST",
+        "/api/v1/exec",
+        Some(json!({"target": "pi-r", "argv": ["true"]})),
+    );
+    assert_eq!(answer["results"][0]["state"], "refused", "{answer}");
+    let job_id = answer["job_id"].clone();
+    let (status, page) = gw.api("GET", "/api/v1/audit?action=exec.refused", None);
+    assert_eq!(status, 200);
+    let refused = page["entries"].as_array().unwrap();
+    assert_eq!(refused.len(), 1, "{page:#}");
+    let r = &refused[0]["detail"];
+    assert_eq!(r["job_id"], job_id);
+    assert_eq!(r["results"]["pi-r"]["state"], "refused");
+    assert!(
+        r["results"]["pi-r"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("deny-all"),
+        "{r}"
+    );
+    assert!(r["results"]["pi-r"].get("exit_code").is_none());
+    let (_, ended) = gw.api("GET", "/api/v1/audit?action=exec.end", None);
+    assert_eq!(ended["entries"].as_array().unwrap().len(), 0, "{ended:#}");
+}
