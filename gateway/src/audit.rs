@@ -127,6 +127,17 @@ pub struct Audit {
     rotating: Arc<RwLock<()>>,
 }
 
+/// An entry queued with [`Audit::queue`].
+#[must_use = "an entry counts as recorded only once `wait` says it is durable"]
+pub struct Pending(Option<crossbeam_channel::Receiver<bool>>);
+
+impl Pending {
+    /// Whether the entry is durable (`false`: writing it failed, or the log is closed).
+    pub fn wait(self) -> bool {
+        self.0.is_some_and(|rx| rx.recv().unwrap_or(false))
+    }
+}
+
 /// Owns the writer thread; dropping it flushes and joins.
 pub struct AuditLog {
     audit: Audit,
@@ -283,11 +294,24 @@ impl Audit {
     /// Appends an entry and returns once it is durable (`true`), or once writing it failed
     /// (`false`: the gateway's log has it and why).
     pub fn record(&self, who: impl Into<Actor>, action: &str, target: &str, detail: Value) -> bool {
+        self.queue(who, action, target, detail).wait()
+    }
+
+    /// Queues an entry and returns at once; [`Pending::wait`] then waits until it is durable.
+    /// Entries are written in the order they were queued, so once a later one is durable, so is
+    /// this one.
+    pub fn queue(
+        &self,
+        who: impl Into<Actor>,
+        action: &str,
+        target: &str,
+        detail: Value,
+    ) -> Pending {
         let entry = entry(&who.into(), action, target, detail);
         let tx = self.tx.read().unwrap_or_else(|e| e.into_inner()).clone();
         let Some(tx) = tx else {
             log::error!("audit log is closed; entry lost: {action} {target}");
-            return false;
+            return Pending(None);
         };
         let (done, durable) = bounded(1);
         if tx
@@ -298,9 +322,9 @@ impl Audit {
             .is_err()
         {
             log::error!("audit writer is gone; entry lost: {action} {target}");
-            return false;
+            return Pending(None);
         }
-        durable.recv().unwrap_or(false)
+        Pending(Some(durable))
     }
 
     /// Counts a request refused at the route check (401/403): written later, aggregated.

@@ -78,7 +78,7 @@ pub fn fleet(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
         other => other.to_string(),
     };
     let run_async = body.run_async;
-    let job = submit(ctx, req, body, target, text)?;
+    let (job, entry) = submit(ctx, req, body, target, text)?;
     if run_async {
         return Ok(accepted(&job));
     }
@@ -86,6 +86,7 @@ pub fn fleet(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
         return Ok(Reply::Stream(Box::new(Lines::new(ctx, job, true))));
     }
     job.wait(deadline_of(&job));
+    answered(entry);
     Ok(Reply::Json(200, job_json(&job, ctx.answer_limit)))
 }
 
@@ -104,14 +105,16 @@ pub fn exec(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
     }
     let run_async = body.run_async;
     let target = Target::Ids(vec![node.clone()]);
-    let job = submit(ctx, req, body, target, node)?;
+    let (job, entry) = submit(ctx, req, body, target, node)?;
     if run_async {
         return Ok(accepted(&job));
     }
     if wants_ndjson(req) {
         return Ok(Reply::Stream(Box::new(Lines::new(ctx, job, false))));
     }
-    if !job.wait(deadline_of(&job)) {
+    let ended = job.wait(deadline_of(&job));
+    answered(entry);
+    if !ended {
         if job.is_stopped() {
             return Err(Refusal::new(
                 Kind::Unavailable,
@@ -158,7 +161,7 @@ fn submit(
     body: ExecBody,
     target: Target,
     target_text: String,
-) -> Result<Arc<Job>, Refusal> {
+) -> Result<(Arc<Job>, Option<crate::audit::Pending>), Refusal> {
     let lane = body.lane.clone().unwrap_or_else(|| "default".into());
     if lane.is_empty()
         || lane.len() > MAX_LANE
@@ -216,10 +219,26 @@ fn submit(
     let nodes: Vec<String> = job.results().into_iter().map(|r| r.node).collect();
     let mut detail = json!({"job_id": job.meta.id, "nodes": nodes, "lane": job.meta.lane});
     describe(&job.meta.kind, &mut detail);
-    ctx.pairing
+    let entry = ctx
+        .pairing
         .audit()
-        .record(&req.caller, "exec", &job.meta.target, detail);
-    Ok(job)
+        .queue(&req.caller, "exec", &job.meta.target, detail);
+    // Told the job id now (async, streaming): the entry is durable first. Answered whole: the
+    // part runs meanwhile, and the answer waits for the job's end entry, written after this one
+    // (the fsync of the end covers both); `answered` waits for it in any case.
+    if acknowledged_at_once {
+        entry.wait();
+        Ok((job, None))
+    } else {
+        Ok((job, Some(entry)))
+    }
+}
+
+/// Waits for the `exec` entry of a job answered whole before its answer goes out.
+fn answered(entry: Option<crate::audit::Pending>) {
+    if let Some(entry) = entry {
+        entry.wait();
+    }
 }
 
 fn parse_batch(v: &Value) -> Result<Batch, Refusal> {
