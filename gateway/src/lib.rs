@@ -30,6 +30,13 @@ mod unix_http;
 
 pub use cli::Cli;
 
+/// Every route of the API as `(method, pattern)`, in table order: what the RBAC matrix
+/// (tests/e2e/rbac.rs) checks that it lists, so a new route cannot skip it.
+#[doc(hidden)]
+pub fn routes() -> impl Iterator<Item = (&'static str, &'static str)> {
+    api::routes::ROUTES.iter().map(|r| (r.method, r.pattern))
+}
+
 /// Runs one parsed command line; the exit code on success.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     use cli::Command;

@@ -465,6 +465,24 @@ fn every_route_answers_every_caller_as_the_matrix_says() {
 }
 
 #[test]
+fn the_matrix_lists_every_route_of_the_table() {
+    let listed: Vec<(&str, &str)> = ROWS.iter().map(|r| (r.method, r.pattern)).collect();
+    let table: Vec<(&str, &str)> = burrow_gateway::routes().collect();
+    let missing: Vec<_> = table.iter().filter(|r| !listed.contains(r)).collect();
+    let stale: Vec<_> = listed.iter().filter(|r| !table.contains(r)).collect();
+    assert!(
+        missing.is_empty() && stale.is_empty(),
+        "routes without a row in the matrix: {missing:?}; rows for no route: {stale:?}"
+    );
+    // Each row's request reaches its own route.
+    for row in ROWS {
+        let path = row.path.split('?').next().unwrap().replace("{job}", "j");
+        let segments = path.split('/').count();
+        assert_eq!(segments, row.pattern.split('/').count(), "{}", row.path);
+    }
+}
+
+#[test]
 fn hs256_keyed_with_any_form_of_the_public_key_is_refused() {
     let gw = Gateway::start();
     let key = Identity::load(&gw.data().join("gateway.key")).unwrap();
