@@ -23,6 +23,7 @@ mod metrics;
 mod pairing;
 mod policy;
 mod prometheus;
+mod rbac;
 mod recovery;
 mod relay;
 mod revocation;

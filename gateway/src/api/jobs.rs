@@ -65,7 +65,29 @@ fn summary_json(job: &crate::jobs::Job) -> Value {
 
 pub fn show(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
     let job = ctx.jobs.get(req.param(0))?;
-    Ok(Reply::Json(200, job_json(&job, ctx.answer_limit)))
+    if req.caller.sees_output() {
+        return Ok(Reply::Json(200, job_json(&job, ctx.answer_limit)));
+    }
+    Ok(Reply::Json(200, withheld_json(&job)))
+}
+
+/// A job as a viewer sees it: states, exit codes, durations and how many bytes each stream
+/// produced (`output_bytes`), but not the output itself (it needs operator or gateway).
+fn withheld_json(job: &crate::jobs::Job) -> Value {
+    // With nothing kept per stream, every byte a node produced is counted as dropped.
+    let mut v = job_json(job, 0);
+    if let Some(results) = v["results"].as_array_mut() {
+        for r in results.iter_mut().filter_map(Value::as_object_mut) {
+            for key in ["stdout", "stderr", "stdout_b64", "stderr_b64", "truncated"] {
+                r.remove(key);
+            }
+            if let Some(bytes) = r.remove("dropped_bytes") {
+                r.insert("output_bytes".into(), bytes);
+            }
+        }
+    }
+    v["output"] = json!("withheld: command output needs operator or gateway; this token is viewer");
+    v
 }
 
 pub fn stream(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {

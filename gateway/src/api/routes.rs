@@ -57,6 +57,12 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// Whether the caller may read command output (operator and gateway; not viewer): see
+    /// `GET /api/v1/jobs/{id}/stream` in [`ROUTES`].
+    pub fn sees_output(&self) -> bool {
+        self.token.as_ref().is_some_and(|t| t.role.can_exec())
+    }
+
     /// The name recorded in the audit log.
     pub fn actor(&self) -> &str {
         self.token.as_ref().map_or("anonymous", |t| &t.subject)
@@ -259,7 +265,9 @@ pub const ROUTES: &[Route] = &[
     Route {
         method: "GET",
         pattern: "/api/v1/jobs/{id}/stream",
-        permission: Permission::Read,
+        // Command output can carry what viewers must not read (env dumps, config files, keys): a
+        // viewer sees a job's states, exit codes and sizes (`GET /api/v1/jobs/{id}`), not its output.
+        permission: Permission::Exec,
         body_limit: SMALL,
         handler: jobs::stream,
     },
