@@ -20,18 +20,25 @@ use crate::jobs::target::Target;
 use crate::jobs::{Batch, Ev, Job, JobKind, NodeResult, Submit, GRACE};
 use crate::refusal::{bad_request, Kind, Refusal};
 
-/// Default and largest command timeout.
+use limits::{MAX_LANE, MAX_QUEUE_TTL_S, MAX_TIMEOUT_S};
+
+/// Default command timeout.
 const DEFAULT_TIMEOUT_S: u64 = 60;
-const MAX_TIMEOUT_S: u64 = 7 * 24 * 3600;
+
+/// Bounds of an exec body, also stated in the OpenAPI document.
+pub mod limits {
+    /// Largest command timeout.
+    pub const MAX_TIMEOUT_S: u64 = 7 * 24 * 3600;
+    /// Longest queue TTL.
+    pub const MAX_QUEUE_TTL_S: u64 = 30 * 24 * 3600;
+    /// Lane names: short words.
+    pub const MAX_LANE: usize = 64;
+}
 /// Output kept per node and stream (in the store and in whole answers) unless `serve
 /// --max-answer-bytes` says otherwise; the rest is counted. Streamed answers have no cap.
 pub const DEFAULT_ANSWER_LIMIT: usize = 1 << 20;
 /// A whole (non-streamed) answer carries at most this much output over all nodes.
 pub const ANSWER_TOTAL: usize = 64 << 20;
-/// Longest queue TTL.
-const MAX_QUEUE_TTL_S: u64 = 30 * 24 * 3600;
-/// Lane names: short words.
-const MAX_LANE: usize = 64;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

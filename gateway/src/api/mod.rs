@@ -12,6 +12,7 @@ mod health;
 mod jobs;
 mod local;
 mod nodes;
+mod openapi;
 mod prometheus;
 pub mod routes;
 mod status;
