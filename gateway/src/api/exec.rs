@@ -633,6 +633,15 @@ mod tests {
         assert_eq!(budget, 0);
     }
 
+    /// Regression (schemathesis): `[null, "id"]` was an exec body running `id` (serde fills a
+    /// struct from an array); `parse_body` takes objects only.
+    #[test]
+    fn an_array_is_not_an_exec_body() {
+        assert!(serde_json::from_slice::<ExecBody>(br#"[null, "id"]"#).is_ok());
+        let e = parse_body::<ExecBody>(br#"[null, "id"]"#).err().unwrap();
+        assert_eq!(e.kind, Kind::BadRequest);
+    }
+
     #[test]
     fn batches_are_counts_or_shares() {
         assert_eq!(parse_batch(&json!(10)).unwrap(), Batch::Nodes(10));
