@@ -241,3 +241,25 @@ fn real_answers_have_what_the_document_requires() {
         }
     }
 }
+
+/// Regression (found by schemathesis): serde filled a body struct from a JSON array, field by field,
+/// so `[null, null]` minted a join token and `[null, "id"]` was an exec body running `id`. Arrays
+/// are 400 now, and no join token or job comes of them.
+#[test]
+fn array_bodies_are_refused_not_read_positionally() {
+    let gw = Gateway::start();
+    for (path, body) in [
+        ("/api/v1/join-tokens", serde_json::json!([null, null])),
+        ("/api/v1/tokens", serde_json::json!(["viewer"])),
+        ("/api/v1/exec", serde_json::json!(["*", "id"])),
+    ] {
+        let (status, v) = gw.api("POST", path, Some(body));
+        assert_eq!(status, 400, "{path}: {v}");
+        assert_eq!(v["code"], "bad_request", "{v}");
+        assert!(v["error"].as_str().unwrap().contains("object"), "{v}");
+    }
+    let (_, joins) = gw.api("GET", "/api/v1/join-tokens", None);
+    assert_eq!(joins["join_tokens"], serde_json::json!([]), "{joins}");
+    let (_, jobs) = gw.api("GET", "/api/v1/jobs", None);
+    assert_eq!(jobs["jobs"], serde_json::json!([]), "{jobs}");
+}
