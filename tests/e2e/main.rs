@@ -20,6 +20,7 @@ mod hostile_http;
 mod link;
 mod max_nodes;
 mod metrics;
+mod openapi;
 mod pairing;
 mod policy;
 mod prometheus;

@@ -86,6 +86,14 @@ const ROWS: &[Row] = &[
         body: Some(""),
         want: public(400),
     },
+    // The API's description holds no secret: served to anyone, whatever token comes with it.
+    Row {
+        method: "GET",
+        pattern: "/api/v1/openapi.json",
+        path: "/api/v1/openapi.json",
+        body: None,
+        want: public(200),
+    },
     Row {
         method: "GET",
         pattern: "/api/v1/status",

@@ -20,18 +20,25 @@ use crate::jobs::target::Target;
 use crate::jobs::{Batch, Ev, Job, JobKind, NodeResult, Submit, GRACE};
 use crate::refusal::{bad_request, Kind, Refusal};
 
-/// Default and largest command timeout.
+use limits::{MAX_LANE, MAX_QUEUE_TTL_S, MAX_TIMEOUT_S};
+
+/// Default command timeout.
 const DEFAULT_TIMEOUT_S: u64 = 60;
-const MAX_TIMEOUT_S: u64 = 7 * 24 * 3600;
+
+/// Bounds of an exec body, also stated in the OpenAPI document.
+pub mod limits {
+    /// Largest command timeout.
+    pub const MAX_TIMEOUT_S: u64 = 7 * 24 * 3600;
+    /// Longest queue TTL.
+    pub const MAX_QUEUE_TTL_S: u64 = 30 * 24 * 3600;
+    /// Lane names: short words.
+    pub const MAX_LANE: usize = 64;
+}
 /// Output kept per node and stream (in the store and in whole answers) unless `serve
 /// --max-answer-bytes` says otherwise; the rest is counted. Streamed answers have no cap.
 pub const DEFAULT_ANSWER_LIMIT: usize = 1 << 20;
 /// A whole (non-streamed) answer carries at most this much output over all nodes.
 pub const ANSWER_TOTAL: usize = 64 << 20;
-/// Longest queue TTL.
-const MAX_QUEUE_TTL_S: u64 = 30 * 24 * 3600;
-/// Lane names: short words.
-const MAX_LANE: usize = 64;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -643,6 +650,15 @@ mod tests {
         assert_eq!(out["dropped_bytes"]["stdout"], 5);
         assert_eq!(out["truncated"], true);
         assert_eq!(budget, 0);
+    }
+
+    /// Regression (schemathesis): `[null, "id"]` was an exec body running `id` (serde fills a
+    /// struct from an array); `parse_body` takes objects only.
+    #[test]
+    fn an_array_is_not_an_exec_body() {
+        assert!(serde_json::from_slice::<ExecBody>(br#"[null, "id"]"#).is_ok());
+        let e = parse_body::<ExecBody>(br#"[null, "id"]"#).err().unwrap();
+        assert_eq!(e.kind, Kind::BadRequest);
     }
 
     #[test]

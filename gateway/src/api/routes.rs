@@ -9,7 +9,8 @@
 use serde_json::json;
 
 use super::{
-    agent, audit, exec, files, health, jobs, nodes, prometheus, status, tokens, Call, Ctx, Reply,
+    agent, audit, exec, files, health, jobs, nodes, openapi, prometheus, status, tokens, Call, Ctx,
+    Reply,
 };
 use crate::refusal::{Kind, Refusal};
 use crate::tokens::{Role, Verified};
@@ -135,6 +136,15 @@ pub const ROUTES: &[Route] = &[
         permission: Permission::Public,
         body_limit: FORM,
         handler: agent::pair,
+    },
+    // Public, as most APIs publish theirs: it is built from this table alone (no fleet data, no
+    // secret), and tools (code generators, schemathesis) read it before they hold a token.
+    Route {
+        method: "GET",
+        pattern: "/api/v1/openapi.json",
+        permission: Permission::Public,
+        body_limit: SMALL,
+        handler: openapi::serve,
     },
     Route {
         method: "GET",
@@ -511,7 +521,7 @@ mod tests {
         for r in ROUTES {
             if r.pattern.starts_with("/api/v1/agent/") {
                 assert_eq!(r.permission, Permission::Public, "{}", r.pattern);
-            } else if r.pattern != "/healthz" {
+            } else if !["/healthz", "/api/v1/openapi.json"].contains(&r.pattern) {
                 assert_ne!(r.permission, Permission::Public, "{}", r.pattern);
             }
         }
