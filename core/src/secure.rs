@@ -122,6 +122,14 @@ pub fn handshake<S: Read + Write + ?Sized>(
     })
 }
 
+/// The two halves of one direction under `key`, both counters at zero: what [`handshake`] builds
+/// from a derived key. For the fuzz targets (core/fuzz), which need an established channel without
+/// running a handshake per input; a connection's keys come from [`handshake`] alone.
+#[doc(hidden)]
+pub fn direction_from_key(key: &[u8; 32]) -> (Sealer, Opener) {
+    (Sealer::new(key), Opener::new(key))
+}
+
 /// `SHA-256("burrow-v2-transcript\0" ‖ len ‖ gateway Hello ‖ len ‖ agent Hello)`.
 fn transcript_hash(gateway_hello: &[u8], agent_hello: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();

@@ -63,3 +63,13 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
     }
     Ok(0)
 }
+
+/// Entry points for the fuzz targets (core/fuzz): the gateway's own parsers of untrusted input,
+/// reachable from outside the crate. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::api::exec::{parse_request, ExecRequest};
+    pub use crate::api::http_limits;
+    pub use crate::api::routes::EXEC_BODY;
+    pub use crate::refusal::{Kind, Refusal};
+}

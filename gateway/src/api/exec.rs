@@ -72,20 +72,99 @@ struct ExecBody {
     stdin_stream: bool,
 }
 
+/// An exec request body, checked: what the handlers submit. Nothing in it has been looked up (the
+/// target is parsed, not resolved against the registry).
+#[derive(Debug)]
+pub struct ExecRequest {
+    pub target: Target,
+    /// The target as given, for people (the job's `target`).
+    pub target_text: String,
+    pub spec: ExecSpec,
+    pub lane: String,
+    pub queue_ttl_s: Option<u64>,
+    pub batch: Option<Batch>,
+    pub run_async: bool,
+    pub stdin: Option<Vec<u8>>,
+    pub stdin_stream: bool,
+}
+
+/// Parses and checks the body of `POST /api/v1/exec` (`node` is `None`: the body names the target)
+/// or of `POST /api/v1/nodes/{node}/exec` (the path names it; a `target` in the body is refused).
+/// The one parser of both routes; pure, so the fuzz target `exec_request` (core/fuzz) calls it as is.
+/// Every refusal is a [`Kind::BadRequest`].
+pub fn parse_request(body: &[u8], node: Option<&str>) -> Result<ExecRequest, Refusal> {
+    let body: ExecBody = parse_body(body)?;
+    let (target, target_text) =
+        match (node, &body.target) {
+            (None, None) => {
+                return Err(bad_request(
+                    "\"target\" is missing (a node id, a list, \"*\", …)",
+                ))
+            }
+            (None, Some(value)) => {
+                let text = match value {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (Target::from_json(value)?, text)
+            }
+            (Some(_), Some(_)) => return Err(bad_request(
+                "this route runs on the node in its path; use POST /api/v1/exec for a \"target\"",
+            )),
+            (Some(node), None) => (Target::Ids(vec![node.to_string()]), node.to_string()),
+        };
+    let lane = body.lane.clone().unwrap_or_else(|| "default".into());
+    if lane.is_empty()
+        || lane.len() > MAX_LANE
+        || !lane
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    {
+        return Err(bad_request(format!(
+            "lane must be 1 to {MAX_LANE} letters, digits or -_.:"
+        )));
+    }
+    if let Some(ttl) = body.queue_ttl_s {
+        if ttl == 0 || ttl > MAX_QUEUE_TTL_S {
+            return Err(bad_request(format!(
+                "queue_ttl_s must be between 1 and {MAX_QUEUE_TTL_S}"
+            )));
+        }
+    }
+    let batch = body.batch.as_ref().map(parse_batch).transpose()?;
+    let stdin = match (&body.stdin, &body.stdin_b64) {
+        (Some(_), Some(_)) => return Err(bad_request("give \"stdin\" or \"stdin_b64\", not both")),
+        (Some(text), None) => Some(text.clone().into_bytes()),
+        (None, Some(b64)) => Some(
+            STANDARD
+                .decode(b64)
+                .map_err(|e| bad_request(format!("stdin_b64 is not base64: {e}")))?,
+        ),
+        (None, None) => None,
+    };
+    if body.stdin_stream && stdin.is_some() {
+        return Err(bad_request(
+            "give \"stdin\"/\"stdin_b64\" or \"stdin_stream\", not both",
+        ));
+    }
+    Ok(ExecRequest {
+        target,
+        target_text,
+        lane,
+        queue_ttl_s: body.queue_ttl_s,
+        batch,
+        run_async: body.run_async,
+        stdin,
+        stdin_stream: body.stdin_stream,
+        spec: validate(body)?,
+    })
+}
+
 /// `POST /api/v1/exec`.
 pub fn fleet(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
-    let body: ExecBody = parse_body(&req.call.body)?;
-    let target_value = body
-        .target
-        .clone()
-        .ok_or_else(|| bad_request("\"target\" is missing (a node id, a list, \"*\", …)"))?;
-    let target = Target::from_json(&target_value)?;
-    let text = match &target_value {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    let run_async = body.run_async;
-    let (job, entry) = submit(ctx, req, body, target, text)?;
+    let request = parse_request(&req.call.body, None)?;
+    let run_async = request.run_async;
+    let (job, entry) = submit(ctx, req, request)?;
     if run_async {
         return Ok(accepted(&job));
     }
@@ -100,19 +179,13 @@ pub fn fleet(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
 /// `POST /api/v1/nodes/{id}/exec`: one node, the answer of before the bus plus `state`.
 pub fn exec(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
     let node = req.param(0).to_string();
-    let body: ExecBody = parse_body(&req.call.body)?;
-    if body.target.is_some() {
-        return Err(bad_request(
-            "this route runs on the node in its path; use POST /api/v1/exec for a \"target\"",
-        ));
-    }
+    let request = parse_request(&req.call.body, Some(&node))?;
     // The node must exist and be approved: refused as before, with its own code.
-    if !ctx.bus.is_linked(&node) && body.queue_ttl_s.is_none() {
+    if !ctx.bus.is_linked(&node) && request.queue_ttl_s.is_none() {
         return Err(ctx.bus.why_unavailable(&node));
     }
-    let run_async = body.run_async;
-    let target = Target::Ids(vec![node.clone()]);
-    let (job, entry) = submit(ctx, req, body, target, node)?;
+    let run_async = request.run_async;
+    let (job, entry) = submit(ctx, req, request)?;
     if run_async {
         return Ok(accepted(&job));
     }
@@ -165,60 +238,21 @@ pub fn exec(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
 fn submit(
     ctx: &Ctx,
     req: &Req,
-    body: ExecBody,
-    target: Target,
-    target_text: String,
+    request: ExecRequest,
 ) -> Result<(Arc<Job>, Option<crate::audit::Pending>), Refusal> {
-    let lane = body.lane.clone().unwrap_or_else(|| "default".into());
-    if lane.is_empty()
-        || lane.len() > MAX_LANE
-        || !lane
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-    {
-        return Err(bad_request(format!(
-            "lane must be 1 to {MAX_LANE} letters, digits or -_.:"
-        )));
-    }
-    if let Some(ttl) = body.queue_ttl_s {
-        if ttl == 0 || ttl > MAX_QUEUE_TTL_S {
-            return Err(bad_request(format!(
-                "queue_ttl_s must be between 1 and {MAX_QUEUE_TTL_S}"
-            )));
-        }
-    }
-    let batch = body.batch.as_ref().map(parse_batch).transpose()?;
-    let stdin = match (&body.stdin, &body.stdin_b64) {
-        (Some(_), Some(_)) => return Err(bad_request("give \"stdin\" or \"stdin_b64\", not both")),
-        (Some(text), None) => Some(text.clone().into_bytes()),
-        (None, Some(b64)) => Some(
-            STANDARD
-                .decode(b64)
-                .map_err(|e| bad_request(format!("stdin_b64 is not base64: {e}")))?,
-        ),
-        (None, None) => None,
-    };
-    let stdin_stream = body.stdin_stream;
-    let acknowledged_at_once = body.run_async || wants_ndjson(req);
-    if stdin_stream && stdin.is_some() {
-        return Err(bad_request(
-            "give \"stdin\"/\"stdin_b64\" or \"stdin_stream\", not both",
-        ));
-    }
-    let queue_ttl_s = body.queue_ttl_s;
-    let spec = validate(body)?;
+    let acknowledged_at_once = request.run_async || wants_ndjson(req);
     let job = ctx.jobs.submit(Submit {
         kind: JobKind::Exec {
-            spec,
-            stdin,
-            stdin_stream,
+            spec: request.spec,
+            stdin: request.stdin,
+            stdin_stream: request.stdin_stream,
         },
         actor: req.caller.actor().to_string(),
-        target,
-        target_text,
-        lane,
-        queue_ttl_s,
-        batch,
+        target: request.target,
+        target_text: request.target_text,
+        lane: request.lane,
+        queue_ttl_s: request.queue_ttl_s,
+        batch: request.batch,
         acknowledged_at_once,
         // Answered whole: this worker waits for the job anyway (`Job::wait`), so it runs a part.
         run_in_waiter: !acknowledged_at_once,
@@ -674,6 +708,37 @@ mod tests {
             json!(true),
         ] {
             assert!(parse_batch(&bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Both routes parse with `parse_request`: the fleet route needs a target, the node route
+    /// refuses one and runs on the node in its path; every refusal is a 400.
+    #[test]
+    fn both_exec_routes_parse_with_one_parser() {
+        let r = parse_request(br#"{"target":"cap:gpu","argv":["nvidia-smi"]}"#, None).unwrap();
+        assert_eq!(r.target_text, "cap:gpu");
+        assert_eq!(r.lane, "default");
+        let r = parse_request(br#"{"command":"uptime","stdin":"x"}"#, Some("pi-1")).unwrap();
+        assert_eq!(r.target, Target::Ids(vec!["pi-1".into()]));
+        assert_eq!(r.stdin.as_deref(), Some(&b"x"[..]));
+        for (body, node) in [
+            (&br#"{"command":"uptime"}"#[..], None),
+            (br#"{"target":"pi-2","command":"uptime"}"#, Some("pi-1")),
+            (br#"{"command":"uptime","lane":"a b"}"#, Some("pi-1")),
+            (
+                br#"{"command":"x","stdin":"a","stdin_stream":true}"#,
+                Some("pi-1"),
+            ),
+            (br#"{"command":"x","argv":["x"]}"#, Some("pi-1")),
+            (b"[", Some("pi-1")),
+        ] {
+            let err = parse_request(body, node).unwrap_err();
+            assert_eq!(
+                err.kind,
+                Kind::BadRequest,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 

@@ -7,7 +7,7 @@
 
 mod agent;
 mod audit;
-mod exec;
+pub(crate) mod exec;
 mod files;
 mod health;
 mod jobs;
@@ -148,18 +148,7 @@ impl Api {
         tls: Option<tiny_http::SslConfig>,
         data_dir: &Path,
     ) -> anyhow::Result<(Listeners, SocketAddr, u16)> {
-        // Bounds that keep one client from holding memory, threads or workers (issue 6 §2; our
-        // tiny_http patch, gateway/vendor/tiny_http/PATCHES.md). Bodies up to the largest route
-        // limit are read by the connection's thread before a worker sees the request, so stalled
-        // uploads hold no worker. The body limit itself is the route's (413 with the API's JSON,
-        // from the declared length before any byte is read: `dispatch`), so tiny_http sets none.
-        let mut limits = tiny_http::Limits::default();
-        limits.max_body_bytes = None;
-        limits.buffer_body_up_to = routes::MAX_BODY_LIMIT;
-        // A client refused for a body a few times too large (a 1 MiB command) still gets to read its
-        // 413 instead of a broken pipe: its body is drained (fixed buffer, on the connection's
-        // thread) rather than the connection closed under it.
-        limits.drain_limit = 4 << 20;
+        let limits = http_limits();
         let bind = |addr: SocketAddr, tls: Option<tiny_http::SslConfig>| {
             let listener = std::net::TcpListener::bind(addr)
                 .with_context(|| format!("binding the API on {addr}"))?;
@@ -576,6 +565,23 @@ fn percent_decode(text: &str) -> Result<String, Refusal> {
         }
     }
     String::from_utf8(out).map_err(|_| bad())
+}
+
+/// The API listener's bounds, which keep one client from holding memory, threads or workers (issue 6
+/// §2; our tiny_http patch, gateway/vendor/tiny_http/PATCHES.md). Bodies up to the largest route
+/// limit are read by the connection's thread before a worker sees the request, so stalled uploads
+/// hold no worker. The body limit itself is the route's (413 with the API's JSON, from the declared
+/// length before any byte is read: `dispatch`), so tiny_http sets none. Also the fuzz target
+/// `http`'s (core/fuzz).
+pub fn http_limits() -> tiny_http::Limits {
+    let mut limits = tiny_http::Limits::default();
+    limits.max_body_bytes = None;
+    limits.buffer_body_up_to = routes::MAX_BODY_LIMIT;
+    // A client refused for a body a few times too large (a 1 MiB command) still gets to read its
+    // 413 instead of a broken pipe: its body is drained (fixed buffer, on the connection's thread)
+    // rather than the connection closed under it.
+    limits.drain_limit = 4 << 20;
+    limits
 }
 
 /// Parses a JSON body (an object; empty reads as `{}`) into `T`, with a 400 that says what is wrong.

@@ -482,7 +482,11 @@ pub const ENTRIES: &[Entry] = &[
             ),
             q("node", STRING, "Entries about this node."),
             q("actor", STRING, "Entries by this token name or Unix user."),
-            q("action", STRING, "Entries of this action (`exec`, `token.create`, …)."),
+            q(
+                "action",
+                STRING,
+                "Entries of this action (`exec`, `token.create`, …).",
+            ),
             q(
                 "cursor",
                 || json!({"type": "integer", "minimum": 0}),

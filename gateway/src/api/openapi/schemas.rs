@@ -583,7 +583,9 @@ pub mod answers {
     /// `chain::seal`), oldest first, and the cursor of the next page.
     pub fn audit() -> Value {
         let entry = obj(
-            &["seq", "ts", "actor", "action", "target", "detail", "prev", "hash"],
+            &[
+                "seq", "ts", "actor", "action", "target", "detail", "prev", "hash",
+            ],
             json!({
                 "seq": uint(),
                 "ts": time(),

@@ -390,7 +390,10 @@ impl ClientConnection {
 /// Parses a "HTTP/1.1" string.
 fn parse_http_version(version: &str) -> Result<HTTPVersion, ReadError> {
     let (major, minor) = match version {
-        "HTTP/0.9" => (0, 9),
+        // PATCH(http09-status-line): `HTTP/0.9` is no longer accepted here. A 0.9 request has no
+        // version token and no headers, so a request line naming it is not one; upstream served it
+        // and answered with an `HTTP/0.9 <status>` status line, which no HTTP version has (found
+        // by core/fuzz's `http` target). It is now 505, as every version but 1.0 and 1.1.
         "HTTP/1.0" => (1, 0),
         "HTTP/1.1" => (1, 1),
         // PATCH(http2-deadlock): any other well-formed version is answered 505 before a
@@ -436,6 +439,29 @@ mod test {
         assert!(ver == crate::common::HTTPVersion(1, 1));
 
         assert!(super::parse_request_line("GET /hello").is_err());
+        assert!(matches!(
+            super::parse_request_line("GET /hello HTTP/0.9"),
+            Err(super::ReadError::UnsupportedVersion)
+        ));
         assert!(super::parse_request_line("qsd qsd qsd").is_err());
+    }
+
+    /// PATCH(http09-status-line): the input core/fuzz's `http` target found (an `HTTP/0.9` request
+    /// line, then a header line the parser refuses) was answered `HTTP/0.9 400 Bad Request`, and
+    /// a well-formed one `HTTP/0.9 200`: status lines of no HTTP version. Both are now 505 with an
+    /// `HTTP/1.1` status line, and the connection is closed.
+    #[test]
+    fn http_0_9_request_line_answered_505_not_with_an_http_0_9_status_line() {
+        let found = b"PUT /api/v1/files?targe\0\0&path=/t\0\0\0\0\0\0/\0\0\0mp/x HTTP/0.9\r\n\
+            Host: xu\0\0\0\0\0\0\0,\r\nTransfer-Encoding: chunked\r\nh\n\r\r5\nello\r\n\
+            k7;ext=1\r\n\"wod\r\n0\r\n\r\n";
+        for input in [&found[..], b"GET / HTTP/0.9\r\n\r\nGET / HTTP/1.1\r\n\r\n"] {
+            let served =
+                crate::fuzzing::serve_bytes(input, crate::Limits::default(), drop).unwrap();
+            let text = String::from_utf8_lossy(&served.output).into_owned();
+            assert_eq!(served.requests, 0, "{}", text);
+            assert!(text.starts_with("HTTP/1.1 505 "), "{}", text);
+            assert!(!text.contains("HTTP/0.9"), "{}", text);
+        }
     }
 }

@@ -130,6 +130,9 @@ mod body;
 mod client;
 mod common;
 mod connection;
+// PATCH(fuzzing): requests read from bytes in memory, for fuzz targets (PATCHES.md, 10).
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod limits;
 mod request;
 mod response;
