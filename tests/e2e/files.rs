@@ -325,7 +325,7 @@ fn stdin_streams_ten_megabytes_exactly() {
     let follow = {
         let (url, token) = (
             gw.url(&format!("/api/v1/jobs/{id}/stream")),
-            gw.token("viewer"),
+            gw.token("operator"),
         );
         std::thread::spawn(move || {
             let http: ureq::Agent = ureq::Agent::config_builder().build().into();
