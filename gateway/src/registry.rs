@@ -384,7 +384,9 @@ mod tests {
         s.nodes.insert("pi-3".into(), pending);
         // Not in id order: the registry keeps the list's order.
         s.join_tokens = vec![token("zz"), token("aa")];
-        s.revoked_jtis.insert("j1".into(), now() + 600);
+        // A fixed time far ahead, not `now() + …`: two calls of `sample()` a second apart must be
+        // equal (`a_corrupt_state_json_is_an_error_and_stays` compared 1796234474 with …475 once).
+        s.revoked_jtis.insert("j1".into(), 4_000_000_000);
         s
     }
 
