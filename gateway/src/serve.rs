@@ -139,9 +139,13 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         },
     )?;
     let ends = audit_log.handle();
+    // Queued, not waited for: the hook runs on the jobs engine's path (the link's reader, a
+    // whole answer's worker), where an fsync per job would hold every answer back. What an answer
+    // acknowledges, the `exec` entry, is durable before it goes out; the end follows in the next
+    // group commit.
     jobs.on_end(Box::new(move |job| {
         if let Some((action, detail)) = crate::audit::ends::of(job) {
-            ends.record(&job.meta.actor, action, &job.meta.target, detail);
+            drop(ends.queue(&job.meta.actor, action, &job.meta.target, detail));
         }
     }));
     // A weak handle, so `serve` stays the only owner and `stop()` (which also kills sshd's
