@@ -39,8 +39,11 @@ wait_for() { # wait_for SECONDS WHAT CMD...: poll a condition with a deadline
   done
 }
 
-# The Quickstart section's shell blocks and text, from the README being checked.
-readme=$repo/README.md
+echo "quickstart: fresh clone of $(git -C "$repo" rev-parse --short HEAD) in $work/burrow"
+git clone -q "$repo" "$work/burrow"
+
+# The Quickstart section's shell blocks and text, from the clone's README (what a new user reads).
+readme=$work/burrow/README.md
 blocks=$(python3 - "$readme" <<'PY'
 import json, re, sys
 text = open(sys.argv[1]).read()
@@ -60,8 +63,6 @@ build=$(field 'v["build"]')
 mapfile -t try < <(field '"\n".join(v["try"])')
 [ "${#try[@]}" = 4 ] || { echo "quickstart: expected 4 commands in the try-it block, found ${#try[@]}"; exit 1; }
 
-echo "quickstart: fresh clone of $(git -C "$repo" rev-parse --short HEAD) in $work/burrow"
-git clone -q "$repo" "$work/burrow"
 cd "$work/burrow"
 # A reused build must still be where the README's `./target/release/agent` looks.
 [ -n "${CARGO_TARGET_DIR:-}" ] && ln -s "$CARGO_TARGET_DIR" target
