@@ -259,6 +259,8 @@ fn heartbeat_source(data_dir: &Path, liveness: &Liveness) -> crate::service::Hea
             max_jobs: 0,
             running: 0,
             policy: Some(Box::new(crate::policy::summary())),
+            // Declared services come with issue 10 (agent services).
+            services: Vec::new(),
         }
     })
 }

@@ -107,6 +107,20 @@ pub struct Heartbeat {
     /// Boxed so the rarely-read summary does not grow every `Message`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<Box<PolicySummary>>,
+    /// The services the node declares (`agent run --service`), whether reachable now or not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceInfo>,
+}
+
+/// A service a node declares: what the gateway lists in `GET /api/v1/nodes/{id}` → `services`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceInfo {
+    /// Its name (what `gateway connect NODE NAME` asks for).
+    pub name: String,
+    /// Where the agent connects on the node: `127.0.0.1:22`, `[::1]:8123` or `unix:/run/x.sock`.
+    pub target: String,
+    /// Whether the node's owner allows streams to it now (the policy file can turn it off).
+    pub enabled: bool,
 }
 
 /// What a node says about its exec policy: enough to know what it will refuse, not the rules.

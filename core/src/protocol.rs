@@ -95,6 +95,38 @@
 //!
 //! `Cancel` or `Reset` aborts a transfer (a `put` then leaves nothing behind).
 //!
+//! # Services
+//!
+//! A connection to a service the node declared (`agent run --service ssh=127.0.0.1:22`) is its own
+//! request, opened with [`Message::Open`] on stream [`stream::FIRST_OPENED`] with
+//! [`Purpose::Service`] and JSON params [`ServiceParams`]. That one stream carries bytes both ways,
+//! each direction with its own credit (`Data`, `Credit` and `Eof` name the sender's direction):
+//!
+//! - agent → gateway starts with [`INITIAL_WINDOW`]; gateway → agent starts with **none**: the
+//!   agent grants [`INITIAL_WINDOW`] with a `Credit` once it has connected to the service's address.
+//!   That first `Credit` is the "connected" answer; the gateway sends nothing before it.
+//! - If the agent will not or cannot connect, it answers [`Message::Failed`] instead, the request's
+//!   only and last frame, whose message begins `refused (<code>): ` with a code of
+//!   [`service_refusal`] (not declared, turned off by the node's owner, too many streams) or
+//!   `unreachable: ` (the address refused or timed out).
+//! - `Eof` half-closes the sender's direction: the agent shuts down the write half of its socket to
+//!   the service when the gateway's `Eof` arrives (after the bytes before it), and sends `Eof` when
+//!   the service closes its side. Once both directions have ended, the agent sends `Exit` (exit code
+//!   0): the request's last frame.
+//! - `Reset` or `Cancel` from the gateway, or `Reset` from the agent (the service reset the
+//!   connection, the node's idle timeout for streams expired), aborts both directions; after the
+//!   agent's `Reset` nothing more comes on the request.
+//!
+//! # Terminals
+//!
+//! An `Exec` whose spec has a [`Tty`] runs the command on a pseudo-terminal of that size, as the
+//! leader of a new session with the terminal as its controlling terminal (so Ctrl-C, a `0x03`
+//! byte on stdin, interrupts the foreground process group, and job control works). Standard input,
+//! output and error all go through the terminal: `STDIN` writes to it, `STDOUT` carries everything
+//! it prints, `STDERR` carries nothing. [`Message::Resize`] sets the terminal's size (the session
+//! gets `SIGWINCH`); [`Message::Signal`] signals the session's foreground process group. `Eof` on
+//! `STDIN` closes nothing (a terminal has no end of input; send the `VEOF` byte, Ctrl-D, instead).
+//!
 //! # Flow control
 //!
 //! Every stream direction starts with [`INITIAL_WINDOW`] bytes of credit. A sender never puts more
@@ -250,6 +282,41 @@ pub struct ExecSpec {
     /// `/dev/null`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stdin: bool,
+    /// Run the command on a pseudo-terminal of this size (see "Terminals" in the module doc).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<Tty>,
+}
+
+/// A pseudo-terminal for a command ([`ExecSpec::tty`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tty {
+    /// Rows (at least 1).
+    pub rows: u16,
+    /// Columns (at least 1).
+    pub cols: u16,
+    /// `TERM` for the command (the agent's default, `xterm-256color`, when `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<String>,
+}
+
+/// Params of a [`Purpose::Service`] stream (JSON in [`Message::Open`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceParams {
+    /// The service's name, as the node declared it (`agent run --service NAME=ADDR`).
+    pub service: String,
+}
+
+/// How a [`Message::Failed`] answering a service `Open` begins, so the gateway can tell the
+/// caller which it was: `"refused (<code>): <why>"` or `"unreachable: <why>"`.
+pub mod service_refusal {
+    /// The node declares no service of that name.
+    pub const NOT_DECLARED: &str = "not-declared";
+    /// The node's owner turned the service (or all services) off in the policy file.
+    pub const TURNED_OFF: &str = "turned-off";
+    /// The node already carries as many service streams as its owner allows.
+    pub const TOO_MANY: &str = "too-many-streams";
+    /// Prefix of the message when the agent could not connect to the service's address.
+    pub const UNREACHABLE: &str = "unreachable";
 }
 
 /// How a command ended.

@@ -334,6 +334,7 @@ fn validate(body: ExecBody) -> Result<ExecSpec, Refusal> {
         cwd: body.cwd,
         timeout_s,
         stdin: false,
+        tty: None,
     })
 }
 
