@@ -14,8 +14,8 @@ wait_for() { # wait_for SECONDS CMD... : poll a condition with a deadline
   until "$@" >/dev/null 2>&1; do [ $SECONDS -lt $end ] || { echo "timed out: $*"; exit 1; }; sleep 0.1; done
 }
 
-# start_burrow AGENT_BINARY: release gateway with managed sshd, one agent "bench" joined and online.
-# Sets GW, API, TOKEN, AGENT_PID.
+# start_burrow AGENT_BINARY: release gateway with managed sshd, one agent "bench" joined and online,
+# run with the extra flags in AGENT_EXTRA (an array, may be unset). Sets GW, API, TOKEN, AGENT_PID.
 start_burrow() {
   cargo build --release -q -p burrow-gateway -p burrow-agent
   GW=${CARGO_TARGET_DIR:-$PWD/target}/release/gateway
@@ -23,7 +23,7 @@ start_burrow() {
   wait_for 30 test -f "$WORK/gw/run.json"
   API=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["api"])' "$WORK/gw/run.json")
   local join; join=$("$GW" --data-dir "$WORK/gw" join create 2>/dev/null)
-  "$1" --data-dir "$WORK/agent" --log warn run --join "$join" --name bench 2>"$WORK/agent.log" & AGENT_PID=$!
+  "$1" --data-dir "$WORK/agent" --log warn run --join "$join" --name bench ${AGENT_EXTRA[@]+"${AGENT_EXTRA[@]}"} 2>"$WORK/agent.log" & AGENT_PID=$!
   pids+=("$AGENT_PID")
   TOKEN=$("$GW" --data-dir "$WORK/gw" token create --role operator)
   wait_for 30 node_online
