@@ -54,6 +54,25 @@ pub enum Command {
         /// here must exist.
         #[arg(long, value_name = "FILE", env = "BURROW_POLICY")]
         policy: Option<PathBuf>,
+        /// A service on the node the gateway's operators may reach (`gateway connect NODE NAME`),
+        /// as NAME=ADDR: `ssh=127.0.0.1:22`, `web=unix:/run/web.sock`. Repeat for more; nothing
+        /// else on the node is reachable. The policy file can turn each off (docs/services.md).
+        #[arg(
+            long = "service",
+            value_name = "NAME=ADDR",
+            env = "BURROW_SERVICES",
+            value_delimiter = ',',
+            value_parser = crate::services::parse_declared
+        )]
+        services: Vec<crate::services::Declared>,
+        /// Service streams open at once at most; more are refused.
+        #[arg(
+            long,
+            value_name = "N",
+            env = "BURROW_MAX_STREAMS",
+            default_value_t = crate::services::DEFAULT_MAX_STREAMS
+        )]
+        max_streams: usize,
         #[command(flatten)]
         link: Link,
     },

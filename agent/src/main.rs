@@ -17,6 +17,7 @@ mod policy;
 mod reaper;
 mod run;
 mod service;
+mod services;
 mod state;
 mod tunnel;
 
@@ -49,14 +50,19 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
             profile,
             max_concurrent,
             policy,
+            services,
+            max_streams,
             link,
         } => run::run(
             &dir()?,
             join.as_deref(),
             &profile,
-            max_concurrent.into(),
+            run::Serving {
+                max_concurrent: max_concurrent.into(),
+                policy: policy.as_deref(),
+                services: services::Services::new(services, max_streams)?,
+            },
             link,
-            policy.as_deref(),
         ),
         cli::Command::Join { join, profile } => {
             let state = pairing::join(&dir()?, &join, &profile)?;

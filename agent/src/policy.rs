@@ -65,6 +65,8 @@ struct File {
     file_dirs: Option<Vec<PathBuf>>,
     #[serde(default = "yes")]
     services: bool,
+    #[serde(default)]
+    services_off: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -117,8 +119,10 @@ pub struct Policy {
     pub allow_env: Vec<String>,
     /// `None`: anywhere (allow-all without `file_dirs`); empty: no transfers.
     pub file_dirs: Option<Vec<PathBuf>>,
-    /// Reserved for issue 10 (services on/off): parsed and reported, not enforced yet.
+    /// Whether streams to the node's declared services are allowed at all.
     pub services: bool,
+    /// Declared services the owner turned off one by one (`services_off`).
+    pub services_off: Vec<String>,
 }
 
 impl Default for Policy {
@@ -132,6 +136,7 @@ impl Default for Policy {
             allow_env: Vec::new(),
             file_dirs: None,
             services: true,
+            services_off: Vec::new(),
         }
     }
 }
@@ -310,6 +315,7 @@ impl Policy {
             allow_env: file.allow_env,
             file_dirs,
             services: file.services,
+            services_off: file.services_off,
         })
     }
 
@@ -444,6 +450,23 @@ impl Policy {
                 format!("no rule lists {} (from {:?})", program.display(), argv[0])
             },
         ))
+    }
+
+    /// Whether a stream to the declared service `name` may be opened now.
+    pub fn check_service(&self, name: &str) -> Result<(), Refused> {
+        if !self.services {
+            return Err(Refused::new(
+                "services",
+                "the node's owner turned all services off (services = false)",
+            ));
+        }
+        if self.services_off.iter().any(|s| s == name) {
+            return Err(Refused::new(
+                "services_off",
+                format!("the node's owner turned service {name:?} off (services_off)"),
+            ));
+        }
+        Ok(())
     }
 
     /// Checks a file transfer's path (`put`: the file to write, `get`: the file to read).

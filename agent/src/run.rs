@@ -59,14 +59,26 @@ impl Link {
 /// Jobs and transfers the agent runs at once when `--max-concurrent` is not given.
 pub const DEFAULT_MAX_CONCURRENT: u16 = 64;
 
+/// What the node serves: how many jobs at once, under which policy, and which services.
+pub struct Serving<'a> {
+    pub max_concurrent: usize,
+    pub policy: Option<&'a Path>,
+    pub services: crate::services::Services,
+}
+
 pub fn run(
     dir: &DataDir,
     join: Option<&str>,
     profile: &Profile,
-    max_concurrent: usize,
+    serving: Serving<'_>,
     link: Link,
-    policy: Option<&Path>,
 ) -> anyhow::Result<()> {
+    let Serving {
+        max_concurrent,
+        policy,
+        services,
+    } = serving;
+    let services = Arc::new(services);
     let identity = dir.identity()?;
     // The owner's policy before anything can run: a bad file stops the agent here.
     crate::policy::install(policy, dir.path())?;
@@ -95,9 +107,10 @@ pub fn run(
             Limits::new(max_concurrent.max(1)),
             Cgroups::detect(),
         )?),
+        services: services.clone(),
         liveness,
         revoked: Default::default(),
-        heartbeat: Some(heartbeat_source(dir.path(), &liveness)),
+        heartbeat: Some(heartbeat_source(dir.path(), &liveness, services)),
         last_contact: Mutex::new(Instant::now()),
     });
     let mut backoff = BACKOFF_MIN;
@@ -240,7 +253,11 @@ fn session(
 
 /// The node's heartbeats: version, metrics, faults, when it was sent and when the next one is due at
 /// the latest. The figures are sampled when the beat is made (on the connection's heartbeat thread).
-fn heartbeat_source(data_dir: &Path, liveness: &Liveness) -> crate::service::HeartbeatSource {
+fn heartbeat_source(
+    data_dir: &Path,
+    liveness: &Liveness,
+    services: Arc<crate::services::Services>,
+) -> crate::service::HeartbeatSource {
     let sampler = Mutex::new(Sampler::new());
     let faults = Faults::new(data_dir).with_check(Box::new(crate::policy::fault));
     let interval_s = liveness.latest_beat_s();
@@ -259,8 +276,7 @@ fn heartbeat_source(data_dir: &Path, liveness: &Liveness) -> crate::service::Hea
             max_jobs: 0,
             running: 0,
             policy: Some(Box::new(crate::policy::summary())),
-            // Declared services come with issue 10 (agent services).
-            services: Vec::new(),
+            services: services.info(),
         }
     })
 }
@@ -357,6 +373,10 @@ mod tests {
         assert_eq!(link.silent_limit(), Duration::from_secs(60));
     }
 
+    fn no_services() -> Arc<crate::services::Services> {
+        Arc::new(crate::services::Services::new(Vec::new(), 1).unwrap())
+    }
+
     /// A beat says when it was sent (the gateway's clock offset) and when the next is due at the
     /// latest, and carries the data dir's faults.
     #[test]
@@ -364,7 +384,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let live = Liveness::new(Duration::from_secs(20), Duration::from_secs(30));
         let before = unix_ms(SystemTime::now());
-        let beat = heartbeat_source(dir.path(), &live)();
+        let beat = heartbeat_source(dir.path(), &live, no_services())();
         let after = unix_ms(SystemTime::now());
         assert!(
             (before..=after).contains(&beat.sent_at_ms),
@@ -377,7 +397,7 @@ mod tests {
         assert!(beat.metrics.mem_total > 0 && !beat.metrics.filesystems.is_empty());
 
         let gone = dir.path().join("gone");
-        let beat = heartbeat_source(&gone, &live)();
+        let beat = heartbeat_source(&gone, &live, no_services())();
         assert_eq!(beat.faults.len(), 1, "{:?}", beat.faults);
         assert_eq!(
             beat.faults[0].code,

@@ -75,6 +75,7 @@ use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender, Try
 
 use crate::files;
 use crate::jobs::Jobs;
+use crate::services;
 
 /// The shortest read timeout the reader sets (so a deadline a hair away does not spin it).
 const MIN_READ_TIMEOUT: Duration = Duration::from_millis(10);
@@ -96,6 +97,8 @@ pub struct ServiceContext {
     pub gateway_key: PublicKey,
     /// The node's jobs, shared by all connections; also holds the concurrency limit.
     pub jobs: Arc<Jobs>,
+    /// The services the node declares (`--service`), and the streams open to them.
+    pub services: Arc<crate::services::Services>,
     /// When to ping a quiet gateway, when to give up on it, how often to send heartbeats.
     pub liveness: Liveness,
     /// Set when the gateway said `Bye` with [`bye::REVOKED`]: why. The agent then stops for good.
@@ -469,6 +472,7 @@ impl Connection {
                 Message::Credit { id, stream, bytes } => match self.request(id) {
                     Some(Request::Exec { job, gen }) => job.add_credit(gen, stream, bytes),
                     Some(Request::File(t)) if stream == files::STREAM => t.add_credit(bytes),
+                    Some(Request::Service(f)) if stream == services::STREAM => f.add_credit(bytes),
                     _ => {}
                 },
                 Message::Data { id, stream, data } => match self.request(id) {
@@ -478,6 +482,9 @@ impl Connection {
                     Some(Request::File(t)) if stream == files::STREAM => t
                         .data(data)
                         .map_err(|e| anyhow!("protocol error: request {id}: {e}"))?,
+                    Some(Request::Service(f)) if stream == services::STREAM => f
+                        .data(data)
+                        .map_err(|e| anyhow!("protocol error: request {id}: {e}"))?,
                     _ => log::debug!("request {id}: ignoring data on stream {stream}"),
                 },
                 Message::Eof { id, stream } => match self.request(id) {
@@ -485,6 +492,7 @@ impl Connection {
                         job.stdin_end(gen, false)
                     }
                     Some(Request::File(t)) if stream == files::STREAM => t.eof(),
+                    Some(Request::Service(f)) if stream == services::STREAM => f.eof(),
                     _ => {}
                 },
                 Message::Reset { id, stream, reason } => match self.request(id) {
@@ -494,11 +502,13 @@ impl Connection {
                     Some(Request::File(t)) if stream == files::STREAM => {
                         t.abort(Some(format!("the gateway reset the transfer: {reason}")))
                     }
+                    Some(Request::Service(f)) if stream == services::STREAM => f.abort(),
                     _ => {}
                 },
                 Message::Cancel { id } => match self.request(id) {
                     Some(Request::Exec { job, .. }) => job.cancel(),
                     Some(Request::File(t)) => t.abort(Some("cancelled".into())),
+                    Some(Request::Service(f)) => f.abort(),
                     None => log::debug!("cancel for request {id}, which is not running"),
                 },
                 Message::Done { id } => {

@@ -11,6 +11,7 @@ use burrow_core::protocol::{ExecSpec, Message, Purpose};
 use super::{lock, Connection};
 use crate::files::{self, Transfer};
 use crate::job::{Job, Served, Sink};
+use crate::services::{self, Flow};
 
 /// Requests in flight, by id; an entry is removed just before the request's last frame is sent.
 pub(crate) type Registry = Arc<Mutex<HashMap<u32, Request>>>;
@@ -25,6 +26,8 @@ pub(super) enum Request {
     Exec { job: Arc<Job>, gen: u64 },
     /// A file transfer.
     File(Arc<Transfer>),
+    /// A stream to a declared service.
+    Service(Arc<Flow>),
 }
 
 impl Connection {
@@ -96,6 +99,9 @@ impl Connection {
         purpose: Purpose,
         params: String,
     ) -> anyhow::Result<()> {
+        if purpose == Purpose::Service && stream == services::STREAM {
+            return self.open_service(id, params);
+        }
         if purpose != Purpose::File || stream != files::STREAM {
             // Streams of other purposes come with later features: refuse them cleanly.
             return self.reply(Message::Reset {
@@ -124,6 +130,33 @@ impl Connection {
             let frame = files::serve(id, &params, &transfer, &sink);
             drop(slot);
             if let Some(frame) = frame {
+                last(frame);
+            }
+        });
+        if let Err((e, _)) = spawned {
+            return self.reply(Message::Failed {
+                id,
+                message: format!("starting a thread for the request: {e}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// A stream to a declared service (protocol doc, "Services"), on thread `svc-<id>`.
+    fn open_service(&mut self, id: u32, params: String) -> anyhow::Result<()> {
+        self.join_finished();
+        if let Some(message) = self.refusal(id) {
+            return self.reply(Message::Reset {
+                id,
+                stream: services::STREAM,
+                reason: message,
+            });
+        }
+        let flow = Arc::new(Flow::default());
+        let request = Request::Service(flow.clone());
+        let (sink, services) = (self.sink(), self.ctx.services.clone());
+        let spawned = self.spawn_request(format!("svc-{id}"), id, request, move |last| {
+            if let Some(frame) = services::serve(id, &params, &services, &flow, &sink) {
                 last(frame);
             }
         });
@@ -186,6 +219,7 @@ impl Connection {
             match request {
                 Request::Exec { job, gen } => self.ctx.jobs.detach(&job, gen),
                 Request::File(transfer) => transfer.abort(None),
+                Request::Service(flow) => flow.abort(),
             }
         }
         self.threads.drain(..).for_each(join_request);

@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-mod support;
+pub(crate) mod support;
 pub(crate) use support::*;
 
 #[test]

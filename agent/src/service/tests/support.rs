@@ -88,6 +88,7 @@ impl TestNode {
             identity: Identity::generate("node"),
             gateway_key: node.gateway.public(),
             jobs: Arc::new(jobs),
+            services: no_services(),
             liveness: Liveness::default(),
             revoked: Default::default(),
             heartbeat: None,
@@ -118,6 +119,21 @@ impl TestNode {
             ),
             ..node
         }
+    }
+
+    /// A node that declares `services`, at most `max_streams` streams at once.
+    pub fn with_services(services: Vec<crate::services::Declared>, max_streams: usize) -> TestNode {
+        let node = TestNode::new(4);
+        let mut ctx = context(
+            &node.gateway.public(),
+            node.dir.path(),
+            node.limits,
+            Liveness::default(),
+            None,
+        );
+        Arc::get_mut(&mut ctx).expect("fresh context").services =
+            Arc::new(crate::services::Services::new(services, max_streams).unwrap());
+        TestNode { ctx, ..node }
     }
 
     /// The same data dir served by a fresh agent (what a restart, or a kill -9, leaves on disk).
@@ -153,6 +169,10 @@ impl TestNode {
     }
 }
 
+fn no_services() -> Arc<crate::services::Services> {
+    Arc::new(crate::services::Services::new(Vec::new(), 1).unwrap())
+}
+
 fn context(
     gateway_key: &PublicKey,
     data: &std::path::Path,
@@ -164,6 +184,7 @@ fn context(
         identity: Identity::generate("node"),
         gateway_key: *gateway_key,
         jobs: Arc::new(Jobs::open(data, limits, None).unwrap()),
+        services: no_services(),
         liveness,
         revoked: Default::default(),
         heartbeat,
