@@ -189,6 +189,33 @@ impl RequestHandle {
     pub fn cancel(&self) {
         let _ = self.link.send(&Message::Cancel { id: self.id });
     }
+
+    /// Sends bytes on a stream the gateway writes, within credit the caller tracks (from a thread
+    /// other than the one reading the request's events).
+    pub fn send_data(&self, stream: u32, data: Vec<u8>) -> Result<(), Refusal> {
+        self.link.send(&Message::Data {
+            id: self.id,
+            stream,
+            data,
+        })
+    }
+
+    /// Half-closes a stream the gateway writes.
+    pub fn send_eof(&self, stream: u32) -> Result<(), Refusal> {
+        self.link.send(&Message::Eof {
+            id: self.id,
+            stream,
+        })
+    }
+
+    /// Aborts a stream both ways.
+    pub fn reset(&self, stream: u32, reason: &str) -> Result<(), Refusal> {
+        self.link.send(&Message::Reset {
+            id: self.id,
+            stream,
+            reason: reason.to_string(),
+        })
+    }
 }
 
 impl Request {
@@ -231,6 +258,11 @@ impl Request {
             id: self.id,
             stream,
         })
+    }
+
+    /// Aborts a stream both ways.
+    pub fn reset(&self, stream: u32, reason: &str) {
+        let _ = self.handle().reset(stream, reason);
     }
 
     /// The outcome is stored durably: the agent may forget it.
@@ -349,6 +381,32 @@ impl Bus {
         node: &str,
         params: &burrow_core::protocol::FileParams,
     ) -> Result<Request, Refusal> {
+        self.open(
+            node,
+            burrow_core::protocol::Purpose::File,
+            serde_json::to_string(params).expect("file params serialize"),
+        )
+    }
+
+    /// Opens a stream to a service the node declares (protocol: "Services") on stream
+    /// `stream::FIRST_OPENED`; the agent's first `Credit` says it connected.
+    pub fn open_service(&self, node: &str, service: &str) -> Result<Request, Refusal> {
+        let params = burrow_core::protocol::ServiceParams {
+            service: service.to_string(),
+        };
+        self.open(
+            node,
+            burrow_core::protocol::Purpose::Service,
+            serde_json::to_string(&params).expect("service params serialize"),
+        )
+    }
+
+    fn open(
+        &self,
+        node: &str,
+        purpose: burrow_core::protocol::Purpose,
+        params: String,
+    ) -> Result<Request, Refusal> {
         let link = lock(&self.links).get(node).cloned();
         let Some(link) = link else {
             return Err(self.why_unavailable(node));
@@ -364,8 +422,8 @@ impl Bus {
         link.send(&Message::Open {
             id,
             stream: stream::FIRST_OPENED,
-            purpose: burrow_core::protocol::Purpose::File,
-            params: serde_json::to_string(params).expect("file params serialize"),
+            purpose,
+            params,
         })?;
         Ok(request)
     }

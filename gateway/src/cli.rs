@@ -79,6 +79,14 @@ pub enum Command {
     /// Copy a file to nodes or from a node, streamed (any size), checked by SHA-256.
     #[command(after_long_help = CP_HELP)]
     Cp(CpArgs),
+    /// Bridge stdin/stdout to a service the node declares (agent run --service), e.g. its sshd.
+    #[command(after_long_help = CONNECT_HELP)]
+    Connect {
+        /// The node's id (its name).
+        node: String,
+        /// The service, as the node declared it (`gateway nodes show NODE` lists them).
+        service: String,
+    },
     /// Write a hardened systemd unit and the config file, then print how to start the service.
     #[command(
         after_long_help = "Example:\n  sudo gateway install --ssh-public vm.example.com:2222\n  gateway install --print config"
@@ -585,6 +593,15 @@ pub enum JobsCommand {
         id: String,
     },
 }
+
+const CONNECT_HELP: &str = "\
+Examples:
+  ssh -o ProxyCommand='gateway connect %h ssh' pi@pi-1
+  # from a laptop, through the VM (in ~/.ssh/config: see docs/services.md)
+  ssh -o ProxyCommand='ssh vm gateway connect %h ssh' pi@pi-1
+
+The node declares what may be reached: agent run --service ssh=127.0.0.1:22. Nothing else on it is
+reachable; its owner can turn services off in the policy file (services_off). Audited.";
 
 /// `gateway cp SOURCE DEST`: one side local (or `-`), the other `TARGET:/path`.
 #[derive(Debug, clap::Args)]

@@ -51,6 +51,9 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Exec(args) => return Ok(client::exec::run(dir, args)),
         Command::Jobs(c) => return Ok(client::jobs::run(dir, c)),
         Command::Cp(args) => return Ok(client::cp::run(dir, args)),
+        Command::Connect { node, service } => {
+            return Ok(client::connect::run(dir, &node, &service))
+        }
         Command::Install(args) => install::run(dir, cli.log, &args)?,
         Command::Audit(c) => return client::audit::run(dir, c),
         Command::Backup { file, force } => {

@@ -37,13 +37,17 @@ pub enum Kind {
     Timeout,
     /// The gateway holds as many nodes as `serve --max-nodes` allows.
     NodeLimit,
+    /// A cap on concurrent use is reached (service streams): try again later.
+    TooMany,
+    /// The node could not reach what it was asked to connect to (a service's address).
+    BadGateway,
     /// A bug or an I/O failure on the gateway.
     Internal,
 }
 
 impl Kind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 18] = [
         Kind::BadRequest,
         Kind::Unauthorized,
         Kind::Forbidden,
@@ -59,6 +63,8 @@ impl Kind {
         Kind::Unavailable,
         Kind::Timeout,
         Kind::NodeLimit,
+        Kind::TooMany,
+        Kind::BadGateway,
         Kind::Internal,
     ];
 
@@ -72,6 +78,8 @@ impl Kind {
             Kind::MethodNotAllowed => 405,
             Kind::Conflict | Kind::NodePending | Kind::NodeRejected | Kind::NodeLimit => 409,
             Kind::TooLarge => 413,
+            Kind::TooMany => 429,
+            Kind::BadGateway => 502,
             Kind::Internal => 500,
             Kind::NodeOffline | Kind::NodeLost | Kind::Unavailable => 503,
             Kind::Timeout => 504,
@@ -96,6 +104,8 @@ impl Kind {
             Kind::Unavailable => "unavailable",
             Kind::Timeout => "timeout",
             Kind::NodeLimit => "node_limit",
+            Kind::TooMany => "too_many",
+            Kind::BadGateway => "bad_gateway",
             Kind::Internal => "internal",
         }
     }

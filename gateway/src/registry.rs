@@ -112,6 +112,8 @@ pub struct Live {
     pub agent_version: Option<String>,
     /// The node owner's exec policy, as the node last said (`GET /api/v1/nodes/{id}` shows it).
     pub policy: Option<Box<PolicySummary>>,
+    /// The services the node declares, as it last said (`GET /api/v1/nodes/{id}` → `services`).
+    pub services: Vec<burrow_core::api::ServiceInfo>,
 }
 
 /// The registry; all mutation goes through [`Registry::update`], which persists before returning.
@@ -151,6 +153,7 @@ impl Registry {
                 entry.metrics = Some(beat.metrics);
                 entry.agent_version = Some(beat.version);
                 entry.policy = beat.policy;
+                entry.services = beat.services;
             }
         }
         Ok(Registry {
@@ -231,6 +234,7 @@ impl Registry {
             l.metrics = Some(beat.metrics);
             l.agent_version = Some(beat.version);
             l.policy = beat.policy;
+            l.services = beat.services;
         });
     }
 

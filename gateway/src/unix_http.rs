@@ -60,7 +60,7 @@ pub fn request(
     let length = body.len().to_string();
     let mut all = headers.to_vec();
     all.push(("Content-Length", &length));
-    let mut stream = send_head(socket, method, path, &all)?;
+    let mut stream = send_head(socket, method, path, &all, "close")?;
     let sent = stream.write_all(body);
     match (sent, read_response(BufReader::new(stream))) {
         (_, Ok(response)) => Ok(response),
@@ -71,15 +71,17 @@ pub fn request(
     }
 }
 
-/// Connects and sends the request line and headers (plus `Host` and `Connection: close`).
+/// Connects and sends the request line and headers (plus `Host` and `Connection`).
 fn send_head(
     socket: &Path,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
+    connection: &str,
 ) -> anyhow::Result<UnixStream> {
     let mut stream = UnixStream::connect(socket).map_err(|e| not_reachable(socket, e))?;
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n");
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nHost: gateway\r\nConnection: {connection}\r\n");
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -116,7 +118,7 @@ impl Upload {
             None => all.push(("Transfer-Encoding", "chunked")),
         }
         Ok(Upload {
-            stream: send_head(socket, method, path, &all)?,
+            stream: send_head(socket, method, path, &all, "close")?,
             remaining: length,
             what: format!("{method} {path}"),
         })
@@ -192,6 +194,39 @@ impl Write for Upload {
     }
 }
 
+/// What an upgrade request got: the stream's two halves (the read half keeps what came after the
+/// `101` head), or the gateway's refusal.
+pub enum Upgraded {
+    Stream {
+        read: Box<dyn Read + Send>,
+        write: UnixStream,
+    },
+    Refused(Response),
+}
+
+/// Sends `POST path` asking to switch to `protocol` (`Connection: Upgrade`).
+pub fn upgrade(socket: &Path, path: &str, protocol: &str) -> anyhow::Result<Upgraded> {
+    let stream = send_head(
+        socket,
+        "POST",
+        path,
+        &[("Upgrade", protocol), ("Content-Length", "0")],
+        "Upgrade",
+    )?;
+    let write = stream
+        .try_clone()
+        .context("duplicating the gateway connection")?;
+    let response = read_response(BufReader::new(stream))?;
+    if response.status == 101 {
+        Ok(Upgraded::Stream {
+            read: response.into_reader(),
+            write,
+        })
+    } else {
+        Ok(Upgraded::Refused(response))
+    }
+}
+
 fn not_reachable(socket: &Path, e: std::io::Error) -> anyhow::Error {
     let dir = socket.parent().unwrap_or(socket);
     let why = match e.kind() {
@@ -248,17 +283,19 @@ fn read_response<R: BufRead + Send + 'static>(mut reader: R) -> anyhow::Result<R
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.to_ascii_lowercase())
     };
-    let body: Box<dyn Read + Send> =
-        if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-            Box::new(chunked_transfer::Decoder::new(reader))
-        } else if let Some(length) = header("content-length") {
-            let length: u64 = length
-                .parse()
-                .with_context(|| format!("the gateway sent Content-Length {length:?}"))?;
-            Box::new(reader.take(length))
-        } else {
-            Box::new(reader)
-        };
+    let body: Box<dyn Read + Send> = if status == 101 {
+        // Switched protocols: what follows is the new protocol's stream, not a body.
+        Box::new(reader)
+    } else if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        Box::new(chunked_transfer::Decoder::new(reader))
+    } else if let Some(length) = header("content-length") {
+        let length: u64 = length
+            .parse()
+            .with_context(|| format!("the gateway sent Content-Length {length:?}"))?;
+        Box::new(reader.take(length))
+    } else {
+        Box::new(reader)
+    };
     Ok(Response {
         status,
         headers,

@@ -129,6 +129,14 @@ const ROWS: &[Row] = &[
         body: None,
         want: guarded(200, 200, 200),
     },
+    // Without `Upgrade: burrow-stream` an allowed caller is told how (400); services.rs streams.
+    Row {
+        method: "POST",
+        pattern: "/api/v1/nodes/{id}/services/{name}/connect",
+        path: "/api/v1/nodes/pi-1/services/ssh/connect",
+        body: None,
+        want: guarded(403, 400, 400),
+    },
     Row {
         method: "GET",
         pattern: "/api/v1/nodes/{id}/history",

@@ -16,12 +16,14 @@ mod nodes;
 mod openapi;
 mod prometheus;
 pub mod routes;
+mod services;
+pub use services::PROTOCOL as SERVICE_STREAM;
 mod status;
 mod tokens;
 
 pub use exec::DEFAULT_ANSWER_LIMIT;
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -81,7 +83,12 @@ pub struct Call {
     pub peer_uid: Option<u32>,
     /// The caller's address over TCP (denied requests are counted per source in the audit log).
     pub peer_ip: Option<std::net::IpAddr>,
+    /// The `Upgrade` header's protocol (empty if none) when `Connection` asks for an upgrade.
+    pub upgrade: Option<String>,
 }
+
+/// What relays an upgraded connection, given its read and write halves.
+pub type Relay = Box<dyn FnOnce(Box<dyn Read + Send>, Box<dyn Write + Send>) + Send>;
 
 /// What a handler answers.
 pub enum Reply {
@@ -93,6 +100,12 @@ pub enum Reply {
     Bytes {
         job_id: String,
         body: Box<dyn Read + Send>,
+    },
+    /// `101 Switching Protocols` to `protocol`; `run` then relays on the connection's two halves, on
+    /// a thread of its own (the API worker is free again at once).
+    Upgrade {
+        protocol: &'static str,
+        run: Relay,
     },
     /// A text body of its own media type (`/metrics`).
     Text {
@@ -108,6 +121,7 @@ impl Reply {
         match self {
             Reply::Json(status, _) | Reply::Text { status, .. } => *status,
             Reply::Stream(_) | Reply::Bytes { .. } => 200,
+            Reply::Upgrade { .. } => 101,
         }
     }
 }
@@ -269,6 +283,10 @@ fn serve(ctx: &Ctx, mut request: Request) {
         content_length: request.body_length().map(|n| n as u64),
         peer_uid: request.peer_credentials().map(|c| c.uid),
         peer_ip: request.remote_addr().map(|a| a.ip()),
+        // As tiny_http decides it (which then hands over the raw stream): `Connection` alone.
+        upgrade: header("Connection")
+            .filter(|c| c.to_ascii_lowercase().contains("upgrade"))
+            .map(|_| header("Upgrade").unwrap_or_default()),
     };
     let declared = request.body_length();
     let reply = dispatch(ctx, call, declared, request.as_reader());
@@ -293,6 +311,17 @@ fn respond(request: Request, reply: Reply) {
             request.respond(response)
         }
         Reply::Stream(lines) => stream(request, lines),
+        Reply::Upgrade { protocol, run } => {
+            let (up, down) =
+                request.upgrade_split(protocol, Response::empty(tiny_http::StatusCode(101)));
+            match std::thread::Builder::new()
+                .name("stream".into())
+                .spawn(move || run(up, down))
+            {
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
         Reply::Text {
             status,
             content_type: media,
@@ -364,6 +393,14 @@ fn route_and_run(
             let refusal = Refusal::new(Kind::NotFound, format!("no route {path}"));
             return (None, error_reply(&refusal));
         }
+    };
+    // After an upgrade request's head comes the new protocol's stream, not a body (tiny_http puts
+    // no timeout on it): never read it here, on any route, or a worker would wait on it for good.
+    let mut nothing = std::io::empty();
+    let body: &mut dyn Read = if call.upgrade.is_some() {
+        &mut nothing
+    } else {
+        body
     };
     if route.body_limit != routes::STREAMED {
         if let Err(r) = read_body(route, declared, body, &mut call.body) {

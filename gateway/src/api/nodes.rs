@@ -209,5 +209,6 @@ fn node_json(ctx: &Ctx, n: &NodeRecord) -> Value {
         "approved_at": n.approved_at.map(rfc3339),
         "metrics": live.metrics,
         "policy": live.policy,
+        "services": live.services,
     })
 }

@@ -189,6 +189,7 @@ fn media_type(m: Media) -> &'static str {
         Media::Ndjson => "application/x-ndjson",
         Media::Bytes => "application/octet-stream",
         Media::Prometheus => "text/plain",
+        Media::Upgrade => "application/octet-stream",
     }
 }
 

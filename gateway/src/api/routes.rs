@@ -9,8 +9,8 @@
 use serde_json::json;
 
 use super::{
-    agent, audit, exec, files, health, jobs, nodes, openapi, prometheus, status, tokens, Call, Ctx,
-    Reply,
+    agent, audit, exec, files, health, jobs, nodes, openapi, prometheus, services, status, tokens,
+    Call, Ctx, Reply,
 };
 use crate::refusal::{Kind, Refusal};
 use crate::tokens::{Role, Verified};
@@ -180,6 +180,14 @@ pub const ROUTES: &[Route] = &[
         permission: Permission::Read,
         body_limit: SMALL,
         handler: health::metrics,
+    },
+    // A byte stream to a service the node declares, over an HTTP upgrade (`gateway connect`).
+    Route {
+        method: "POST",
+        pattern: "/api/v1/nodes/{id}/services/{name}/connect",
+        permission: Permission::Exec,
+        body_limit: SMALL,
+        handler: services::connect,
     },
     Route {
         method: "GET",

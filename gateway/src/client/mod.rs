@@ -19,6 +19,7 @@ use crate::runinfo;
 use crate::unix_http;
 
 pub mod audit;
+pub mod connect;
 pub mod cp;
 pub mod exec;
 pub mod health;

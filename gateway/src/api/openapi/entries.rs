@@ -51,6 +51,8 @@ pub enum Media {
     Bytes,
     /// The Prometheus text format.
     Prometheus,
+    /// After `101 Switching Protocols`: the raw bytes of a service stream, both ways.
+    Upgrade,
 }
 
 const fn ok(schema: fn() -> Value, description: &'static str) -> Answer {
@@ -218,6 +220,22 @@ pub const ENTRIES: &[Entry] = &[
         body: Body::None,
         answers: &[ok(answers::samples, "Samples.")],
         errors: &[400, 404],
+    },
+    Entry {
+        method: "POST",
+        pattern: "/api/v1/nodes/{id}/services/{name}/connect",
+        summary: "A byte stream to a service the node declares, over an HTTP upgrade \
+                  (`Connection: Upgrade`, `Upgrade: burrow-stream`; `gateway connect` speaks it).",
+        query: &[],
+        body: Body::None,
+        answers: &[Answer {
+            status: 101,
+            media: Media::Upgrade,
+            schema: STRING,
+            description: "Connected: the connection now carries the service's bytes both ways; \
+                          the client half-closes its side when it has nothing more to send.",
+        }],
+        errors: &[400, 404, 409, 429, 502, 503, 504],
     },
     Entry {
         method: "GET",

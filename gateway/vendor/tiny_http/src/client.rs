@@ -216,7 +216,12 @@ impl ClientConnection {
         std::mem::swap(&mut self.next_header_source, &mut data_source);
 
         // PATCH(read-timeouts): from here on the stream carries this request's body.
-        let body_timeout = self.limits.body_idle_timeout();
+        // PATCH(upgrade-split): unless it asks for an upgrade: what follows is then a stream of
+        // its own, quiet for as long as its user is (a shell, an ssh session), not a body.
+        let upgrade = headers.iter().any(|h: &crate::Header| {
+            h.field.equiv("Connection") && h.value.as_str().to_ascii_lowercase().contains("upgrade")
+        });
+        let body_timeout = self.limits.body_idle_timeout().filter(|_| !upgrade);
         data_source
             .with_inner(|r| {
                 r.get_mut()

@@ -117,6 +117,22 @@ impl<R> Drop for NotifyOnDrop<R> {
     }
 }
 
+/// PATCH(upgrade-split): the write half of an upgrade whose 101 could not be sent; it holds the
+/// real one so that dropping it still ends the request.
+struct FailingWriter(#[allow(dead_code)] Box<dyn Write + Send>);
+
+impl Write for FailingWriter {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        Err(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "the client went away before the upgrade",
+        ))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Error that can happen when building a `Request` object.
 #[derive(Debug)]
 pub enum RequestCreationError {
@@ -428,6 +444,43 @@ impl Request {
         } else {
             Box::new(stream) as Box<dyn ReadWrite + Send>
         }
+    }
+
+    /// PATCH(upgrade-split): like [`Request::upgrade`], but the stream comes as its two halves, so
+    /// one thread can read while another writes (a byte stream relayed both ways). Dropping the
+    /// write half ends the connection's use by this request: once the server lets go of it too, the
+    /// socket's write side is shut down, which the client sees as the end of the stream. Reads on
+    /// the read half have no timeout (see `client.rs`: an upgrade's stream is not a body).
+    pub fn upgrade_split<R: Read>(
+        mut self,
+        protocol: &str,
+        response: Response<R>,
+    ) -> (Box<dyn Read + Send>, Box<dyn Write + Send>) {
+        let printed = response.raw_print(
+            self.response_writer.as_mut().unwrap().by_ref(),
+            self.http_version.clone(),
+            &self.headers,
+            false,
+            Some(protocol),
+        );
+        let flushed = self.response_writer.as_mut().unwrap().flush();
+        let reader = self.extract_reader_impl();
+        let writer = self.extract_writer_impl();
+        let writer: Box<dyn Write + Send> = match self.notify_when_responded.take() {
+            Some(sender) => Box::new(NotifyOnDrop {
+                sender,
+                inner: writer,
+            }),
+            None => writer,
+        };
+        if printed.is_err() || flushed.is_err() {
+            // The client is gone: hand back halves that say so at once.
+            return (
+                Box::new(io::empty()),
+                Box::new(FailingWriter(writer)) as Box<dyn Write + Send>,
+            );
+        }
+        (reader, writer)
     }
 
     /// Allows to read the body of the request.
