@@ -319,7 +319,9 @@ impl Job {
     pub fn stdin_end(&self, gen: u64, abort: bool) {
         self.update(|s| {
             let attached = s.attach.as_ref().is_some_and(|a| a.gen == gen);
-            if let Some(stdin) = s.stdin.as_mut().filter(|_| attached) {
+            // A terminal has no end of input (Ctrl-D is a byte): only a reset stops it.
+            let terminal = s.tty.is_some() && !abort;
+            if let Some(stdin) = s.stdin.as_mut().filter(|_| attached && !terminal) {
                 stdin.eof = true;
                 stdin.closed |= abort;
             }

@@ -29,6 +29,7 @@ mod recovery;
 mod relay;
 mod revocation;
 mod security;
+mod shell;
 mod sshd_access;
 mod store;
 mod tls;

@@ -25,6 +25,7 @@ pub mod health;
 mod interrupt;
 pub mod jobs;
 mod render;
+pub mod shell;
 mod target;
 pub mod tokens;
 

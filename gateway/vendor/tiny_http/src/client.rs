@@ -216,7 +216,9 @@ impl ClientConnection {
         std::mem::swap(&mut self.next_header_source, &mut data_source);
 
         // PATCH(read-timeouts): from here on the stream carries this request's body.
-        let body_timeout = self.limits.body_idle_timeout();
+        // PATCH(streamed-bodies): an interactive stream is neither timed out nor buffered.
+        let streamed = self.limits.streamed_body.is_some_and(|f| f(&path));
+        let body_timeout = self.limits.body_idle_timeout().filter(|_| !streamed);
         data_source
             .with_inner(|r| {
                 r.get_mut()
@@ -238,7 +240,11 @@ impl ClientConnection {
             writer,
             &crate::body::BodyLimits {
                 max_body_bytes: self.limits.max_body_bytes,
-                buffer_body_up_to: self.limits.buffer_body_up_to,
+                buffer_body_up_to: if streamed {
+                    0
+                } else {
+                    self.limits.buffer_body_up_to
+                },
                 drain_limit: self.limits.drain_limit,
                 close_connection: self.close_connection.clone(),
             },
