@@ -35,10 +35,11 @@
 //! does kill it); if it still holds the pipes after [`KILL_GRACE`], the pipe readers are told to give
 //! up through a stop pipe, so the job still ends.
 
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, PoisonError};
 use std::thread::{self, Scope};
 use std::time::{Duration, Instant};
@@ -89,7 +90,16 @@ pub fn run(job: &Job, spec: &ExecSpec, cgroups: Option<&Cgroups>) -> Ending {
                 return Ending::Failed(refused.message());
             }
         };
-    let mut command = match build(spec, &plan) {
+    let pair = match &spec.tty {
+        Some(tty) => match pty::open(tty.rows, tty.cols) {
+            Ok(pair) => Some(pair),
+            Err(e) => {
+                return Ending::Failed(format!("opening a pseudo-terminal: {}", describe(&e)))
+            }
+        },
+        None => None,
+    };
+    let mut command = match build(spec, &plan, pair.as_ref().map(|p| &p.slave)) {
         Ok(command) => command,
         Err(message) => return Ending::Failed(message),
     };
@@ -111,10 +121,16 @@ pub fn run(job: &Job, spec: &ExecSpec, cgroups: Option<&Cgroups>) -> Ending {
             return Ending::Failed(format!("spawning `{program}`: {}", describe(&e)));
         }
     };
-    // `process_group(0)` makes the child the leader of a new group whose id is its pid.
+    // `process_group(0)` (or `setsid` on a pty) makes the child the leader of a new group whose id
+    // is its pid.
     let group = Pid::from_child(&child);
-    let stdin = child.stdin.take();
-    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+    // The command holds the slave's copies: dropped, the master reads EIO once the job lets go.
+    drop(command);
+    let ends = match pair {
+        Some(pair) => terminal_ends(job, pair, group),
+        None => pipe_ends(&mut child),
+    };
+    let Some((stdin, stdout, stderr)) = ends else {
         kill_all(group, cgroup.as_ref());
         let _ = child.wait();
         return Ending::Failed("the command's pipes were not created".into());
@@ -132,10 +148,11 @@ pub fn run(job: &Job, spec: &ExecSpec, cgroups: Option<&Cgroups>) -> Ending {
         let mut helpers = spawn_helper(scope, format!("job-{n}-out"), move || {
             pump(stdout, 0, job, stop)
         })
-        .and_then(|()| {
-            spawn_helper(scope, format!("job-{n}-err"), move || {
+        .and_then(|()| match stderr {
+            Some(stderr) => spawn_helper(scope, format!("job-{n}-err"), move || {
                 pump(stderr, 1, job, stop)
-            })
+            }),
+            None => Ok(()),
         })
         .and_then(|()| spawn_helper(scope, format!("job-{n}-wait"), move || reap(child, job)));
         if let (Ok(()), Some(stdin)) = (&helpers, stdin) {
@@ -228,7 +245,7 @@ pub fn run(job: &Job, spec: &ExecSpec, cgroups: Option<&Cgroups>) -> Ending {
 }
 
 /// Turns the request into a `Command`, or says why it cannot run.
-fn build(spec: &ExecSpec, plan: &Plan) -> Result<Command, String> {
+fn build(spec: &ExecSpec, plan: &Plan, slave: Option<&OwnedFd>) -> Result<Command, String> {
     let mut command = match (&spec.command, &spec.argv) {
         // Checked by the allowlist: exactly the canonical program it matched, no PATH lookup.
         (None, Some(_)) if plan.arg0.is_some() => {
@@ -271,6 +288,9 @@ fn build(spec: &ExecSpec, plan: &Plan) -> Result<Command, String> {
             .env("USER", &user.name)
             .env("LOGNAME", &user.name);
     }
+    if let Some(tty) = &spec.tty {
+        command.env("TERM", tty.term.as_deref().unwrap_or(pty::DEFAULT_TERM));
+    }
     command.envs(&spec.env);
     if let Some(cwd) = &spec.cwd {
         // Checked here because a failed chdir in the child is reported like a failed exec.
@@ -280,6 +300,17 @@ fn build(spec: &ExecSpec, plan: &Plan) -> Result<Command, String> {
             Ok(_) => {}
         }
         command.current_dir(cwd);
+    }
+    if let Some(slave) = slave {
+        let copy = || {
+            slave
+                .try_clone()
+                .map(Stdio::from)
+                .map_err(|e| format!("duplicating the terminal: {}", describe(&e)))
+        };
+        command.stdin(copy()?).stdout(copy()?).stderr(copy()?);
+        pty::controlling_terminal(&mut command);
+        return Ok(command);
     }
     command
         .stdin(if spec.stdin {
@@ -291,6 +322,30 @@ fn build(spec: &ExecSpec, plan: &Plan) -> Result<Command, String> {
         .stderr(Stdio::piped())
         .process_group(0);
     Ok(command)
+}
+
+/// What the helpers read and write: stdin (if fed), stdout, stderr (none on a terminal).
+type Ends = (Option<OwnedFd>, File, Option<File>);
+
+fn pipe_ends(child: &mut Child) -> Option<Ends> {
+    let stdin = child.stdin.take().map(OwnedFd::from);
+    let stdout = File::from(OwnedFd::from(child.stdout.take()?));
+    let stderr = File::from(OwnedFd::from(child.stderr.take()?));
+    Some((stdin, stdout, Some(stderr)))
+}
+
+/// A terminal job: everything goes through the master, which the job keeps for resize and signals.
+fn terminal_ends(job: &Job, pair: pty::Pair, group: Pid) -> Option<Ends> {
+    let reader = pair.master.try_clone().ok()?;
+    let writer = pair.master.try_clone().ok()?;
+    job.update(|s| {
+        s.open_pipes = 1;
+        s.tty = Some(crate::job::Terminal {
+            master: pair.master,
+            session: group,
+        });
+    });
+    Some((Some(writer), File::from(reader), None))
 }
 
 /// The OS's wording for `e`, without std's " (os error N)" suffix.
@@ -367,6 +422,10 @@ fn read_chunk<P: Read + AsFd>(pipe: &mut P, stop: BorrowedFd<'_>, buf: &mut [u8]
             Ok(0) => return None,
             Ok(n) => return Some(n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // A terminal's master shares its non-blocking flag with the stdin writer.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // A terminal's master once every process closed the slave: the end of output.
+            Err(e) if e.raw_os_error() == Some(Errno::IO.raw_os_error()) => return None,
             Err(e) => {
                 log::warn!("reading a command's output: {e}");
                 return None;
@@ -395,8 +454,7 @@ fn wait_ready(fd: BorrowedFd<'_>, flags: PollFlags, stop: BorrowedFd<'_>) -> Opt
 
 /// Writes the gateway's stdin into the command's pipe, granting credit as it goes; closes the pipe
 /// at `Eof`, when the job is detached or over.
-fn feed_stdin(pipe: ChildStdin, job: &Job, stop: BorrowedFd<'_>) {
-    let pipe: OwnedFd = pipe.into();
+fn feed_stdin(pipe: OwnedFd, job: &Job, stop: BorrowedFd<'_>) {
     // Non-blocking, so a command that never reads its stdin cannot pin this thread past the job.
     if let Err(e) = rustix::fs::fcntl_getfl(&pipe)
         .and_then(|flags| rustix::fs::fcntl_setfl(&pipe, flags | rustix::fs::OFlags::NONBLOCK))
@@ -465,6 +523,9 @@ fn write_all_polled(pipe: &mut std::fs::File, mut data: &[u8], stop: BorrowedFd<
     }
     true
 }
+
+mod pty;
+pub use pty::{resize as resize_terminal, signal as signal_terminal};
 
 #[cfg(test)]
 mod tests;

@@ -104,6 +104,15 @@ pub struct JobState {
     pub(crate) reaped: Option<Option<std::process::ExitStatus>>,
     /// Pipe readers still running.
     pub(crate) open_pipes: u8,
+    /// The job's pseudo-terminal, while it runs on one.
+    pub(crate) tty: Option<Terminal>,
+}
+
+/// A running job's pseudo-terminal.
+pub(crate) struct Terminal {
+    pub(crate) master: std::os::fd::OwnedFd,
+    /// The session's (and its leader's process group's) id.
+    pub(crate) session: rustix::process::Pid,
 }
 
 /// The request a job's output goes to.
@@ -260,6 +269,32 @@ impl Job {
         self.update(|s| s.cancelled = true);
     }
 
+    /// The gateway resized the job's terminal; a job without one ignores it.
+    pub fn resize(&self, rows: u16, cols: u16) {
+        let state = self.lock();
+        if let Some(tty) = state.tty.as_ref().filter(|_| state.ending.is_none()) {
+            if let Err(e) = crate::exec::resize_terminal(&tty.master, rows, cols) {
+                log::debug!("job {}: resizing its terminal: {e}", self.id);
+            }
+        }
+    }
+
+    /// The gateway signals the job: its terminal's foreground process group, or (without a
+    /// terminal) its process group.
+    pub fn signal(&self, signal: i32) {
+        let state = self.lock();
+        if state.ending.is_some() {
+            return;
+        }
+        let sent = match &state.tty {
+            Some(tty) => crate::exec::signal_terminal(&tty.master, tty.session, signal),
+            None => Ok(()),
+        };
+        if let Err(e) = sent {
+            log::debug!("job {}: signal {signal}: {e}", self.id);
+        }
+    }
+
     /// stdin bytes from the gateway. `Err`: the gateway sent beyond the credit it holds.
     pub fn stdin_data(&self, gen: u64, data: &[u8]) -> Result<(), String> {
         self.update(|s| {
@@ -284,7 +319,9 @@ impl Job {
     pub fn stdin_end(&self, gen: u64, abort: bool) {
         self.update(|s| {
             let attached = s.attach.as_ref().is_some_and(|a| a.gen == gen);
-            if let Some(stdin) = s.stdin.as_mut().filter(|_| attached) {
+            // A terminal has no end of input (Ctrl-D is a byte): only a reset stops it.
+            let terminal = s.tty.is_some() && !abort;
+            if let Some(stdin) = s.stdin.as_mut().filter(|_| attached && !terminal) {
                 stdin.eof = true;
                 stdin.closed |= abort;
             }
@@ -391,6 +428,7 @@ impl JobState {
             killed: false,
             reaped: None,
             open_pipes: 0,
+            tty: None,
         }
     }
 

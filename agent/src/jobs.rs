@@ -205,7 +205,7 @@ impl Jobs {
             )));
         }
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        let entry = Arc::new(Job::new(job.clone(), seq, spec.stdin));
+        let entry = Arc::new(Job::new(job.clone(), seq, spec.stdin || spec.tty.is_some()));
         let gen = entry.attach(request, sink);
         let jobs = Arc::clone(self);
         let running = Arc::clone(&entry);

@@ -1,5 +1,5 @@
 //! `agent`: runs on each node behind NAT. See README.md.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)] // one exception: exec::pty::controlling_terminal (pre_exec)
 
 mod cgroup;
 mod cli;

@@ -537,9 +537,14 @@ impl Connection {
                     }
                     return Ok(());
                 }
-                Message::Resize { id, .. } | Message::Signal { id, .. } => {
-                    log::debug!("request {id}: ignoring {}", message.kind_name())
-                }
+                Message::Resize { id, rows, cols } => match self.request(id) {
+                    Some(Request::Exec { job, .. }) => job.resize(rows, cols),
+                    _ => log::debug!("request {id}: ignoring Resize"),
+                },
+                Message::Signal { id, signal } => match self.request(id) {
+                    Some(Request::Exec { job, .. }) => job.signal(signal),
+                    _ => log::debug!("request {id}: ignoring Signal"),
+                },
                 other => bail!(
                     "protocol error: unexpected {} from the gateway",
                     other.kind_name()

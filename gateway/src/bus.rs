@@ -216,6 +216,23 @@ impl RequestHandle {
             reason: reason.to_string(),
         })
     }
+
+    /// The request's terminal has a new size (a tty job).
+    pub fn resize(&self, rows: u16, cols: u16) {
+        let _ = self.link.send(&Message::Resize {
+            id: self.id,
+            rows,
+            cols,
+        });
+    }
+
+    /// Signals the request's foreground process group (a tty job).
+    pub fn signal(&self, signal: i32) {
+        let _ = self.link.send(&Message::Signal {
+            id: self.id,
+            signal,
+        });
+    }
 }
 
 impl Request {

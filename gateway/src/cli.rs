@@ -70,6 +70,9 @@ pub enum Command {
     /// Run a command on one node or many, like ssh: prints the output, exits with the node's code.
     #[command(after_long_help = EXEC_HELP)]
     Exec(ExecArgs),
+    /// An interactive shell (or COMMAND) on a node's pseudo-terminal, like `ssh -t`.
+    #[command(after_long_help = SHELL_HELP)]
+    Shell(ShellArgs),
     /// Jobs (every exec and file transfer is one): list, show, cancel, follow.
     #[command(
         subcommand,
@@ -470,6 +473,19 @@ Example:
   echo hi | gateway exec pi-1 cat
   gateway exec --async --queue-ttl 1h label:site=home reboot";
 
+const SHELL_HELP: &str = "\
+Without COMMAND: the node user's login shell (`exec \"${SHELL:-/bin/sh}\" -l`). The command runs on a
+pseudo-terminal of the local terminal's size and TERM; the local terminal is raw meanwhile, so
+Ctrl-C, Ctrl-Z and Ctrl-D go to the remote side, and a resized window resizes the remote terminal.
+The exit code is the remote command's (128+N if a signal N killed it, 255 if it did not run). With
+stdin not a terminal (a pipe) there is no pseudo-terminal: stdin streams as with `gateway exec`.
+The node's exec policy applies to the command as to any exec. Default time limit: a week.
+
+Example:
+  gateway shell pi-1
+  gateway shell pi-1 htop
+  gateway shell --timeout 2h pi-1 'tmux new -A -s main'";
+
 const CP_HELP: &str = "\
 A remote side is TARGET:/absolute/path: the target ends at the last `:` before the path's leading
 `/`, so `label:site=home:/opt/x` is target `label:site=home`, path `/opt/x`. Uploads go to every
@@ -529,6 +545,23 @@ pub struct ExecArgs {
     /// Send no stdin (the command reads EOF), like ssh -n; stdin is a terminal or /dev/null: the same.
     #[arg(short = 'n', long)]
     pub no_stdin: bool,
+}
+
+/// `gateway shell`: the node and the command.
+#[derive(Debug, clap::Args)]
+pub struct ShellArgs {
+    /// The node (one node id).
+    pub node: String,
+    /// The command (words joined with spaces, run by /bin/sh -c) [default: the login shell].
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    pub command: Vec<String>,
+    /// Kill the command after this long (e.g. 8h) [default: 7d, the longest].
+    #[arg(long, value_name = "DURATION", value_parser = parse_seconds)]
+    pub timeout: Option<u64>,
 }
 
 /// `--batch`: a count of nodes or a percentage of the target's nodes.

@@ -665,6 +665,13 @@ impl Jobs {
                 format!("target {:?} matches no node", submit.target_text),
             ));
         }
+        if matches!(&submit.kind, JobKind::Exec { spec, .. } if spec.tty.is_some())
+            && chosen.len() != 1
+        {
+            return Err(crate::refusal::bad_request(
+                "\"tty\" is for one node: the target matches several",
+            ));
+        }
         if matches!(
             submit.kind,
             JobKind::Exec {
@@ -899,6 +906,30 @@ impl Jobs {
                 self.finish(&job, idx, NodeState::Lost, None, Some(lost));
             }
         }
+    }
+
+    /// Resizes a running tty job's terminal (`Message::Resize`), or signals its foreground
+    /// process group (`Message::Signal`); 409 when it has no terminal, has not started or ended.
+    pub fn terminal(&self, id: &str, act: impl Fn(&RequestHandle)) -> Result<Arc<Job>, Refusal> {
+        let job = self.get(id)?;
+        if !matches!(&job.meta.kind, JobKind::Exec { spec, .. } if spec.tty.is_some()) {
+            return Err(Refusal::new(
+                Kind::Conflict,
+                format!("job {id} has no terminal (create it with \"tty\")"),
+            ));
+        }
+        if job.is_finished() {
+            return Err(Refusal::new(Kind::Conflict, format!("job {id} has ended")));
+        }
+        let handles: Vec<RequestHandle> = job.live().handles.values().cloned().collect();
+        if handles.is_empty() {
+            return Err(Refusal::new(
+                Kind::Conflict,
+                format!("job {id} is not running on its node yet"),
+            ));
+        }
+        handles.iter().for_each(act);
+        Ok(job)
     }
 
     /// Cancels a job: queued parts never run, running ones are killed on their nodes.

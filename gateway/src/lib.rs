@@ -49,6 +49,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Status { json } => client::health::status(dir, json)?,
         Command::Token(c) => client::tokens::token(dir, c)?,
         Command::Exec(args) => return Ok(client::exec::run(dir, args)),
+        Command::Shell(args) => return Ok(client::shell::run(dir, args)),
         Command::Jobs(c) => return Ok(client::jobs::run(dir, c)),
         Command::Cp(args) => return Ok(client::cp::run(dir, args)),
         Command::Connect { node, service } => {

@@ -30,6 +30,7 @@ mod relay;
 mod revocation;
 mod security;
 mod services;
+mod shell;
 mod sshd_access;
 mod store;
 mod tls;

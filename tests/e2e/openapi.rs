@@ -37,6 +37,8 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("get", "/api/v1/jobs/{id}", "read"),
     ("get", "/api/v1/jobs/{id}/stream", "exec"),
     ("put", "/api/v1/jobs/{id}/stdin", "exec"),
+    ("post", "/api/v1/jobs/{id}/resize", "exec"),
+    ("post", "/api/v1/jobs/{id}/signal", "exec"),
     ("post", "/api/v1/jobs/{id}/cancel", "exec"),
     ("post", "/api/v1/join-tokens", "admin"),
     ("get", "/api/v1/join-tokens", "admin"),

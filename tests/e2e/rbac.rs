@@ -247,6 +247,21 @@ const ROWS: &[Row] = &[
         body: Some("x"),
         want: guarded(403, 409, 409),
     },
+    // The job has no terminal: a conflict for those allowed to ask.
+    Row {
+        method: "POST",
+        pattern: "/api/v1/jobs/{id}/resize",
+        path: "/api/v1/jobs/{job}/resize",
+        body: Some(r#"{"rows":30,"cols":100}"#),
+        want: guarded(403, 409, 409),
+    },
+    Row {
+        method: "POST",
+        pattern: "/api/v1/jobs/{id}/signal",
+        path: "/api/v1/jobs/{job}/signal",
+        body: Some(r#"{"signal":"INT"}"#),
+        want: guarded(403, 409, 409),
+    },
     Row {
         method: "POST",
         pattern: "/api/v1/jobs/{id}/cancel",

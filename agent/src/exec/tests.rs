@@ -251,17 +251,17 @@ fn exactly_one_of_command_and_argv() {
         argv: Some(vec!["true".into()]),
         ..ExecSpec::default()
     };
-    assert!(build(&both, &Plan::default())
+    assert!(build(&both, &Plan::default(), None)
         .unwrap_err()
         .contains("not both"));
-    assert!(build(&ExecSpec::default(), &Plan::default())
+    assert!(build(&ExecSpec::default(), &Plan::default(), None)
         .unwrap_err()
         .contains("nothing to run"));
     let empty = ExecSpec {
         argv: Some(vec![]),
         ..ExecSpec::default()
     };
-    assert!(build(&empty, &Plan::default())
+    assert!(build(&empty, &Plan::default(), None)
         .unwrap_err()
         .contains("empty"));
 }
@@ -273,7 +273,7 @@ fn smuggled_environment_names_are_refused() {
         env: [("A=B".to_string(), "x".to_string())].into(),
         ..ExecSpec::default()
     };
-    assert!(build(&spec, &Plan::default())
+    assert!(build(&spec, &Plan::default(), None)
         .unwrap_err()
         .contains("invalid environment variable name"));
 }
@@ -288,3 +288,5 @@ fn huge_timeout_is_not_a_panic() {
     };
     assert_eq!(gateway.run(spec).stdout, b"ok\n");
 }
+
+mod tty;

@@ -10,8 +10,12 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use burrow_core::protocol::{stream, ExecSpec, ExitStatus};
+
+mod tty;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+pub use tty::terminal_size;
+use tty::{parse_tty, tty_lane};
 
 use super::routes::Req;
 use super::{error_body, parse_body, Ctx, Reply};
@@ -70,6 +74,10 @@ struct ExecBody {
     /// Input comes from `PUT /api/v1/jobs/{id}/stdin` (one node).
     #[serde(default)]
     stdin_stream: bool,
+    /// `true` or `{"rows","cols","term"}`: run on a pseudo-terminal (one node; implies
+    /// `stdin_stream`).
+    #[serde(default)]
+    tty: Option<Value>,
 }
 
 /// An exec request body, checked: what the handlers submit. Nothing in it has been looked up (the
@@ -147,16 +155,37 @@ pub fn parse_request(body: &[u8], node: Option<&str>) -> Result<ExecRequest, Ref
             "give \"stdin\"/\"stdin_b64\" or \"stdin_stream\", not both",
         ));
     }
+    let tty = body.tty.as_ref().map(parse_tty).transpose()?.flatten();
+    if tty.is_some() && stdin.is_some() {
+        return Err(bad_request(
+            "a \"tty\" job reads its terminal: stream keys with PUT /api/v1/jobs/{id}/stdin, \
+             not \"stdin\"/\"stdin_b64\"",
+        ));
+    }
+    if tty.is_some() && body.queue_ttl_s.is_some() {
+        return Err(bad_request(
+            "a \"tty\" job is not queued for an offline node: drop \"queue_ttl_s\"",
+        ));
+    }
+    // A terminal never waits behind the node's other commands: a lane of its own.
+    let lane = match (&tty, &body.lane) {
+        (Some(_), None) => tty_lane(),
+        _ => lane,
+    };
+    let stdin_stream = body.stdin_stream || tty.is_some();
+    let (queue_ttl_s, run_async) = (body.queue_ttl_s, body.run_async);
+    let mut spec = validate(body)?;
+    spec.tty = tty;
     Ok(ExecRequest {
         target,
         target_text,
         lane,
-        queue_ttl_s: body.queue_ttl_s,
+        queue_ttl_s,
         batch,
-        run_async: body.run_async,
+        run_async,
         stdin,
-        stdin_stream: body.stdin_stream,
-        spec: validate(body)?,
+        stdin_stream,
+        spec,
     })
 }
 
@@ -369,6 +398,9 @@ pub fn describe(kind: &JobKind, out: &mut Value) {
             }
             if let Some(cwd) = &spec.cwd {
                 out["cwd"] = json!(cwd);
+            }
+            if let Some(tty) = &spec.tty {
+                out["tty"] = json!({"rows": tty.rows, "cols": tty.cols, "term": tty.term});
             }
         }
         JobKind::Put { path, mode, size } => {

@@ -106,6 +106,73 @@ pub fn cancel(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
     Ok(Reply::Json(200, job_json(&job, ctx.answer_limit)))
 }
 
+/// `POST /api/v1/jobs/{id}/resize` `{"rows": R, "cols": C}`: a tty job's terminal size.
+pub fn resize(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
+    let body: serde_json::Map<String, Value> = super::parse_body(&req.call.body)?;
+    if let Some(k) = body.keys().find(|k| *k != "rows" && *k != "cols") {
+        return Err(bad_request(format!("unknown field {k:?} (rows, cols)")));
+    }
+    let (rows, cols) = super::exec::terminal_size(body.get("rows"), body.get("cols"), "resize")?;
+    let job = ctx.jobs.terminal(req.param(0), |h| h.resize(rows, cols))?;
+    Ok(Reply::Json(
+        200,
+        json!({"job_id": job.meta.id, "rows": rows, "cols": cols}),
+    ))
+}
+
+/// Signals `POST /api/v1/jobs/{id}/signal` takes, by name.
+const SIGNALS: &[(&str, i32)] = &[
+    ("HUP", 1),
+    ("INT", 2),
+    ("QUIT", 3),
+    ("KILL", 9),
+    ("USR1", 10),
+    ("USR2", 12),
+    ("TERM", 15),
+    ("CONT", 18),
+    ("STOP", 19),
+    ("TSTP", 20),
+    ("WINCH", 28),
+];
+
+/// `POST /api/v1/jobs/{id}/signal` `{"signal": "INT"}`: signals a tty job's foreground group.
+pub fn signal(ctx: &Ctx, req: &Req) -> Result<Reply, Refusal> {
+    let body: serde_json::Map<String, Value> = super::parse_body(&req.call.body)?;
+    let names = || {
+        SIGNALS
+            .iter()
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let name = match (body.len(), body.get("signal")) {
+        (1, Some(Value::String(name))) => name.trim_start_matches("SIG").to_ascii_uppercase(),
+        _ => {
+            return Err(bad_request(format!(
+                "give {{\"signal\": NAME}} ({})",
+                names()
+            )))
+        }
+    };
+    let Some(&(_, number)) = SIGNALS.iter().find(|(n, _)| *n == name) else {
+        return Err(bad_request(format!(
+            "unknown signal {name:?} ({})",
+            names()
+        )));
+    };
+    let job = ctx.jobs.terminal(req.param(0), |h| h.signal(number))?;
+    ctx.pairing.audit().record(
+        &req.caller,
+        "job.signal",
+        &job.meta.target,
+        json!({"job_id": job.meta.id, "signal": name}),
+    );
+    Ok(Reply::Json(
+        200,
+        json!({"job_id": job.meta.id, "signal": name}),
+    ))
+}
+
 /// Bytes read from an uploader at a time.
 const STDIN_CHUNK: usize = burrow_core::protocol::MAX_CHUNK;
 

@@ -618,7 +618,16 @@ pub fn http_limits() -> tiny_http::Limits {
     // 413 instead of a broken pipe: its body is drained (fixed buffer, on the connection's thread)
     // rather than the connection closed under it.
     limits.drain_limit = 4 << 20;
+    // A job's streamed stdin (a terminal's keystrokes, `gateway exec`'s pipe) reaches the handler
+    // chunk by chunk and may pause for as long as its user does.
+    limits.streamed_body = Some(is_stdin_stream);
     limits
+}
+
+/// `PUT /api/v1/jobs/{id}/stdin` (by path: tiny_http asks before any routing).
+fn is_stdin_stream(path: &str) -> bool {
+    let path = path.split('?').next().unwrap_or(path);
+    path.starts_with("/api/v1/jobs/") && path.ends_with("/stdin")
 }
 
 /// Parses a JSON body (an object; empty reads as `{}`) into `T`, with a 400 that says what is wrong.

@@ -298,6 +298,20 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         method: "POST",
+        pattern: "/api/v1/jobs/{id}/resize",
+        permission: Permission::Exec,
+        body_limit: SMALL,
+        handler: jobs::resize,
+    },
+    Route {
+        method: "POST",
+        pattern: "/api/v1/jobs/{id}/signal",
+        permission: Permission::Exec,
+        body_limit: SMALL,
+        handler: jobs::signal,
+    },
+    Route {
+        method: "POST",
         pattern: "/api/v1/jobs/{id}/cancel",
         permission: Permission::Exec,
         body_limit: SMALL,

@@ -327,7 +327,7 @@ pub(super) fn check(response: Response) -> anyhow::Result<Response> {
 /// write end wakes its `poll` on stdin; if it is busy on the connection instead (the gateway's
 /// answer on its way) it gets [`STDIN_GRACE`] to finish, then the connection is shut down, which
 /// wakes a blocked write or read.
-struct StdinPump {
+pub(super) struct StdinPump {
     stop: Option<OwnedFd>,
     closer: UnixStream,
     done: std::sync::mpsc::Receiver<anyhow::Result<u64>>,
@@ -338,7 +338,7 @@ struct StdinPump {
 const STDIN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl StdinPump {
-    fn start(client: &Client, job: &str) -> anyhow::Result<StdinPump> {
+    pub(super) fn start(client: &Client, job: &str) -> anyhow::Result<StdinPump> {
         let path = format!("/api/v1/jobs/{}/stdin", segment(job));
         let upload = client.upload("PUT", &path, None)?;
         let closer = upload.closer().context("sharing the stdin connection")?;
@@ -360,7 +360,7 @@ impl StdinPump {
 
     /// Stops the pump (if stdin has not ended yet) and returns how stdin went; a pump cut off
     /// after its grace reports nothing (the job is over: its input is no news).
-    fn finish(mut self) -> anyhow::Result<u64> {
+    pub(super) fn finish(mut self) -> anyhow::Result<u64> {
         self.stop = None;
         let result = match self.done.recv_timeout(STDIN_GRACE) {
             Ok(result) => result,

@@ -26,6 +26,7 @@ pub mod health;
 mod interrupt;
 pub mod jobs;
 mod render;
+pub mod shell;
 mod target;
 pub mod tokens;
 

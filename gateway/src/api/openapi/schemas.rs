@@ -191,6 +191,13 @@ fn exec_body() -> Value {
             "stdin_b64": nullable(string()),
             "stdin_stream": {"type": "boolean",
                              "description": "Input comes from PUT /api/v1/jobs/{id}/stdin."},
+            "tty": {"description": "Run on a pseudo-terminal (one node, implies stdin_stream): \
+                                    true (24×80) or {rows, cols, term}.",
+                    "oneOf": [{"type": "boolean"}, closed(&["rows", "cols"], json!({
+                        "rows": {"type": "integer", "minimum": 1, "maximum": 10000},
+                        "cols": {"type": "integer", "minimum": 1, "maximum": 10000},
+                        "term": nullable(string()),
+                    }))]},
         }),
     );
     // Exactly one of `command` and `argv` (`exec::validate`).
@@ -421,6 +428,23 @@ pub mod bodies {
                 "name": nullable(string()),
                 "subject": {"type": "string", "nullable": true, "description": "Older name of `name`."},
             }),
+        )
+    }
+
+    pub fn resize() -> Value {
+        closed(
+            &["rows", "cols"],
+            json!({
+                "rows": {"type": "integer", "minimum": 1, "maximum": 10000},
+                "cols": {"type": "integer", "minimum": 1, "maximum": 10000},
+            }),
+        )
+    }
+
+    pub fn signal() -> Value {
+        closed(
+            &["signal"],
+            json!({"signal": {"type": "string", "description": "INT, TERM, HUP, QUIT, KILL, …"}}),
         )
     }
 

@@ -221,7 +221,12 @@ impl ClientConnection {
         let upgrade = headers.iter().any(|h: &crate::Header| {
             h.field.equiv("Connection") && h.value.as_str().to_ascii_lowercase().contains("upgrade")
         });
-        let body_timeout = self.limits.body_idle_timeout().filter(|_| !upgrade);
+        // PATCH(streamed-bodies): an interactive stream is neither timed out nor buffered.
+        let streamed = self.limits.streamed_body.is_some_and(|f| f(&path));
+        let body_timeout = self
+            .limits
+            .body_idle_timeout()
+            .filter(|_| !upgrade && !streamed);
         data_source
             .with_inner(|r| {
                 r.get_mut()
@@ -243,7 +248,11 @@ impl ClientConnection {
             writer,
             &crate::body::BodyLimits {
                 max_body_bytes: self.limits.max_body_bytes,
-                buffer_body_up_to: self.limits.buffer_body_up_to,
+                buffer_body_up_to: if streamed {
+                    0
+                } else {
+                    self.limits.buffer_body_up_to
+                },
                 drain_limit: self.limits.drain_limit,
                 close_connection: self.close_connection.clone(),
             },

@@ -39,6 +39,10 @@ pub struct Limits {
     /// Most connections served at once (one thread each); the next one is answered `503` and
     /// closed at once. Default 256.
     pub max_connections: usize,
+    /// PATCH(streamed-bodies): requests whose path this accepts (`Some`) are interactive streams:
+    /// their body is never buffered (each chunk reaches the handler as it comes) and a read of it
+    /// never times out (a terminal's keystrokes may pause for hours). Default `None`.
+    pub streamed_body: Option<fn(&str) -> bool>,
 }
 
 impl Default for Limits {
@@ -52,6 +56,7 @@ impl Default for Limits {
             buffer_body_up_to: 1024,
             drain_limit: 64 * 1024,
             max_connections: 256,
+            streamed_body: None,
         }
     }
 }

@@ -183,3 +183,17 @@ pub fn document() -> Value {
         json!({"openapi": string(), "info": {"type": "object"}, "paths": {"type": "object"}}),
     )
 }
+
+pub fn resize() -> Value {
+    obj(
+        &["job_id", "rows", "cols"],
+        json!({"job_id": string(), "rows": uint(), "cols": uint()}),
+    )
+}
+
+pub fn signal() -> Value {
+    obj(
+        &["job_id", "signal"],
+        json!({"job_id": string(), "signal": string()}),
+    )
+}
