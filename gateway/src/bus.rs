@@ -262,19 +262,12 @@ impl Request {
 
     /// Sends bytes on a stream the gateway writes (stdin), within credit the caller tracks.
     pub fn send_data(&self, stream: u32, data: Vec<u8>) -> Result<(), Refusal> {
-        self.link.send(&Message::Data {
-            id: self.id,
-            stream,
-            data,
-        })
+        self.handle().send_data(stream, data)
     }
 
     /// Half-closes a stream the gateway writes.
     pub fn send_eof(&self, stream: u32) -> Result<(), Refusal> {
-        self.link.send(&Message::Eof {
-            id: self.id,
-            stream,
-        })
+        self.handle().send_eof(stream)
     }
 
     /// Aborts a stream both ways.
