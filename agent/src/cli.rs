@@ -60,11 +60,11 @@ pub enum Command {
         #[arg(
             long = "service",
             value_name = "NAME=ADDR",
-            env = "BURROW_SERVICES",
+            env = "BURROW_SERVICE",
             value_delimiter = ',',
             value_parser = crate::services::parse_declared
         )]
-        services: Vec<crate::services::Declared>,
+        service: Vec<crate::services::Declared>,
         /// Service streams open at once at most; more are refused.
         #[arg(
             long,

@@ -190,7 +190,7 @@ label = { site = "home", rack = "2" }
     #[test]
     fn bad_files_are_errors_naming_the_file_the_key_and_the_line() {
         let cases: &[(&str, &str)] = &[
-            ("name = \"a\"\nnmae = \"pi\"\n", "unknown key `nmae` in {} (line 2); known keys: capability, data_dir, dead_after, heartbeat_interval, join, label, log, max_concurrent, name"),
+            ("name = \"a\"\nnmae = \"pi\"\n", "unknown key `nmae` in {} (line 2); known keys: capability, data_dir, dead_after, heartbeat_interval, join, label, log, max_concurrent, max_streams, name, policy, service"),
             ("name = \"pi\n", "{}: TOML parse error at line 1, column 11"),
             ("log = \"loud\"\n", "`log` in {} (line 1): invalid value 'loud' for '--log <LOG>'"),
             ("capability = true\n", "`capability` in {} (line 1): expected a string, found boolean"),
@@ -257,8 +257,10 @@ label = { site = "home", rack = "2" }
                 "label",
                 "log",
                 "max_concurrent",
+                "max_streams",
                 "name",
-                "policy"
+                "policy",
+                "service"
             ]
         );
     }

@@ -50,7 +50,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
             profile,
             max_concurrent,
             policy,
-            services,
+            service,
             max_streams,
             link,
         } => run::run(
@@ -60,7 +60,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
             run::Serving {
                 max_concurrent: max_concurrent.into(),
                 policy: policy.as_deref(),
-                services: services::Services::new(services, max_streams)?,
+                services: services::Services::new(service, max_streams)?,
             },
             link,
         ),
